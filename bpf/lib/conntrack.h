@@ -1,0 +1,195 @@
+/* conntrack: connections a local endpoint was allowed to open or accept.
+ *
+ * Entries are per endpoint and written from the pod's point of view (peer
+ * address, pod port, peer port), so a packet in either direction builds the
+ * same key and one lookup finds the connection: the origin recorded in the
+ * value tells a reply from more of the same. Being per endpoint matters for
+ * pod-to-pod traffic on one node: the sender's egress entry must not let the
+ * packet skip the receiver's ingress policy, which keeps its own entry.
+ *
+ * LRU, so a full table evicts the coldest connection rather than failing to
+ * track a new one; expiry is checked on lookup because LRU alone would keep
+ * a closed flow alive for as long as the table is not under pressure.
+ */
+#ifndef ENFORCER_CONNTRACK_H
+#define ENFORCER_CONNTRACK_H
+
+#include "common.h"
+#include "parse.h"
+
+#ifndef CT_MAX
+#define CT_MAX 131072
+#endif
+/* Lifetimes in seconds (Cilium's defaults); the loader may override. */
+#ifndef CT_TIMEOUT_SYN
+#define CT_TIMEOUT_SYN 60
+#endif
+#ifndef CT_TIMEOUT_TCP
+#define CT_TIMEOUT_TCP 21600
+#endif
+#ifndef CT_TIMEOUT_CLOSE
+#define CT_TIMEOUT_CLOSE 10
+#endif
+#ifndef CT_TIMEOUT_OTHER
+#define CT_TIMEOUT_OTHER 60
+#endif
+/* Refresh an entry's expiry only when it moved by this much: most packets
+ * of a busy flow then read the entry without dirtying its cache line. */
+#define CT_REFRESH_GRANULARITY_NS (1ULL * NSEC_PER_SEC)
+
+#define CT_F_SEEN_REPLY 0x1
+#define CT_F_FIN_ORIGIN 0x2 /* FIN seen in the origin direction */
+#define CT_F_FIN_REPLY 0x4  /* FIN seen in the reply direction */
+#define CT_F_CLOSING 0x8    /* RST, or FIN both ways: short lifetime */
+
+struct ct_key {
+	__u8 peer[ADDR_LEN];
+	__u16 endpoint_id;
+	__u8 family;
+	__u8 proto;
+	__be16 pod_port;  /* ICMP echo: the echo id */
+	__be16 peer_port; /* ICMP echo: the echo id */
+};
+
+struct ct_entry {
+	__u64 expires_ns; /* bpf_ktime_get_ns() clock */
+	__u32 rule_id;    /* policy entry that allowed it, 0 if not isolated */
+	__u8 origin;      /* DIR_* of the packet that opened it */
+	__u8 flags;       /* CT_F_* */
+	__u8 reason;      /* ALLOW_* that opened it */
+	__u8 pad;
+};
+
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, conntrack,
+		 CT_MAX, PIN_DIR "/conntrack_v1");
+
+/* Key for a packet crossing endpoint_id's interface in direction dir. */
+static __always_inline void ct_key_for(struct ct_key *key, __u16 endpoint_id,
+				       int dir, const struct flow *f)
+{
+	key->endpoint_id = endpoint_id;
+	key->family = f->family;
+	key->proto = f->proto;
+	if (dir == DIR_EGRESS) {
+		addr_copy(key->peer, f->daddr);
+		key->pod_port = f->sport;
+		key->peer_port = f->dport;
+	} else {
+		addr_copy(key->peer, f->saddr);
+		key->pod_port = f->dport;
+		key->peer_port = f->sport;
+	}
+}
+
+/* Key of the flow an ICMP error quotes. The quoted packet travelled the
+ * other way: leaving the pod (dir EGRESS) it was sent to the pod, entering
+ * the pod it was sent by the pod. Returns 0 when the quote does not concern
+ * this pod's address. */
+static __always_inline int ct_key_for_icmp_error(struct ct_key *key,
+						 __u16 endpoint_id, int dir,
+						 const struct flow *f)
+{
+	if (!f->inner_ok)
+		return 0;
+	key->endpoint_id = endpoint_id;
+	key->family = f->family;
+	key->proto = f->inner_proto;
+	if (dir == DIR_EGRESS) {
+		if (!addr_equal(f->inner_daddr, f->saddr))
+			return 0;
+		addr_copy(key->peer, f->inner_saddr);
+		key->pod_port = f->inner_dport;
+		key->peer_port = f->inner_sport;
+	} else {
+		if (!addr_equal(f->inner_saddr, f->daddr))
+			return 0;
+		addr_copy(key->peer, f->inner_daddr);
+		key->pod_port = f->inner_sport;
+		key->peer_port = f->inner_dport;
+	}
+	return 1;
+}
+
+static __always_inline __u64 ct_lifetime_ns(const struct flow *f, __u8 flags)
+{
+	if (f->proto != IPPROTO_TCP)
+		return CT_TIMEOUT_OTHER * NSEC_PER_SEC;
+	if (flags & CT_F_CLOSING)
+		return CT_TIMEOUT_CLOSE * NSEC_PER_SEC;
+	if (flags & CT_F_SEEN_REPLY)
+		return CT_TIMEOUT_TCP * NSEC_PER_SEC;
+	return CT_TIMEOUT_SYN * NSEC_PER_SEC;
+}
+
+/* A live entry for key, or NULL if none or expired. */
+static __always_inline struct ct_entry *ct_lookup(const struct ct_key *key, __u64 now)
+{
+	struct ct_entry *e = conntrack.lookup((struct ct_key *)key);
+	if (!e || e->expires_ns < now)
+		return NULL;
+	return e;
+}
+
+/* Account a packet of a tracked connection: TCP state and expiry.
+ * Returns ALLOW_ESTABLISHED or ALLOW_REPLY. */
+static __always_inline int ct_update(struct ct_entry *e, int dir,
+				     const struct flow *f, __u64 now)
+{
+	int reply = dir != e->origin;
+	__u8 flags = e->flags;
+
+	if (f->proto == IPPROTO_TCP) {
+		if (f->tcp_flags & TCP_FLAG_RST)
+			flags |= CT_F_CLOSING;
+		if (f->tcp_flags & TCP_FLAG_FIN)
+			flags |= reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIGIN;
+		if ((flags & (CT_F_FIN_ORIGIN | CT_F_FIN_REPLY)) ==
+		    (CT_F_FIN_ORIGIN | CT_F_FIN_REPLY))
+			flags |= CT_F_CLOSING;
+	}
+	if (reply)
+		flags |= CT_F_SEEN_REPLY;
+
+	__u64 expires = now + ct_lifetime_ns(f, flags);
+	if (flags != e->flags) {
+		e->flags = flags;
+		e->expires_ns = expires;
+	} else if (!(flags & CT_F_CLOSING) &&
+		   expires > e->expires_ns + CT_REFRESH_GRANULARITY_NS) {
+		e->expires_ns = expires;
+	}
+	return reply ? ALLOW_REPLY : ALLOW_ESTABLISHED;
+}
+
+/* A pure SYN on a closing entry, or one in the reply direction, starts a new
+ * connection on a reused tuple: it must face policy again. */
+static __always_inline int ct_is_new_connection(const struct ct_entry *e, int dir,
+						const struct flow *f)
+{
+	if (f->proto != IPPROTO_TCP)
+		return 0;
+	if ((f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+		return 0;
+	return (e->flags & CT_F_CLOSING) || dir != e->origin;
+}
+
+static __always_inline void ct_create(const struct ct_key *key, int dir,
+				      const struct flow *f, __u32 rule_id,
+				      __u8 reason, __u64 now)
+{
+	struct ct_entry e = {
+		.origin = dir,
+		.rule_id = rule_id,
+		.reason = reason,
+	};
+	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_RST))
+		e.flags = CT_F_CLOSING;
+	else if (f->proto == IPPROTO_TCP && !(f->tcp_flags & TCP_FLAG_SYN))
+		/* Mid-stream (tracked before a restart or before enforcement
+		 * began): treat as established. */
+		e.flags = CT_F_SEEN_REPLY;
+	e.expires_ns = now + ct_lifetime_ns(f, e.flags);
+	conntrack.update((struct ct_key *)key, &e);
+}
+
+#endif

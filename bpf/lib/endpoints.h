@@ -1,0 +1,56 @@
+/* endpoints: local pod IP -> endpoint. One entry per pod address (a
+ * dual-stack pod has two entries with the same id).
+ *
+ * The same lookup serves both jobs the programs have: identifying the pod
+ * and checking that a packet leaving an interface carries that interface's
+ * pod address (anti-spoofing), by comparing ifindex.
+ */
+#ifndef ENFORCER_ENDPOINTS_H
+#define ENFORCER_ENDPOINTS_H
+
+#include "common.h"
+
+#ifndef ENDPOINTS_MAX
+#define ENDPOINTS_MAX 4096 /* addresses, not pods */
+#endif
+/* Endpoint ids index the counters array, so they are bounded; 0 means "no
+ * endpoint" (spoofed or unknown traffic). */
+#ifndef MAX_ENDPOINT_ID
+#define MAX_ENDPOINT_ID 512
+#endif
+
+#define EP_F_INGRESS_ISOLATED 0x1 /* some policy selects it for ingress */
+#define EP_F_EGRESS_ISOLATED 0x2  /* some policy selects it for egress */
+
+struct endpoint_key {
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[ADDR_LEN];
+};
+
+struct endpoint_info {
+	__u32 ifindex;  /* host-side interface the pod sits behind */
+	__u32 identity; /* the pod's own identity, for events */
+	__u16 id;       /* endpoint id, < MAX_ENDPOINT_ID */
+	__u8 flags;     /* EP_F_* */
+	__u8 pad;
+};
+
+BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info,
+		 endpoints, ENDPOINTS_MAX, PIN_DIR "/endpoints_v1");
+
+static __always_inline struct endpoint_info *
+endpoint_lookup(__u8 family, const __u8 *addr)
+{
+	struct endpoint_key key = { .family = family };
+	addr_copy(key.addr, addr);
+	return endpoints.lookup(&key);
+}
+
+static __always_inline int endpoint_isolated(const struct endpoint_info *ep, int dir)
+{
+	return ep->flags & (dir == DIR_INGRESS ? EP_F_INGRESS_ISOLATED
+					       : EP_F_EGRESS_ISOLATED);
+}
+
+#endif

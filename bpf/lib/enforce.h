@@ -1,0 +1,130 @@
+/* The decision for one packet on a pod's host-side interface, shared by both
+ * attach points; dir says which policy direction of the pod it is.
+ *
+ * Order, cheapest and most common first:
+ *   parse -> IPv6 link control -> endpoint (+ anti-spoofing) -> fragments
+ *   -> conntrack (established/reply: done) -> ICMP error of a tracked flow
+ *   -> peer identity (ipcache) -> own node -> isolation -> policy
+ *   -> track the new connection.
+ */
+#ifndef ENFORCER_ENFORCE_H
+#define ENFORCER_ENFORCE_H
+
+#include "common.h"
+#include "reasons.h"
+#include "parse.h"
+#include "ipcache.h"
+#include "endpoints.h"
+#include "policy.h"
+#include "conntrack.h"
+#include "fragments.h"
+#include "metrics.h"
+#include "events.h"
+
+/* Pass means "no objection": TC_ACT_UNSPEC lets a later tc filter (a CNI's
+ * own program) still run; with none, the packet continues. */
+#define VERDICT_PASS TC_ACT_UNSPEC
+#define VERDICT_DROP TC_ACT_SHOT
+
+static __always_inline int is_ipv6_link_local(const __u8 *a)
+{
+	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+}
+
+/* Neighbour discovery and MLD keep a link working and never leave it:
+ * receivers discard ND unless the hop limit is 255 (RFC 4861) and MLD
+ * comes from a link-local source with hop limit 1 (RFC 3810). Requiring
+ * the same here means no routed traffic passes as "link control". */
+static __always_inline int is_ipv6_link_control(const struct flow *f)
+{
+	if (f->family != FAMILY_V6 || f->proto != IPPROTO_ICMPV6_)
+		return 0;
+	if (f->icmp_type >= 133 && f->icmp_type <= 137)
+		return f->hop_limit == 255;
+	if ((f->icmp_type >= 130 && f->icmp_type <= 132) || f->icmp_type == 143)
+		return f->hop_limit == 1 && is_ipv6_link_local(f->saddr);
+	return 0;
+}
+
+static __always_inline int pass(struct flow *f, int dir, __u16 ep_id, int reason)
+{
+	metrics_count(ep_id, dir, reason, f->len);
+	return VERDICT_PASS;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, struct flow *f, int dir,
+				__u16 ep_id, int reason, __u32 peer_id, __u64 now)
+{
+	metrics_count(ep_id, dir, reason, f->len);
+	event_emit(skb, f, EVENT_DROP, reason, dir, ep_id, peer_id, 0, now);
+	return VERDICT_DROP;
+}
+
+static __always_inline int enforce(struct __sk_buff *skb, int dir)
+{
+	struct flow f = {};
+	__u64 now = bpf_ktime_get_ns();
+
+	int ret = parse_packet(skb, &f);
+	if (ret == ALLOW_NON_IP)
+		return pass(&f, dir, 0, ALLOW_NON_IP);
+	if (ret)
+		return drop(skb, &f, dir, 0, ret, IDENTITY_ANY, now);
+	if (is_ipv6_link_control(&f))
+		return pass(&f, dir, 0, ALLOW_NEIGHBOR_DISCOVERY);
+
+	const __u8 *pod_addr = dir == DIR_EGRESS ? f.saddr : f.daddr;
+	struct endpoint_info *ep = endpoint_lookup(f.family, pod_addr);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return drop(skb, &f, dir, 0,
+			    dir == DIR_EGRESS ? DROP_SPOOFED_SOURCE : DROP_UNKNOWN_ENDPOINT,
+			    IDENTITY_ANY, now);
+	__u16 ep_id = ep->id;
+
+	ret = frag_track(&f);
+	if (ret)
+		return drop(skb, &f, dir, ep_id, ret, IDENTITY_ANY, now);
+
+	struct ct_key key = {};
+	ct_key_for(&key, ep_id, dir, &f);
+	struct ct_entry *ct = ct_lookup(&key, now);
+#ifndef BENCH_IGNORE_CONNTRACK_HITS
+	if (ct && !ct_is_new_connection(ct, dir, &f))
+		return pass(&f, dir, ep_id, ct_update(ct, dir, &f, now));
+#else
+	/* Benchmark build only: every packet takes the new-flow path below,
+	 * after paying for the conntrack lookup it would have made. */
+	(void)ct;
+#endif
+
+	if (f.icmp_error) {
+		struct ct_key quoted = {};
+		if (ct_key_for_icmp_error(&quoted, ep_id, dir, &f) &&
+		    ct_lookup(&quoted, now))
+			return pass(&f, dir, ep_id, ALLOW_RELATED);
+	}
+
+	const __u8 *peer_addr = dir == DIR_EGRESS ? f.daddr : f.saddr;
+	__u32 peer_id = ipcache_identity(f.family, peer_addr);
+	if (peer_id == IDENTITY_HOST)
+		return pass(&f, dir, ep_id, ALLOW_HOST);
+
+	__u32 rule_id = 0;
+	int reason = ALLOW_NOT_ISOLATED;
+	if (endpoint_isolated(ep, dir)) {
+		struct policy_entry *pe = policy_lookup(
+			ep_id, dir, peer_id, f.proto, f.has_ports ? f.dport : 0);
+		if (!pe)
+			return drop(skb, &f, dir, ep_id, DROP_POLICY, peer_id, now);
+		rule_id = pe->rule_id;
+		reason = ALLOW_POLICY;
+	}
+
+	/* ICMP errors are not connections: nothing to track. */
+	if (!f.icmp_error)
+		ct_create(&key, dir, &f, rule_id, reason, now);
+	event_emit(skb, &f, EVENT_ALLOW, reason, dir, ep_id, peer_id, rule_id, now);
+	return pass(&f, dir, ep_id, reason);
+}
+
+#endif

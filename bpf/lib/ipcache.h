@@ -1,0 +1,53 @@
+/* ipcache: IP prefix -> identity, for IPv4 and IPv6 in one LPM trie.
+ *
+ * The key starts with the family so one trie holds both families without a
+ * v4-mapped range making an IPv6 ::/0 also match IPv4: prefixlen counts the
+ * 32 bits of family+pad plus the address bits (IPv4 /24 -> 56).
+ *
+ * How ipBlock also matches pod IPs: a pod's /32 (/128) entry wins the LPM
+ * over any CIDR, so the identity of a pod IP must already say which ipBlock
+ * selectors contain it. The daemon gives every pod an identity per (labels,
+ * namespace, innermost ipBlock prefix holding its IP); all pods of a label
+ * set share one identity unless an ipBlock or except splits them. Policy
+ * entries for an ipBlock are then written for every identity, CIDR or pod,
+ * whose prefix lies inside the block and outside its excepts. The datapath
+ * stays at one LPM lookup per new flow.
+ */
+#ifndef ENFORCER_IPCACHE_H
+#define ENFORCER_IPCACHE_H
+
+#include "common.h"
+
+#ifndef IPCACHE_MAX
+#define IPCACHE_MAX 524288
+#endif
+
+#define IPCACHE_PREFIX_BASE 32 /* bits of family + pad */
+
+struct ipcache_key {
+	__u32 prefixlen; /* IPCACHE_PREFIX_BASE + address prefix length */
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[ADDR_LEN];
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 flags; /* reserved for the daemon's bookkeeping, unused by C */
+};
+
+BPF_TABLE_PINNED7("lpm_trie", struct ipcache_key, struct ipcache_value,
+		  ipcache, IPCACHE_MAX, PIN_DIR "/ipcache_v1", BPF_F_NO_PREALLOC);
+
+static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
+{
+	struct ipcache_key key = {
+		.prefixlen = IPCACHE_PREFIX_BASE + (family == FAMILY_V4 ? 32 : 128),
+		.family = family,
+	};
+	addr_copy(key.addr, addr);
+	struct ipcache_value *v = ipcache.lookup(&key);
+	return v ? v->identity : IDENTITY_WORLD;
+}
+
+#endif

@@ -1,0 +1,294 @@
+/* Packet parsing: Ethernet (+802.1Q/802.1ad), IPv4, IPv6 with extension
+ * headers, TCP/UDP/SCTP ports, ICMP/ICMPv6, into one struct flow.
+ *
+ * All reads go through bpf_skb_load_bytes so non-linear skbs (GRO on veth)
+ * parse the same as linear ones and the verifier needs no packet-range
+ * proofs for variable offsets (IPv4 options, IPv6 extension chains).
+ */
+#ifndef ENFORCER_PARSE_H
+#define ENFORCER_PARSE_H
+
+#include "common.h"
+#include "reasons.h"
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define IPV6_MAX_EXT_HEADERS 8
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+/* Fragment position of the packet. */
+#define FRAG_NONE 0
+#define FRAG_FIRST 1 /* offset 0, more fragments: carries the L4 header */
+#define FRAG_LATER 2 /* offset > 0: no L4 header, ports come from fragments.h */
+
+struct flow {
+	__u8 saddr[ADDR_LEN]; /* IPv4 in the first 4 bytes, rest zero */
+	__u8 daddr[ADDR_LEN];
+	__be16 sport;         /* TCP/UDP/SCTP ports; ICMP echo: the id both ways */
+	__be16 dport;
+	__u8 family;          /* FAMILY_V4 / FAMILY_V6, 0 when not IP */
+	__u8 proto;           /* L4 protocol after extension headers */
+	__u8 tcp_flags;
+	__u8 frag;            /* FRAG_* */
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 icmp_error;      /* ICMP error: inner_* hold the quoted packet */
+	__u8 has_ports;       /* proto carries ports (TCP/UDP/SCTP) */
+	__u32 frag_id;        /* IPv4 id or IPv6 fragment identification */
+	__u32 l4_off;
+	__u32 len;
+	/* ICMP errors: the tuple of the packet the error is about, as sent. */
+	__u8 inner_saddr[ADDR_LEN];
+	__u8 inner_daddr[ADDR_LEN];
+	__be16 inner_sport;
+	__be16 inner_dport;
+	__u8 inner_proto;
+	__u8 inner_ok;
+	__u8 hop_limit;       /* IPv4 TTL or IPv6 hop limit */
+	__u8 pad;
+};
+
+struct ipv4_hdr_ {
+	__u8 ihl_version;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__u16 check;
+	__u8 saddr[4];
+	__u8 daddr[4];
+};
+
+struct ipv6_hdr_ {
+	__be32 vtc_flow;
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+static __always_inline int is_ext_header(__u8 nh)
+{
+	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING ||
+	       nh == IPPROTO_FRAGMENT || nh == IPPROTO_DSTOPTS ||
+	       nh == IPPROTO_AH || nh == 135 /* mobility */;
+}
+
+static __always_inline int proto_has_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP ||
+	       proto == IPPROTO_SCTP;
+}
+
+static __always_inline int icmp_is_error(__u8 family, __u8 type)
+{
+	if (family == FAMILY_V4)
+		return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+	return type >= 1 && type <= 4;
+}
+
+static __always_inline int icmp_is_echo(__u8 family, __u8 type)
+{
+	if (family == FAMILY_V4)
+		return type == 8 || type == 0;
+	return type == 128 || type == 129;
+}
+
+/* Walk IPv6 extension headers starting at *off with next header *nh.
+ * Leaves *off at the upper-layer header and *nh its protocol. Reports a
+ * fragment header through frag/frag_id. Returns 0 or a DROP_ reason. */
+static __always_inline int ipv6_skip_ext(struct __sk_buff *skb, __u32 *off,
+					 __u8 *nh, __u8 *frag, __u32 *frag_id)
+{
+#pragma unroll
+	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		if (!is_ext_header(*nh))
+			return 0;
+		__u8 hdr[8];
+		if (bpf_skb_load_bytes(skb, *off, hdr, sizeof(hdr)) < 0)
+			return DROP_MALFORMED;
+		if (*nh == IPPROTO_FRAGMENT) {
+			__u16 off_flags = ((__u16)hdr[2] << 8) | hdr[3];
+			*frag_id = ((__u32)hdr[4] << 24) | ((__u32)hdr[5] << 16) |
+				   ((__u32)hdr[6] << 8) | hdr[7];
+			if (off_flags & 0xfff8)
+				*frag = FRAG_LATER;
+			else if (off_flags & 1)
+				*frag = FRAG_FIRST;
+			*nh = hdr[0];
+			*off += 8;
+			if (*frag == FRAG_LATER)
+				return 0; /* nothing after this is parseable */
+		} else if (*nh == IPPROTO_AH) {
+			*nh = hdr[0];
+			*off += ((__u32)hdr[1] + 2) * 4;
+		} else {
+			*nh = hdr[0];
+			*off += ((__u32)hdr[1] + 1) * 8;
+		}
+	}
+	return is_ext_header(*nh) ? DROP_EXT_HEADERS : 0;
+}
+
+/* The packet quoted by an ICMP error: its addresses, protocol and the first
+ * 8 bytes of its L4 header (all RFC 792 guarantees). */
+static __always_inline void parse_icmp_inner(struct __sk_buff *skb,
+					     struct flow *f, __u32 off)
+{
+	__u8 nh;
+	if (f->family == FAMILY_V4) {
+		struct ipv4_hdr_ ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return;
+		if ((ip.ihl_version & 0xf) < 5)
+			return;
+		__builtin_memcpy(f->inner_saddr, ip.saddr, 4);
+		__builtin_memcpy(f->inner_daddr, ip.daddr, 4);
+		nh = ip.protocol;
+		off += (ip.ihl_version & 0xf) * 4;
+	} else {
+		struct ipv6_hdr_ ip6;
+		__u8 frag = FRAG_NONE;
+		__u32 id = 0;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return;
+		addr_copy(f->inner_saddr, ip6.saddr);
+		addr_copy(f->inner_daddr, ip6.daddr);
+		nh = ip6.nexthdr;
+		off += sizeof(ip6);
+		if (ipv6_skip_ext(skb, &off, &nh, &frag, &id) || frag == FRAG_LATER)
+			return;
+	}
+	f->inner_proto = nh;
+	if (proto_has_ports(nh)) {
+		__be16 ports[2];
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return;
+		f->inner_sport = ports[0];
+		f->inner_dport = ports[1];
+	} else if (nh == IPPROTO_ICMP || nh == IPPROTO_ICMPV6_) {
+		__u8 h[8];
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
+			return;
+		if (!icmp_is_echo(f->family, h[0]))
+			return;
+		__builtin_memcpy(&f->inner_sport, &h[4], 2);
+		f->inner_dport = f->inner_sport;
+	}
+	f->inner_ok = 1;
+}
+
+/* Parse the L4 header at f->l4_off. Returns 0 or a DROP_ reason. */
+static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
+{
+	if (f->frag == FRAG_LATER)
+		return 0;
+	if (proto_has_ports(f->proto)) {
+		/* TCP: ports and the flags byte; UDP/SCTP: ports only. */
+		__u8 h[14];
+		if (f->proto == IPPROTO_TCP) {
+			if (bpf_skb_load_bytes(skb, f->l4_off, h, 14) < 0)
+				return DROP_MALFORMED;
+			f->tcp_flags = h[13];
+		} else if (bpf_skb_load_bytes(skb, f->l4_off, h, 4) < 0) {
+			return DROP_MALFORMED;
+		}
+		__builtin_memcpy(&f->sport, &h[0], 2);
+		__builtin_memcpy(&f->dport, &h[2], 2);
+		f->has_ports = 1;
+		return 0;
+	}
+	if (f->proto == IPPROTO_ICMP || f->proto == IPPROTO_ICMPV6_) {
+		if ((f->proto == IPPROTO_ICMP) != (f->family == FAMILY_V4))
+			return 0; /* ICMP in IPv6 or ICMPv6 in IPv4: opaque */
+		__u8 h[8];
+		if (bpf_skb_load_bytes(skb, f->l4_off, h, 4) < 0)
+			return DROP_MALFORMED;
+		f->icmp_type = h[0];
+		f->icmp_code = h[1];
+		if (icmp_is_echo(f->family, h[0])) {
+			if (bpf_skb_load_bytes(skb, f->l4_off, h, 8) < 0)
+				return DROP_MALFORMED;
+			__builtin_memcpy(&f->sport, &h[4], 2);
+			f->dport = f->sport;
+		} else if (icmp_is_error(f->family, h[0])) {
+			f->icmp_error = 1;
+			parse_icmp_inner(skb, f, f->l4_off + 8);
+		}
+	}
+	return 0;
+}
+
+/* Fill *f from the frame. Returns 0 for an IP packet, ALLOW_NON_IP for
+ * anything else, or a DROP_ reason. */
+static __always_inline int parse_packet(struct __sk_buff *skb, struct flow *f)
+{
+	__u32 off = ETH_HLEN;
+	__be16 proto;
+
+	f->len = skb->len;
+	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0)
+		return DROP_MALFORMED;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q_) && proto != bpf_htons(ETH_P_8021AD_))
+			break;
+		if (bpf_skb_load_bytes(skb, off + 2, &proto, sizeof(proto)) < 0)
+			return DROP_MALFORMED;
+		off += 4;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct ipv4_hdr_ ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return DROP_MALFORMED;
+		__u32 ihl = ip.ihl_version & 0xf;
+		if ((ip.ihl_version >> 4) != 4 || ihl < 5)
+			return DROP_MALFORMED;
+		f->family = FAMILY_V4;
+		__builtin_memcpy(f->saddr, ip.saddr, 4);
+		__builtin_memcpy(f->daddr, ip.daddr, 4);
+		f->proto = ip.protocol;
+		f->hop_limit = ip.ttl;
+		__u16 frag_off = bpf_ntohs(ip.frag_off);
+		if (frag_off & 0x1fff)
+			f->frag = FRAG_LATER;
+		else if (frag_off & 0x2000)
+			f->frag = FRAG_FIRST;
+		f->frag_id = bpf_ntohs(ip.id);
+		f->l4_off = off + ihl * 4;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6_hdr_ ip6;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return DROP_MALFORMED;
+		if ((ip6.vtc_flow & bpf_htonl(0xf0000000)) != bpf_htonl(0x60000000))
+			return DROP_MALFORMED;
+		f->family = FAMILY_V6;
+		addr_copy(f->saddr, ip6.saddr);
+		addr_copy(f->daddr, ip6.daddr);
+		f->hop_limit = ip6.hop_limit;
+		__u8 nh = ip6.nexthdr;
+		__u32 l4 = off + sizeof(ip6);
+		__u8 frag = FRAG_NONE;
+		__u32 id = 0;
+		int ret = ipv6_skip_ext(skb, &l4, &nh, &frag, &id);
+		if (ret)
+			return ret;
+		f->proto = nh;
+		f->frag = frag;
+		f->frag_id = id;
+		f->l4_off = l4;
+	} else {
+		return ALLOW_NON_IP;
+	}
+	return parse_l4(skb, f);
+}
+
+#endif

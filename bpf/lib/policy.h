@@ -1,0 +1,69 @@
+/* policy: what a local endpoint may exchange with which peers.
+ *
+ * One LPM trie for all endpoints. The key is laid out so the fields that are
+ * always matched exactly come first and the ones a rule may leave open come
+ * last, in the order they widen: protocol, then destination port. A prefix
+ * that stops before the port matches every port of the protocol; one that
+ * stops before the protocol matches every protocol. Port ranges (endPort)
+ * become a few masked prefixes of the big-endian port, as Cilium does
+ * (1-65535 -> 16 prefixes).
+ *
+ * The peer identity cannot be a trailing wildcard without also widening the
+ * port, so "any peer" is identity 0 and costs a second lookup, done only when
+ * the first one misses. NetworkPolicy v1 only allows, so any hit allows and
+ * no precedence between entries is needed.
+ *
+ *   bits:  identity(32) endpoint(16) direction(8) | protocol(8) | dport(16)
+ *          <------------- always exact ------------>
+ */
+#ifndef ENFORCER_POLICY_H
+#define ENFORCER_POLICY_H
+
+#include "common.h"
+
+#ifndef POLICY_MAX
+#define POLICY_MAX 262144
+#endif
+
+#define POLICY_PREFIX_EXACT 56 /* identity, endpoint, direction */
+#define POLICY_PREFIX_PROTO 64 /* + protocol: every port */
+#define POLICY_PREFIX_FULL 80  /* + destination port */
+
+struct policy_key {
+	__u32 prefixlen;
+	__u32 identity;    /* peer identity, IDENTITY_ANY for every peer */
+	__u16 endpoint_id; /* local endpoint the entry belongs to */
+	__u8 direction;    /* DIR_INGRESS / DIR_EGRESS */
+	__u8 protocol;     /* IPPROTO_* */
+	__be16 dport;      /* big-endian so a range is a bit prefix */
+	__u16 pad;
+};
+
+struct policy_entry {
+	__u32 rule_id; /* daemon's id of the (policy, rule) that wrote it */
+};
+
+BPF_TABLE_PINNED7("lpm_trie", struct policy_key, struct policy_entry,
+		  policy, POLICY_MAX, PIN_DIR "/policy_v1", BPF_F_NO_PREALLOC);
+
+/* Look the flow up for one peer identity, then for every peer.
+ * Returns the entry that allows it or NULL. */
+static __always_inline struct policy_entry *
+policy_lookup(__u16 endpoint_id, __u8 dir, __u32 identity, __u8 proto, __be16 dport)
+{
+	struct policy_key key = {
+		.prefixlen = POLICY_PREFIX_FULL,
+		.identity = identity,
+		.endpoint_id = endpoint_id,
+		.direction = dir,
+		.protocol = proto,
+		.dport = dport,
+	};
+	struct policy_entry *e = policy.lookup(&key);
+	if (e)
+		return e;
+	key.identity = IDENTITY_ANY;
+	return policy.lookup(&key);
+}
+
+#endif

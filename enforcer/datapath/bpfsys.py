@@ -1,0 +1,247 @@
+"""Thin wrapper over the bpf(2) syscall for what bcc's Python bindings do not
+offer: opening pinned objects, map access by fd, object info and
+BPF_PROG_TEST_RUN. Structures follow include/uapi/linux/bpf.h."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from functools import lru_cache
+
+_NR_BPF = 321  # x86_64
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LPM_TRIE = 11
+PERCPU_TYPES = {5, BPF_MAP_TYPE_PERCPU_ARRAY, 10}  # percpu hash, array, lru percpu hash
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MapElemAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),  # or next_key
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+        ("path_fd", ctypes.c_int32),
+    ]
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_fd", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("data_in", ctypes.c_uint64),
+        ("data_out", ctypes.c_uint64),
+        ("repeat", ctypes.c_uint32),
+        ("duration", ctypes.c_uint32),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_uint64),
+        ("ctx_out", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    ]
+
+
+class MapInfo(ctypes.Structure):
+    """Leading fields of struct bpf_map_info."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class SkBuffCtx(ctypes.Structure):
+    """Leading fields of struct __sk_buff accepted as test-run context."""
+
+    _fields_ = [
+        ("len", ctypes.c_uint32),
+        ("pkt_type", ctypes.c_uint32),
+        ("mark", ctypes.c_uint32),
+        ("queue_mapping", ctypes.c_uint32),
+        ("protocol", ctypes.c_uint32),
+        ("vlan_present", ctypes.c_uint32),
+        ("vlan_tci", ctypes.c_uint32),
+        ("vlan_proto", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("tc_index", ctypes.c_uint32),
+        ("cb", ctypes.c_uint32 * 5),
+        ("hash", ctypes.c_uint32),
+        ("tc_classid", ctypes.c_uint32),
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("napi_id", ctypes.c_uint32),
+        ("family", ctypes.c_uint32),
+        ("remote_ip4", ctypes.c_uint32),
+        ("local_ip4", ctypes.c_uint32),
+        ("remote_ip6", ctypes.c_uint32 * 4),
+        ("local_ip6", ctypes.c_uint32 * 4),
+        ("remote_port", ctypes.c_uint32),
+        ("local_port", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("flow_keys", ctypes.c_uint64),
+        ("tstamp", ctypes.c_uint64),
+        ("wire_len", ctypes.c_uint32),
+        ("gso_segs", ctypes.c_uint32),
+    ]
+
+
+class BpfSyscallError(OSError):
+    pass
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    ret = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfSyscallError(err, os.strerror(err))
+    return int(ret)
+
+
+def obj_get(path: str) -> int:
+    """Open a pinned BPF object; returns a new fd."""
+    p = ctypes.create_string_buffer(path.encode())
+    attr = _ObjAttr(pathname=ctypes.addressof(p))
+    return _bpf(BPF_OBJ_GET, attr)
+
+
+def obj_pin(fd: int, path: str) -> None:
+    p = ctypes.create_string_buffer(path.encode())
+    _bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(p), bpf_fd=fd))
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return info
+
+
+def map_lookup(fd: int, key: ctypes.Array | ctypes.Structure, value: ctypes.Array | ctypes.Structure) -> bool:
+    attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(key), value=ctypes.addressof(value))
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+    except BpfSyscallError as e:
+        if e.errno == 2:  # ENOENT
+            return False
+        raise
+    return True
+
+
+def map_update(fd: int, key: ctypes.Array | ctypes.Structure, value: ctypes.Array | ctypes.Structure, flags: int = BPF_ANY) -> None:
+    attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(key), value=ctypes.addressof(value), flags=flags)
+    _bpf(BPF_MAP_UPDATE_ELEM, attr)
+
+
+def map_delete(fd: int, key: ctypes.Array | ctypes.Structure) -> bool:
+    attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(key))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, attr)
+    except BpfSyscallError as e:
+        if e.errno == 2:
+            return False
+        raise
+    return True
+
+
+def map_next_key(fd: int, key: ctypes.Array | ctypes.Structure | None, next_key: ctypes.Array | ctypes.Structure) -> bool:
+    attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(key) if key is not None else 0,
+                        value=ctypes.addressof(next_key))
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+    except BpfSyscallError as e:
+        if e.errno == 2:
+            return False
+        raise
+    return True
+
+
+class TestRunResult:
+    __slots__ = ("retval", "duration_ns", "data_out")
+
+    def __init__(self, retval: int, duration_ns: int, data_out: bytes) -> None:
+        self.retval = retval
+        self.duration_ns = duration_ns
+        self.data_out = data_out
+
+
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int = 0) -> TestRunResult:
+    """Run a sched_cls program on one frame (BPF_PROG_TEST_RUN). duration_ns
+    is the kernel's mean per repetition. ifindex, when > 1, sets the device
+    the skb appears on (skb->ifindex); otherwise it is loopback."""
+    buf_in = ctypes.create_string_buffer(data, len(data))
+    buf_out = ctypes.create_string_buffer(len(data) + 256)
+    ctx = SkBuffCtx()
+    if ifindex > 1:
+        ctx.ifindex = ifindex
+    attr = _TestRunAttr(
+        prog_fd=prog_fd,
+        data_size_in=len(data),
+        data_size_out=len(buf_out),
+        data_in=ctypes.addressof(buf_in),
+        data_out=ctypes.addressof(buf_out),
+        repeat=repeat,
+        ctx_size_in=ctypes.sizeof(ctx),
+        ctx_in=ctypes.addressof(ctx),
+    )
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    retval = ctypes.c_int32(attr.retval).value
+    return TestRunResult(retval, attr.duration, buf_out.raw[: attr.data_size_out])
+
+
+@lru_cache(maxsize=1)
+def possible_cpus() -> int:
+    """Number of possible CPUs: the stride of per-CPU map values."""
+    text = open("/sys/devices/system/cpu/possible").read().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += (int(hi) if hi else int(lo)) - int(lo) + 1
+    return count

@@ -1,0 +1,213 @@
+"""ctypes mirrors of the map keys and values in bpf/lib/*.h.
+
+The C headers are the definition; these classes follow them field by field
+and tests/datapath/test_layout.py proves, against the types bcc derives from
+the compiled C, that sizes and offsets agree. Change both or neither.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+from typing import Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+# common.h
+FAMILY_V4 = 4
+FAMILY_V6 = 6
+DIR_INGRESS = 0
+DIR_EGRESS = 1
+IDENTITY_ANY = 0
+IDENTITY_HOST = 1
+IDENTITY_WORLD = 2
+IDENTITY_FIRST_ALLOCATED = 256
+ADDR_LEN = 16
+
+# ipcache.h
+IPCACHE_PREFIX_BASE = 32
+# endpoints.h
+EP_F_INGRESS_ISOLATED = 0x1
+EP_F_EGRESS_ISOLATED = 0x2
+# policy.h
+POLICY_PREFIX_EXACT = 56
+POLICY_PREFIX_PROTO = 64
+POLICY_PREFIX_FULL = 80
+# conntrack.h
+CT_F_SEEN_REPLY = 0x1
+CT_F_FIN_ORIGIN = 0x2
+CT_F_FIN_REPLY = 0x4
+CT_F_CLOSING = 0x8
+# events.h
+EVENT_ALLOW = 1
+EVENT_DROP = 2
+
+Addr = ctypes.c_uint8 * ADDR_LEN
+
+
+def family_of(ip: IPAddress | IPNetwork) -> int:
+    return FAMILY_V4 if ip.version == 4 else FAMILY_V6
+
+
+def addr_bytes(ip: IPAddress) -> Addr:
+    """16-byte address field: IPv4 in the first four bytes, the rest zero."""
+    raw = ip.packed
+    return Addr(*raw.ljust(ADDR_LEN, b"\0"))
+
+
+def addr_from_bytes(family: int, raw: Addr | bytes) -> IPAddress:
+    data = bytes(raw)
+    if family == FAMILY_V4:
+        return ipaddress.IPv4Address(data[:4])
+    return ipaddress.IPv6Address(data[:16])
+
+
+class IpcacheKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("addr", Addr),
+    ]
+
+    @classmethod
+    def of(cls, net: IPNetwork) -> "IpcacheKey":
+        return cls(prefixlen=IPCACHE_PREFIX_BASE + net.prefixlen,
+                   family=family_of(net), addr=addr_bytes(net.network_address))
+
+    def network(self) -> IPNetwork:
+        ip = addr_from_bytes(self.family, self.addr)
+        return ipaddress.ip_network(f"{ip}/{self.prefixlen - IPCACHE_PREFIX_BASE}")
+
+
+class IpcacheValue(ctypes.Structure):
+    _fields_ = [("identity", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class EndpointKey(ctypes.Structure):
+    _fields_ = [
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("addr", Addr),
+    ]
+
+    @classmethod
+    def of(cls, ip: IPAddress) -> "EndpointKey":
+        return cls(family=family_of(ip), addr=addr_bytes(ip))
+
+    def ip(self) -> IPAddress:
+        return addr_from_bytes(self.family, self.addr)
+
+
+class EndpointInfo(ctypes.Structure):
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("identity", ctypes.c_uint32),
+        ("id", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class PolicyKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("identity", ctypes.c_uint32),
+        ("endpoint_id", ctypes.c_uint16),
+        ("direction", ctypes.c_uint8),
+        ("protocol", ctypes.c_uint8),
+        ("dport", ctypes.c_uint16),  # big-endian on the wire: see maps.py
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class PolicyEntry(ctypes.Structure):
+    _fields_ = [("rule_id", ctypes.c_uint32)]
+
+
+class CtKey(ctypes.Structure):
+    _fields_ = [
+        ("peer", Addr),
+        ("endpoint_id", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("pod_port", ctypes.c_uint16),  # big-endian
+        ("peer_port", ctypes.c_uint16),  # big-endian
+    ]
+
+
+class CtEntry(ctypes.Structure):
+    _fields_ = [
+        ("expires_ns", ctypes.c_uint64),
+        ("rule_id", ctypes.c_uint32),
+        ("origin", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class FragKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", Addr),
+        ("daddr", Addr),
+        ("id", ctypes.c_uint32),
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class FragPorts(ctypes.Structure):
+    _fields_ = [("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16)]
+
+
+class Counter(ctypes.Structure):
+    _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
+
+
+class EventBucket(ctypes.Structure):
+    _fields_ = [
+        ("credit_ns", ctypes.c_uint64),
+        ("last_ns", ctypes.c_uint64),
+        ("suppressed", ctypes.c_uint64),
+        ("lost", ctypes.c_uint64),
+    ]
+
+
+class VerdictEvent(ctypes.Structure):
+    _fields_ = [
+        ("timestamp_ns", ctypes.c_uint64),
+        ("ifindex", ctypes.c_uint32),
+        ("peer_identity", ctypes.c_uint32),
+        ("rule_id", ctypes.c_uint32),
+        ("endpoint_id", ctypes.c_uint16),
+        ("type", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("tcp_flags", ctypes.c_uint8),
+        ("sport", ctypes.c_uint16),  # big-endian
+        ("dport", ctypes.c_uint16),  # big-endian
+        ("saddr", Addr),
+        ("daddr", Addr),
+    ]
+
+
+# map name (as declared in C) -> (key type, value type); the value type of a
+# per-CPU map is the per-CPU element.
+MAP_LAYOUTS: dict[str, tuple[type[ctypes.Structure] | type[ctypes._SimpleCData], type[ctypes.Structure]]] = {
+    "ipcache": (IpcacheKey, IpcacheValue),
+    "endpoints": (EndpointKey, EndpointInfo),
+    "policy": (PolicyKey, PolicyEntry),
+    "conntrack": (CtKey, CtEntry),
+    "fragments": (FragKey, FragPorts),
+    "metrics": (ctypes.c_uint32, Counter),
+    "event_limit": (ctypes.c_uint32, EventBucket),
+}
+
+# Pinned file name of each map: name + layout version. Bump the version when
+# a layout changes so a new daemon never misreads an old pin.
+PIN_NAMES: dict[str, str] = {name: f"{name}_v1" for name in MAP_LAYOUTS}

@@ -1,0 +1,124 @@
+"""Compile the tc programs with bcc, load them, and pin their maps.
+
+Maps are declared pinned in C (BPF_TABLE_PINNED): bcc reuses a pin that
+exists and creates and pins one that does not. That is what lets a restarted
+daemon pick up conntrack and every entry where the old one left them.
+Before compiling we check existing pins against what this build expects,
+because bcc would otherwise silently reuse a map of another layout or size.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BuildError, PinError
+from . import bpfsys
+from .layout import MAP_LAYOUTS, PIN_NAMES
+from .source import BPF_DIR, DatapathConfig, amalgamate
+
+log = logging.getLogger(__name__)
+
+POD_PROGRAM_SOURCE = BPF_DIR / "pod_tc.c"
+NOOP_PROGRAM_SOURCE = BPF_DIR / "noop.c"
+FROM_POD = "from_pod"
+TO_POD = "to_pod"
+
+
+def ensure_bpffs(path: Path = Path("/sys/fs/bpf")) -> None:
+    if not os.path.ismount(path):
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(path)], check=True)
+
+
+def check_pins(config: DatapathConfig) -> list[str]:
+    """Names of maps already pinned. Raises PinError when a pin does not
+    match the layout or size this build would create."""
+    expected_max = config.map_max_entries()
+    present = []
+    for name, (ktype, vtype) in MAP_LAYOUTS.items():
+        path = config.pin_dir / PIN_NAMES[name]
+        if not path.exists():
+            continue
+        fd = bpfsys.obj_get(str(path))
+        try:
+            info = bpfsys.map_info(fd)
+        finally:
+            os.close(fd)
+        want = (ctypes.sizeof(ktype), ctypes.sizeof(vtype), expected_max[name])
+        have = (info.key_size, info.value_size, info.max_entries)
+        if want != have:
+            raise PinError(
+                f"pinned map {path} has key/value/max_entries {have}, this build expects {want}; "
+                "run `enforcer cleanup` (drops conntrack and all entries) or restore the old config"
+            )
+        present.append(name)
+    return present
+
+
+@dataclass
+class LoadedPrograms:
+    """Programs held by this process. Dropping the object keeps nothing
+    attached alive by itself: tc holds its own references."""
+
+    bpf: Any  # bcc.BPF
+    fds: dict[str, int] = field(default_factory=dict)
+    reused_pins: list[str] = field(default_factory=list)
+
+    def fd(self, name: str) -> int:
+        return self.fds[name]
+
+    def cleanup(self) -> None:
+        self.bpf.cleanup()
+
+
+def _compile(source: Path, cflags: list[str], functions: tuple[str, ...]) -> LoadedPrograms:
+    from bcc import BPF  # Debian's python3-bpfcc
+
+    text = amalgamate(source)
+    try:
+        bpf = BPF(text=text, cflags=cflags)
+    except Exception as e:  # bcc raises bare Exception
+        raise BuildError(f"compiling {source.name} failed: {e}") from e
+    loaded = LoadedPrograms(bpf=bpf)
+    for name in functions:
+        try:
+            fn = bpf.load_func(name, BPF.SCHED_CLS)
+        except Exception as e:
+            raise BuildError(f"loading {source.name}:{name} failed (verifier): {e}") from e
+        loaded.fds[name] = fn.fd
+    return loaded
+
+
+def load_pod_programs(config: DatapathConfig) -> LoadedPrograms:
+    """Compile and load from_pod/to_pod, creating or reusing the pins."""
+    config.validate()
+    ensure_bpffs()
+    config.pin_dir.mkdir(parents=True, exist_ok=True)
+    reused = check_pins(config)
+    loaded = _compile(POD_PROGRAM_SOURCE, config.cflags(), (FROM_POD, TO_POD))
+    loaded.reused_pins = reused
+    log.info("datapath loaded: pins in %s (%s)", config.pin_dir,
+             f"reused {', '.join(reused)}" if reused else "new")
+    return loaded
+
+
+def load_noop_program() -> LoadedPrograms:
+    return _compile(NOOP_PROGRAM_SOURCE, [], ("noop",))
+
+
+def remove_pins(config: DatapathConfig) -> list[str]:
+    removed = []
+    for name in MAP_LAYOUTS:
+        path = config.pin_dir / PIN_NAMES[name]
+        if path.exists():
+            path.unlink()
+            removed.append(name)
+    if config.pin_dir.exists() and not any(config.pin_dir.iterdir()):
+        config.pin_dir.rmdir()
+    return removed

@@ -1,0 +1,301 @@
+"""Typed access to the pinned datapath maps.
+
+Opened from their pins, so the daemon, the CLI and tests share one view
+whether or not they loaded the programs themselves.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Iterator, TypeVar
+
+from ..errors import MapError, MapFullError, PinError
+from . import bpfsys
+from .layout import (
+    DIR_EGRESS,
+    DIR_INGRESS,
+    IDENTITY_ANY,
+    MAP_LAYOUTS,
+    PIN_NAMES,
+    POLICY_PREFIX_EXACT,
+    POLICY_PREFIX_FULL,
+    POLICY_PREFIX_PROTO,
+    Counter,
+    CtEntry,
+    CtKey,
+    EndpointInfo,
+    EndpointKey,
+    EventBucket,
+    IPAddress,
+    IPNetwork,
+    IpcacheKey,
+    IpcacheValue,
+    PolicyEntry,
+    PolicyKey,
+    addr_from_bytes,
+)
+from .reasons import REASON_SLOTS, Reason
+from .source import DEFAULT_PIN_DIR
+
+K = TypeVar("K", bound=ctypes.Structure | ctypes._SimpleCData)
+V = TypeVar("V", bound=ctypes.Structure)
+
+
+class BpfMap(Generic[K, V]):
+    """One map by fd with ctypes key/value types. Per-CPU maps return and
+    take one value per possible CPU."""
+
+    def __init__(self, name: str, fd: int, key_type: type[K], value_type: type[V]) -> None:
+        self.name = name
+        self.fd = fd
+        self.key_type = key_type
+        self.value_type = value_type
+        info = bpfsys.map_info(fd)
+        self.max_entries = int(info.max_entries)
+        self.percpu = info.type in bpfsys.PERCPU_TYPES
+        if info.key_size != ctypes.sizeof(key_type) or info.value_size != ctypes.sizeof(value_type):
+            raise PinError(
+                f"map {name}: kernel has key/value {info.key_size}/{info.value_size} bytes, "
+                f"this enforcer expects {ctypes.sizeof(key_type)}/{ctypes.sizeof(value_type)}; "
+                "run `enforcer cleanup` to drop the old pins"
+            )
+
+    @classmethod
+    def open_pinned(cls, path: Path, key_type: type[K], value_type: type[V]) -> "BpfMap[K, V]":
+        try:
+            fd = bpfsys.obj_get(str(path))
+        except OSError as e:
+            raise PinError(f"cannot open pinned map {path}: {e.strerror}") from e
+        return cls(path.name, fd, key_type, value_type)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _value_buffer(self) -> ctypes.Array:
+        if self.percpu:
+            return (self.value_type * bpfsys.possible_cpus())()
+        return (self.value_type * 1)()
+
+    def lookup(self, key: K) -> V | None:
+        buf = self._value_buffer()
+        if not self._call("lookup", bpfsys.map_lookup, key, buf):
+            return None
+        return buf[0]
+
+    def lookup_percpu(self, key: K) -> list[V]:
+        buf = self._value_buffer()
+        if not self._call("lookup", bpfsys.map_lookup, key, buf):
+            return []
+        return list(buf)
+
+    def update(self, key: K, value: V, flags: int = bpfsys.BPF_ANY) -> None:
+        try:
+            bpfsys.map_update(self.fd, key, value, flags)
+        except OSError as e:
+            if e.errno in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
+                raise MapFullError(self.name, "update", e.errno,
+                                   f"{self.max_entries} entries at most") from e
+            raise MapError(self.name, "update", e.errno) from e
+
+    def delete(self, key: K) -> bool:
+        return bool(self._call("delete", bpfsys.map_delete, key))
+
+    def keys(self) -> Iterator[K]:
+        prev: K | None = None
+        while True:
+            nxt = self.key_type()
+            if not self._call("next_key", bpfsys.map_next_key, prev, nxt):
+                return
+            yield nxt
+            prev = nxt
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        for k in self.keys():
+            v = self.lookup(k)
+            if v is not None:  # deleted under us: skip
+                yield k, v
+
+    def count(self) -> int:
+        return sum(1 for _ in self.keys())
+
+    def clear(self) -> int:
+        n = 0
+        for k in list(self.keys()):
+            n += self.delete(k)
+        return n
+
+    def _call(self, op: str, fn, *args):  # type: ignore[no-untyped-def]
+        try:
+            return fn(self.fd, *args)
+        except OSError as e:
+            raise MapError(self.name, op, e.errno) from e
+
+
+def port_range_prefixes(start: int, end: int) -> list[tuple[int, int]]:
+    """Cover [start, end] with aligned power-of-two blocks: (port, prefix
+    bits of the 16-bit port that must match). 80-80 -> [(80, 16)];
+    1-65535 -> 16 blocks."""
+    if not (0 <= start <= end <= 65535):
+        raise ValueError(f"invalid port range {start}-{end}")
+    out: list[tuple[int, int]] = []
+    while start <= end:
+        size = start & -start if start else 1 << 16
+        while size > end - start + 1:
+            size >>= 1
+        out.append((start, 16 - size.bit_length() + 1))
+        start += size
+    return out
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """One allow as the datapath sees it. protocol None = every protocol
+    (and so every port); port None = every port of the protocol; end_port
+    extends port into a range."""
+
+    endpoint_id: int
+    direction: int
+    identity: int
+    protocol: int | None
+    port: int | None
+    end_port: int | None
+    rule_id: int
+
+    def keys(self) -> list[PolicyKey]:
+        base = dict(identity=self.identity, endpoint_id=self.endpoint_id, direction=self.direction)
+        if self.protocol is None:
+            if self.port is not None:
+                raise ValueError("a port needs a protocol")
+            return [PolicyKey(prefixlen=POLICY_PREFIX_EXACT, **base)]
+        if self.port is None:
+            return [PolicyKey(prefixlen=POLICY_PREFIX_PROTO, protocol=self.protocol, **base)]
+        end = self.end_port if self.end_port is not None else self.port
+        return [
+            PolicyKey(prefixlen=POLICY_PREFIX_PROTO + bits, protocol=self.protocol,
+                      dport=socket.htons(port), **base)
+            for port, bits in port_range_prefixes(self.port, end)
+        ]
+
+
+def policy_key_text(key: PolicyKey) -> str:
+    """Human form of a policy key, for dumps and errors."""
+    who = "any" if key.identity == IDENTITY_ANY else str(key.identity)
+    d = {DIR_INGRESS: "ingress", DIR_EGRESS: "egress"}.get(key.direction, str(key.direction))
+    if key.prefixlen <= POLICY_PREFIX_EXACT:
+        what = "any"
+    elif key.prefixlen == POLICY_PREFIX_PROTO:
+        what = f"{key.protocol}/any"
+    else:
+        bits = key.prefixlen - POLICY_PREFIX_PROTO
+        port = socket.ntohs(key.dport)
+        what = f"{key.protocol}/{port}" + ("" if bits == 16 else f"/{bits}")
+    return f"ep={key.endpoint_id} {d} peer={who} {what}"
+
+
+class DatapathMaps:
+    """All pinned maps under a pin directory."""
+
+    def __init__(self, pin_dir: Path = DEFAULT_PIN_DIR) -> None:
+        self.pin_dir = Path(pin_dir)
+        self._maps: dict[str, BpfMap] = {}
+        try:
+            for name, (ktype, vtype) in MAP_LAYOUTS.items():
+                self._maps[name] = BpfMap.open_pinned(self.pin_dir / PIN_NAMES[name], ktype, vtype)
+        except Exception:
+            self.close()
+            raise
+
+    def __enter__(self) -> "DatapathMaps":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for m in self._maps.values():
+            m.close()
+        self._maps.clear()
+
+    def __getitem__(self, name: str) -> BpfMap:
+        return self._maps[name]
+
+    # ipcache
+    def set_identity(self, net: IPNetwork | str, identity: int) -> None:
+        net = ipaddress.ip_network(net, strict=False) if isinstance(net, str) else net
+        self._maps["ipcache"].update(IpcacheKey.of(net), IpcacheValue(identity=identity))
+
+    def delete_identity(self, net: IPNetwork | str) -> bool:
+        net = ipaddress.ip_network(net, strict=False) if isinstance(net, str) else net
+        return self._maps["ipcache"].delete(IpcacheKey.of(net))
+
+    def identities(self) -> dict[IPNetwork, int]:
+        return {k.network(): v.identity for k, v in self._maps["ipcache"].items()}
+
+    # endpoints
+    def set_endpoint(self, ip: IPAddress | str, endpoint_id: int, ifindex: int,
+                     identity: int, flags: int) -> None:
+        ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+        self._maps["endpoints"].update(
+            EndpointKey.of(ip), EndpointInfo(ifindex=ifindex, identity=identity, id=endpoint_id, flags=flags))
+
+    def delete_endpoint(self, ip: IPAddress | str) -> bool:
+        ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+        return self._maps["endpoints"].delete(EndpointKey.of(ip))
+
+    def endpoints(self) -> dict[IPAddress, EndpointInfo]:
+        return {k.ip(): v for k, v in self._maps["endpoints"].items()}
+
+    # policy
+    def add_rule(self, rule: PolicyRule) -> int:
+        keys = rule.keys()
+        for k in keys:
+            self._maps["policy"].update(k, PolicyEntry(rule_id=rule.rule_id))
+        return len(keys)
+
+    def delete_rule(self, rule: PolicyRule) -> int:
+        return sum(self._maps["policy"].delete(k) for k in rule.keys())
+
+    # conntrack
+    def conntrack(self) -> list[tuple[CtKey, CtEntry]]:
+        return list(self._maps["conntrack"].items())
+
+    def flush_conntrack(self, endpoint_id: int | None = None) -> int:
+        ct = self._maps["conntrack"]
+        n = 0
+        for k in list(ct.keys()):
+            if endpoint_id is None or k.endpoint_id == endpoint_id:
+                n += ct.delete(k)
+        return n
+
+    # metrics
+    def counters(self, endpoint_id: int) -> dict[tuple[int, Reason], tuple[int, int]]:
+        """(direction, reason) -> (packets, bytes), summed over CPUs; only
+        non-zero counters."""
+        metrics = self._maps["metrics"]
+        out: dict[tuple[int, Reason], tuple[int, int]] = {}
+        for direction in (DIR_INGRESS, DIR_EGRESS):
+            for reason in Reason:
+                idx = ctypes.c_uint32((endpoint_id * 2 + direction) * REASON_SLOTS + int(reason))
+                per_cpu: list[Counter] = metrics.lookup_percpu(idx)
+                pkts = sum(c.packets for c in per_cpu)
+                if pkts:
+                    out[(direction, reason)] = (pkts, sum(c.bytes for c in per_cpu))
+        return out
+
+    def event_stats(self) -> dict[str, int]:
+        per_cpu: list[EventBucket] = self._maps["event_limit"].lookup_percpu(ctypes.c_uint32(0))
+        return {"suppressed": sum(b.suppressed for b in per_cpu), "lost": sum(b.lost for b in per_cpu)}
+
+
+def ct_key_text(key: CtKey) -> str:
+    peer = addr_from_bytes(key.family, key.peer)
+    return (f"ep={key.endpoint_id} proto={key.proto} peer={peer} "
+            f"pod_port={socket.ntohs(key.pod_port)} peer_port={socket.ntohs(key.peer_port)}")

@@ -1,0 +1,122 @@
+"""Preparing the BPF C for bcc: configuration as -D flags, and one source
+text with our own headers inlined.
+
+Why inline: bcc rewrites map operations (`policy.lookup(&k)`) into map
+helper calls only in the main file it compiles. In an included header they
+stay calls through a function-pointer member, which the kernel rejects
+("unknown opcode 8d"). Inlining our headers, with #line markers so compiler
+errors still name the real file and line, keeps bpf/ as small
+single-concern headers and gives bcc the one file it can rewrite.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..errors import ConfigError
+
+BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/enforcer")
+
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def amalgamate(path: Path, _seen: set[Path] | None = None) -> str:
+    """path's text with every `#include "..."` of our own files inlined once."""
+    seen = _seen if _seen is not None else set()
+    path = path.resolve()
+    if path in seen:
+        return ""
+    seen.add(path)
+    out = [f'#line 1 "{path}"']
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        m = _LOCAL_INCLUDE.match(line)
+        if m:
+            out.append(amalgamate(path.parent / m.group(1), seen))
+            out.append(f'#line {lineno + 1} "{path}"')
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True)
+class DatapathConfig:
+    """Compile-time settings of the datapath. Map sizes are fixed when a map
+    is first pinned; a later config with other sizes is refused (PinError)
+    until `enforcer cleanup` removes the pins."""
+
+    pin_dir: Path = DEFAULT_PIN_DIR
+    ipcache_max: int = 524288
+    endpoints_max: int = 4096
+    max_endpoint_id: int = 512
+    policy_max: int = 262144
+    ct_max: int = 131072
+    fragments_max: int = 8192
+    ct_timeout_syn: int = 60
+    ct_timeout_tcp: int = 21600
+    ct_timeout_close: int = 10
+    ct_timeout_other: int = 60
+    events_per_sec: int = 1000
+    events_burst: int = 200
+    events_ring_pages: int = 256
+    # Benchmark builds only: conntrack hits are looked up but ignored, so a
+    # repeated SYN measures the new-flow path every time.
+    bench_ignore_conntrack_hits: bool = False
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or f.name == "pin_dir":
+                continue
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"datapath config {f.name}: must be a positive integer, got {value!r}")
+        if self.max_endpoint_id > 65535:
+            raise ConfigError("datapath config max_endpoint_id: endpoint ids are 16-bit (<= 65535)")
+        pages = self.events_ring_pages
+        if pages & (pages - 1):
+            raise ConfigError(f"datapath config events_ring_pages: must be a power of two, got {pages}")
+        if not str(self.pin_dir).startswith("/sys/fs/bpf"):
+            raise ConfigError(f"datapath config pin_dir: {self.pin_dir} is not under /sys/fs/bpf")
+
+    def cflags(self) -> list[str]:
+        flags = [
+            f'-DPIN_DIR="{self.pin_dir}"',
+            f"-DIPCACHE_MAX={self.ipcache_max}",
+            f"-DENDPOINTS_MAX={self.endpoints_max}",
+            f"-DMAX_ENDPOINT_ID={self.max_endpoint_id}",
+            f"-DPOLICY_MAX={self.policy_max}",
+            f"-DCT_MAX={self.ct_max}",
+            f"-DFRAGMENTS_MAX={self.fragments_max}",
+            f"-DCT_TIMEOUT_SYN={self.ct_timeout_syn}",
+            f"-DCT_TIMEOUT_TCP={self.ct_timeout_tcp}",
+            f"-DCT_TIMEOUT_CLOSE={self.ct_timeout_close}",
+            f"-DCT_TIMEOUT_OTHER={self.ct_timeout_other}",
+            f"-DEVENTS_PER_SEC={self.events_per_sec}",
+            f"-DEVENTS_BURST={self.events_burst}",
+            f"-DEVENTS_RING_PAGES={self.events_ring_pages}",
+            "-Wno-unused-function",
+            "-Werror=implicit-function-declaration",
+        ]
+        if self.bench_ignore_conntrack_hits:
+            flags.append("-DBENCH_IGNORE_CONNTRACK_HITS")
+        return flags
+
+    def map_max_entries(self) -> dict[str, int]:
+        """max_entries each pinned map is created with."""
+        return {
+            "ipcache": self.ipcache_max,
+            "endpoints": self.endpoints_max,
+            "policy": self.policy_max,
+            "conntrack": self.ct_max,
+            "fragments": self.fragments_max,
+            "metrics": self.max_endpoint_id * 2 * _reason_slots(),
+            "event_limit": 1,
+        }
+
+
+def _reason_slots() -> int:
+    from .reasons import REASON_SLOTS
+
+    return REASON_SLOTS
