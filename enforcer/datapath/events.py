@@ -63,7 +63,7 @@ class EventReader:
             return 0
 
         self._cb = _cb
-        bpf["events"].open_ring_buffer(_cb)
+        bpf[b"events"].open_ring_buffer(_cb)
 
     def poll(self, timeout_ms: int = 100) -> None:
         self._bpf.ring_buffer_poll(timeout_ms)

@@ -82,13 +82,13 @@ def _compile(source: Path, cflags: list[str], functions: tuple[str, ...]) -> Loa
 
     text = amalgamate(source)
     try:
-        bpf = BPF(text=text, cflags=cflags)
+        bpf = BPF(text=text.encode(), cflags=cflags)
     except Exception as e:  # bcc raises bare Exception
         raise BuildError(f"compiling {source.name} failed: {e}") from e
     loaded = LoadedPrograms(bpf=bpf)
     for name in functions:
         try:
-            fn = bpf.load_func(name, BPF.SCHED_CLS)
+            fn = bpf.load_func(name.encode(), BPF.SCHED_CLS)
         except Exception as e:
             raise BuildError(f"loading {source.name}:{name} failed (verifier): {e}") from e
         loaded.fds[name] = fn.fd

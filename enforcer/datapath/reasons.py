@@ -10,7 +10,7 @@ from pathlib import Path
 from .source import BPF_DIR
 
 REASONS_HEADER = BPF_DIR / "lib" / "reasons.h"
-_ENTRY = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=\s*(\d+)\s*,")
+_ENTRY = re.compile(r"^\s*([A-Z_][A-Z0-9_]*)\s*=\s*(\d+)\s*,")
 _SLOTS = re.compile(r"^#define\s+REASON_SLOTS\s+(\d+)")
 
 

@@ -1,0 +1,142 @@
+"""`enforcer` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .errors import EnforcerError
+from .datapath.source import DEFAULT_PIN_DIR, DatapathConfig
+
+log = logging.getLogger("enforcer")
+
+
+def _datapath_run(args: argparse.Namespace) -> int:
+    """Load the programs, attach them to the named interfaces and stay up,
+    logging verdict events, until SIGTERM/SIGINT. Leaving does not detach:
+    enforcement stays in place for the next loader."""
+    from .datapath.attach import TcAttacher
+    from .datapath.events import EventReader, Verdict
+    from .datapath.loader import load_pod_programs
+
+    config = DatapathConfig(pin_dir=Path(args.pin_dir))
+    loaded = load_pod_programs(config)
+    attacher = TcAttacher()
+    for ifname in args.attach:
+        attacher.attach(attacher.ifindex(ifname), loaded.fds)
+        log.info("attached to %s", ifname)
+
+    def on_event(v: Verdict) -> None:
+        log.info("%s %s %s ep=%d %s:%d -> %s:%d proto=%d peer_id=%d rule=%d",
+                 "ALLOW" if v.allowed else "DROP", v.reason.name if hasattr(v.reason, "name") else v.reason,
+                 v.direction, v.endpoint_id, v.src, v.sport, v.dst, v.dport, v.proto,
+                 v.peer_identity, v.rule_id)
+
+    reader = EventReader(loaded.bpf, on_event)
+    stop = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if args.ready_file:
+        Path(args.ready_file).write_text("ready\n")
+    print("ready", flush=True)
+    while not stop:
+        reader.poll(200)
+    log.info("stopping; programs stay attached")
+    return 0
+
+
+def _datapath_detach(args: argparse.Namespace) -> int:
+    from .datapath.attach import TcAttacher
+
+    attacher = TcAttacher()
+    for ifname in args.interfaces:
+        attacher.detach(attacher.ifindex(ifname))
+    return 0
+
+
+def _datapath_show(args: argparse.Namespace) -> int:
+    from .datapath.attach import TcAttacher
+    from .datapath.maps import DatapathMaps, ct_key_text, policy_key_text
+
+    with DatapathMaps(Path(args.pin_dir)) as maps:
+        print("attachments:")
+        for a in TcAttacher().attachments():
+            print(f"  ifindex {a.ifindex} {a.hook}: {a.program}")
+        print("ipcache:")
+        for net, ident in sorted(maps.identities().items(), key=lambda kv: (kv[0].version, str(kv[0]))):
+            print(f"  {net} -> {ident}")
+        print("endpoints:")
+        for ip, ep in maps.endpoints().items():
+            print(f"  {ip}: id={ep.id} ifindex={ep.ifindex} identity={ep.identity} flags={ep.flags:#x}")
+        print("policy:")
+        for k, v in maps["policy"].items():
+            print(f"  {policy_key_text(k)} rule={v.rule_id}")
+        print("conntrack:")
+        for k, v in maps.conntrack():
+            print(f"  {ct_key_text(k)} origin={v.origin} flags={v.flags:#x} rule={v.rule_id}")
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from .datapath.attach import TcAttacher
+    from .datapath.loader import remove_pins
+
+    attacher = TcAttacher()
+    for a in {a.ifindex for a in attacher.attachments()}:
+        attacher.detach(a)
+    removed = remove_pins(DatapathConfig(pin_dir=Path(args.pin_dir)))
+    print(f"removed programs from this network namespace and pins: {', '.join(removed) or 'none'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .lab.demo import run_demo
+
+    return run_demo()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="enforcer", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dp = sub.add_parser("datapath", help="low-level datapath operations")
+    dsub = dp.add_subparsers(dest="datapath_command", required=True)
+    run = dsub.add_parser("run", help="load, attach and stay up logging verdicts")
+    run.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
+    run.add_argument("--attach", action="append", default=[], metavar="IFNAME")
+    run.add_argument("--ready-file", help="write this file once attached")
+    run.set_defaults(func=_datapath_run)
+    det = dsub.add_parser("detach", help="remove the programs from interfaces")
+    det.add_argument("interfaces", nargs="+")
+    det.set_defaults(func=_datapath_detach)
+    show = dsub.add_parser("show", help="dump attachments and map contents")
+    show.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
+    show.set_defaults(func=_datapath_show)
+
+    clean = sub.add_parser("cleanup", help="remove programs (this netns) and pins")
+    clean.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
+    clean.set_defaults(func=_cleanup)
+
+    demo = sub.add_parser("demo", help="run the demo on the embedded default")
+    demo.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except EnforcerError as e:
+        print(f"enforcer: {e}", file=sys.stderr)
+        return 1
