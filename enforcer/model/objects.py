@@ -1,0 +1,388 @@
+"""Namespace, Pod and networking.k8s.io/v1 NetworkPolicy, parsed and
+validated from API dicts.
+
+Invalid input never widens what is allowed:
+- a policy whose rule is invalid keeps its other rules; the invalid rule
+  allows nothing (a rule's peers and ports narrow each other, so dropping a
+  peer or a port entry would widen it: the whole rule goes);
+- a policy whose pod selector or policy types cannot be read is kept as
+  *fail-closed*: it isolates every pod of its namespace in the directions it
+  names (both when unreadable) and allows nothing;
+- an object without a readable namespace/name is reported and ignored.
+Every problem is reported as an InvalidObjectError naming the object.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import InvalidObjectError
+from .selectors import LabelSelector, SelectorError, check_label_key, check_label_value
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+INGRESS = "Ingress"
+EGRESS = "Egress"
+_IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+
+
+def _meta(raw: Mapping[str, Any], kind: str, namespaced: bool) -> tuple[str | None, str]:
+    meta = raw.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise InvalidObjectError(kind, None, "<unnamed>", "metadata.name is missing")
+    ns = meta.get("namespace", "default") if namespaced else None
+    if namespaced and (not isinstance(ns, str) or not ns):
+        raise InvalidObjectError(kind, None, meta["name"], "metadata.namespace is invalid")
+    return ns, meta["name"]
+
+
+def _labels(raw: Mapping[str, Any], kind: str, ns: str | None, name: str) -> dict[str, str]:
+    labels = (raw.get("metadata") or {}).get("labels") or {}
+    if not isinstance(labels, dict):
+        raise InvalidObjectError(kind, ns, name, "metadata.labels must be a map")
+    try:
+        for k, v in labels.items():
+            check_label_key(k, "metadata.labels")
+            check_label_value(v, f"metadata.labels[{k}]")
+    except SelectorError as e:
+        raise InvalidObjectError(kind, ns, name, str(e)) from e
+    return dict(labels)
+
+
+def _resource_version(raw: Mapping[str, Any]) -> str:
+    return str((raw.get("metadata") or {}).get("resourceVersion") or "")
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: Mapping[str, str]
+    resource_version: str = ""
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> "Namespace":
+        _, name = _meta(raw, "Namespace", namespaced=False)
+        labels = _labels(raw, "Namespace", None, name)
+        # The API server sets this label on every namespace (1.21+); manifests
+        # written by hand may lack it, and policies rely on it.
+        labels["kubernetes.io/metadata.name"] = name
+        return cls(name, labels, _resource_version(raw))
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    name: str | None
+    port: int
+    protocol: str
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    node_name: str | None
+    host_network: bool
+    ips: tuple[IPAddress, ...]
+    ports: tuple[ContainerPort, ...]
+    phase: str
+    resource_version: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def is_running(self) -> bool:
+        """Has addresses that belong to it: scheduled, IP assigned, not
+        finished (a finished pod's IP may already be someone else's)."""
+        return bool(self.ips) and self.phase not in ("Succeeded", "Failed")
+
+    def named_port(self, name: str, protocol: str) -> int | None:
+        for p in self.ports:
+            if p.name == name and p.protocol == protocol:
+                return p.port
+        return None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> "Pod":
+        ns, name = _meta(raw, "Pod", namespaced=True)
+        assert ns is not None
+        labels = _labels(raw, "Pod", ns, name)
+        spec = raw.get("spec") or {}
+        status = raw.get("status") or {}
+        if not isinstance(spec, dict) or not isinstance(status, dict):
+            raise InvalidObjectError("Pod", ns, name, "spec and status must be objects")
+        ips: list[IPAddress] = []
+        raw_ips = [e.get("ip") for e in status.get("podIPs") or [] if isinstance(e, dict)]
+        if not raw_ips and status.get("podIP"):
+            raw_ips = [status["podIP"]]
+        for ip in raw_ips:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except (ValueError, TypeError) as e:
+                raise InvalidObjectError("Pod", ns, name, f"status.podIPs: invalid address {ip!r}") from e
+            if addr not in ips:
+                ips.append(addr)
+        ports: list[ContainerPort] = []
+        containers = list(spec.get("containers") or [])
+        # Sidecars (restartable init containers) serve ports like containers.
+        containers += [c for c in spec.get("initContainers") or []
+                       if isinstance(c, dict) and c.get("restartPolicy") == "Always"]
+        for c in containers:
+            for p in (c.get("ports") or []) if isinstance(c, dict) else []:
+                try:
+                    num = int(p["containerPort"])
+                except (KeyError, TypeError, ValueError) as e:
+                    raise InvalidObjectError("Pod", ns, name, f"container port {p!r} has no valid containerPort") from e
+                proto = p.get("protocol") or "TCP"
+                if proto not in PROTOCOLS or not 1 <= num <= 65535:
+                    raise InvalidObjectError("Pod", ns, name, f"invalid container port {num}/{proto}")
+                ports.append(ContainerPort(p.get("name"), num, proto))
+        return cls(
+            namespace=ns, name=name, uid=str((raw.get("metadata") or {}).get("uid") or f"{ns}/{name}"),
+            labels=labels, node_name=spec.get("nodeName"), host_network=bool(spec.get("hostNetwork")),
+            ips=tuple(ips), ports=tuple(ports), phase=str(status.get("phase") or "Running"),
+            resource_version=_resource_version(raw),
+        )
+
+
+@dataclass(frozen=True)
+class IPBlock:
+    cidr: IPNetwork
+    excepts: tuple[IPNetwork, ...] = ()
+
+    def contains_prefix(self, prefix: IPNetwork) -> bool:
+        """Whether every address of `prefix` is in this block."""
+        if prefix.version != self.cidr.version or not prefix.subnet_of(self.cidr):  # type: ignore[arg-type]
+            return False
+        return not any(prefix.subnet_of(e) for e in self.excepts)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One entry of from/to: an ipBlock, or pods chosen by selectors.
+    namespace_selector None means "the policy's own namespace"."""
+
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+
+@dataclass(frozen=True)
+class PolicyPort:
+    protocol: str
+    port: int | str | None  # None = every port of the protocol
+    end_port: int | None = None
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """peers () = every peer; ports () = every port of every protocol."""
+
+    peers: tuple[Peer, ...]
+    ports: tuple[PolicyPort, ...]
+    valid: bool = True
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    namespace: str
+    name: str
+    pod_selector: LabelSelector | None  # None: fail-closed, whole namespace
+    policy_types: frozenset[str]
+    ingress: tuple[PolicyRule, ...]
+    egress: tuple[PolicyRule, ...]
+    errors: tuple[str, ...] = field(default=())
+    resource_version: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def fail_closed(self) -> bool:
+        return self.pod_selector is None
+
+    def error(self) -> InvalidObjectError | None:
+        if not self.errors:
+            return None
+        return InvalidObjectError("NetworkPolicy", self.namespace, self.name, "; ".join(self.errors))
+
+    def selects(self, pod: Pod) -> bool:
+        if pod.namespace != self.namespace:
+            return False
+        return self.pod_selector is None or self.pod_selector.matches(pod.labels)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> "NetworkPolicy":
+        ns, name = _meta(raw, "NetworkPolicy", namespaced=True)
+        assert ns is not None
+        errors: list[str] = []
+        spec = raw.get("spec")
+        if not isinstance(spec, dict):
+            errors.append("spec is missing")
+            spec = {}
+        unknown = set(spec) - {"podSelector", "policyTypes", "ingress", "egress"}
+        if unknown:
+            errors.append(f"spec: unknown field(s) {', '.join(sorted(unknown))}")
+
+        pod_selector: LabelSelector | None
+        if "podSelector" not in spec:
+            errors.append("spec.podSelector is required")
+            pod_selector = None
+        else:
+            try:
+                pod_selector = LabelSelector.parse(spec["podSelector"], "spec.podSelector")
+            except SelectorError as e:
+                errors.append(str(e))
+                pod_selector = None
+
+        ingress_raw, egress_raw = spec.get("ingress"), spec.get("egress")
+        types_raw = spec.get("policyTypes")
+        types: frozenset[str]
+        if types_raw in (None, []):
+            # API server defaulting: Ingress always; Egress when egress rules exist.
+            types = frozenset([INGRESS] + ([EGRESS] if egress_raw else []))
+        elif (isinstance(types_raw, list) and all(t in (INGRESS, EGRESS) for t in types_raw)
+              and len(set(types_raw)) == len(types_raw)):
+            types = frozenset(types_raw)
+        else:
+            errors.append(f"spec.policyTypes: must be a list of Ingress/Egress without repeats, got {types_raw!r}")
+            types = frozenset([INGRESS, EGRESS])
+            pod_selector = None  # cannot tell what it meant: fail closed
+
+        ingress = _parse_rules(ingress_raw, "spec.ingress", "from", errors)
+        egress = _parse_rules(egress_raw, "spec.egress", "to", errors)
+        if pod_selector is None:
+            ingress, egress = (), ()
+        return cls(ns, name, pod_selector, types, ingress, egress, tuple(errors), _resource_version(raw))
+
+
+def _parse_rules(raw: Any, where: str, peers_field: str, errors: list[str]) -> tuple[PolicyRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.append(f"{where}: must be a list")
+        return ()
+    rules = []
+    for i, r in enumerate(raw):
+        at = f"{where}[{i}]"
+        try:
+            rules.append(_parse_rule(r, at, peers_field))
+        except ValueError as e:
+            errors.append(f"{e} (rule ignored: it allows nothing)")
+            rules.append(PolicyRule((), (), valid=False))
+    return tuple(rules)
+
+
+def _parse_rule(raw: Any, at: str, peers_field: str) -> PolicyRule:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{at}: must be an object")
+    unknown = set(raw) - {peers_field, "ports"}
+    if unknown:
+        raise ValueError(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
+    peers = tuple(_parse_peer(p, f"{at}.{peers_field}[{j}]") for j, p in enumerate(raw.get(peers_field) or []))
+    ports = tuple(_parse_port(p, f"{at}.ports[{j}]") for j, p in enumerate(raw.get("ports") or []))
+    return PolicyRule(peers, ports)
+
+
+def _parse_network(value: Any, at: str) -> IPNetwork:
+    try:
+        # Host bits are normalised away, as the API server's sloppy parse
+        # and upstream e2e (a /4 built from a pod IP) expect.
+        return ipaddress.ip_network(value, strict=False)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{at}: invalid CIDR {value!r}") from e
+
+
+def _parse_peer(raw: Any, at: str) -> Peer:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{at}: must be an object")
+    unknown = set(raw) - {"podSelector", "namespaceSelector", "ipBlock"}
+    if unknown:
+        raise ValueError(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
+    if "ipBlock" in raw:
+        if "podSelector" in raw or "namespaceSelector" in raw:
+            raise ValueError(f"{at}: ipBlock cannot be combined with selectors")
+        block = raw["ipBlock"]
+        if not isinstance(block, dict) or "cidr" not in block:
+            raise ValueError(f"{at}.ipBlock: cidr is required")
+        unknown = set(block) - {"cidr", "except"}
+        if unknown:
+            raise ValueError(f"{at}.ipBlock: unknown field(s) {', '.join(sorted(unknown))}")
+        cidr = _parse_network(block["cidr"], f"{at}.ipBlock.cidr")
+        excepts = []
+        for k, e in enumerate(block.get("except") or []):
+            net = _parse_network(e, f"{at}.ipBlock.except[{k}]")
+            if net.version != cidr.version or not net.subnet_of(cidr) or net.prefixlen <= cidr.prefixlen:  # type: ignore[arg-type]
+                raise ValueError(f"{at}.ipBlock.except[{k}]: {net} must be strictly within {cidr}")
+            excepts.append(net)
+        return Peer(ip_block=IPBlock(cidr, tuple(excepts)))
+    if "podSelector" not in raw and "namespaceSelector" not in raw:
+        raise ValueError(f"{at}: must set podSelector, namespaceSelector or ipBlock")
+    try:
+        pod_sel = LabelSelector.parse(raw["podSelector"], f"{at}.podSelector") if "podSelector" in raw else None
+        ns_sel = (LabelSelector.parse(raw["namespaceSelector"], f"{at}.namespaceSelector")
+                  if "namespaceSelector" in raw else None)
+    except SelectorError as e:
+        raise ValueError(str(e)) from e
+    return Peer(pod_selector=pod_sel, namespace_selector=ns_sel)
+
+
+def _parse_port(raw: Any, at: str) -> PolicyPort:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{at}: must be an object")
+    unknown = set(raw) - {"protocol", "port", "endPort"}
+    if unknown:
+        raise ValueError(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
+    proto = raw.get("protocol") or "TCP"
+    if proto not in PROTOCOLS:
+        raise ValueError(f"{at}.protocol: must be TCP, UDP or SCTP, got {proto!r}")
+    port = raw.get("port")
+    end = raw.get("endPort")
+    if isinstance(port, bool):
+        raise ValueError(f"{at}.port: invalid {port!r}")
+    if isinstance(port, str) and port.isdigit():
+        port = int(port)
+    if isinstance(port, int):
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{at}.port: {port} is not in 1-65535")
+    elif isinstance(port, str):
+        if not _IANA_SVC_NAME.match(port) or "--" in port or not re.search("[a-z]", port):
+            raise ValueError(f"{at}.port: {port!r} is not a valid port name")
+    elif port is not None:
+        raise ValueError(f"{at}.port: invalid {port!r}")
+    if end is not None:
+        if not isinstance(end, int) or isinstance(end, bool):
+            raise ValueError(f"{at}.endPort: must be a number")
+        if not isinstance(port, int):
+            raise ValueError(f"{at}.endPort: needs a numeric port")
+        if not port <= end <= 65535:
+            raise ValueError(f"{at}.endPort: {end} must be between port {port} and 65535")
+    return PolicyPort(proto, port, end)
+
+
+def parse_object(raw: Mapping[str, Any]) -> Namespace | Pod | NetworkPolicy:
+    kind = raw.get("kind")
+    if kind == "Namespace":
+        return Namespace.parse(raw)
+    if kind == "Pod":
+        return Pod.parse(raw)
+    if kind == "NetworkPolicy":
+        api = raw.get("apiVersion")
+        if api not in (None, "networking.k8s.io/v1"):
+            name = (raw.get("metadata") or {}).get("name", "<unnamed>")
+            raise InvalidObjectError("NetworkPolicy", (raw.get("metadata") or {}).get("namespace"), name,
+                                     f"unsupported apiVersion {api!r}")
+        return NetworkPolicy.parse(raw)
+    raise InvalidObjectError(str(kind or "<no kind>"), None, (raw.get("metadata") or {}).get("name", "<unnamed>"),
+                             "unsupported kind")

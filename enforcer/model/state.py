@@ -1,0 +1,119 @@
+"""The cluster as the enforcer knows it: a store that sources write into,
+and immutable snapshots that the compiler reads."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from ..errors import InvalidObjectError
+from .objects import Namespace, NetworkPolicy, Pod, parse_object
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    namespaces: Mapping[str, Namespace]
+    pods: Mapping[str, Pod]
+    policies: Mapping[str, NetworkPolicy]
+    errors: tuple[InvalidObjectError, ...] = ()
+    revision: int = 0
+    source_revision: str = ""
+
+
+@dataclass
+class ClusterStore:
+    """Objects by kind and key. Sources replace the whole content
+    (directory) or apply upserts and deletes (API watch); every change bumps
+    the revision and notifies the listener (the reconcile loop)."""
+
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
+    pods: dict[str, Pod] = field(default_factory=dict)
+    policies: dict[str, NetworkPolicy] = field(default_factory=dict)
+    errors: dict[str, InvalidObjectError] = field(default_factory=dict)  # by object key
+    revision: int = 0
+    source_revision: str = ""
+    on_change: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def object_key(raw: Mapping[str, Any]) -> str:
+        meta = raw.get("metadata") or {}
+        ns = meta.get("namespace", "default") if raw.get("kind") != "Namespace" else ""
+        return f"{raw.get('kind')}:{ns}/{meta.get('name')}"
+
+    def replace_all(self, objects: list[Mapping[str, Any]], extra_errors: list[InvalidObjectError],
+                    source_revision: str = "") -> None:
+        """Replace everything with `objects` (directory source)."""
+        ns: dict[str, Namespace] = {}
+        pods: dict[str, Pod] = {}
+        pols: dict[str, NetworkPolicy] = {}
+        errors: dict[str, InvalidObjectError] = {}
+        for raw in objects:
+            try:
+                obj = parse_object(raw)
+            except InvalidObjectError as e:
+                errors[self.object_key(raw)] = e
+                continue
+            _file(obj, ns, pods, pols)
+        for i, e in enumerate(extra_errors):
+            errors[f"source:{i}"] = e
+        with self._lock:
+            changed = (ns, pods, pols, errors) != (self.namespaces, self.pods, self.policies, self.errors)
+            self.namespaces, self.pods, self.policies, self.errors = ns, pods, pols, errors
+            self.source_revision = source_revision or self.source_revision
+            if changed:
+                self.revision += 1
+        if changed and self.on_change:
+            self.on_change()
+
+    def upsert(self, raw: Mapping[str, Any]) -> None:
+        key = self.object_key(raw)
+        with self._lock:
+            try:
+                obj = parse_object(raw)
+            except InvalidObjectError as e:
+                self.errors[key] = e
+                # The last valid version of the object stays in force.
+            else:
+                self.errors.pop(key, None)
+                _file(obj, self.namespaces, self.pods, self.policies)
+            self.revision += 1
+        if self.on_change:
+            self.on_change()
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        with self._lock:
+            if kind == "Namespace":
+                self.namespaces.pop(name, None)
+            elif kind == "Pod":
+                self.pods.pop(f"{namespace}/{name}", None)
+            elif kind == "NetworkPolicy":
+                self.policies.pop(f"{namespace}/{name}", None)
+            self.errors.pop(f"{kind}:{namespace or ''}/{name}", None)
+            self.revision += 1
+        if self.on_change:
+            self.on_change()
+
+    def snapshot(self) -> ClusterSnapshot:
+        with self._lock:
+            return ClusterSnapshot(
+                namespaces=MappingProxyType(dict(self.namespaces)),
+                pods=MappingProxyType(dict(self.pods)),
+                policies=MappingProxyType(dict(self.policies)),
+                errors=tuple(self.errors.values()),
+                revision=self.revision,
+                source_revision=self.source_revision,
+            )
+
+
+def _file(obj: Namespace | Pod | NetworkPolicy, ns: dict, pods: dict, pols: dict) -> None:
+    if isinstance(obj, Namespace):
+        ns[obj.name] = obj
+    elif isinstance(obj, Pod):
+        pods[obj.key] = obj
+    else:
+        pols[obj.key] = obj
