@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import EnforcerError
@@ -50,6 +51,40 @@ def _datapath_run(args: argparse.Namespace) -> int:
     while not stop:
         reader.poll(200)
     log.info("stopping; programs stay attached")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The node daemon."""
+    from .daemon.runtime import Daemon, DaemonConfig
+    from .model.state import ClusterStore
+    from .sources.directory import DirectorySource
+
+    store = ClusterStore()
+    config = DaemonConfig(node_name=args.node, datapath=DatapathConfig(pin_dir=Path(args.pin_dir)),
+                          revoke_established=not args.keep_established)
+    flows = logging.getLogger("enforcer.flows")
+
+    def on_verdict(v) -> None:  # type: ignore[no-untyped-def]
+        flows.info("%s %s %s ep=%d %s:%d -> %s:%d proto=%d peer_id=%d rule=%d",
+                   "ALLOW" if v.allowed else "DROP", getattr(v.reason, "name", v.reason), v.direction,
+                   v.endpoint_id, v.src, v.sport, v.dst, v.dport, v.proto, v.peer_identity, v.rule_id)
+
+    daemon = Daemon(config, store, on_verdict=on_verdict)
+    source = DirectorySource(Path(args.source), store)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    daemon.start()
+    source.start()
+    daemon.synced.wait()
+    log.info("enforcing on node %s from %s", args.node, args.source)
+    if args.ready_file:
+        Path(args.ready_file).write_text("ready\n")
+    stop.wait()
+    log.info("stopping; enforcement stays in place (enforcer cleanup removes it)")
+    source.stop()
+    daemon.stop()
     return 0
 
 
@@ -107,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="enforcer", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
+
+    run_p = sub.add_parser("run", help="run the node daemon")
+    run_p.add_argument("--source", required=True, help="directory of manifests")
+    run_p.add_argument("--node", required=True, help="this node's name (spec.nodeName of local pods)")
+    run_p.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
+    run_p.add_argument("--keep-established", action="store_true",
+                       help="do not cut tracked connections that policy no longer allows")
+    run_p.add_argument("--ready-file", help="write this file after the first sync")
+    run_p.set_defaults(func=_run)
 
     dp = sub.add_parser("datapath", help="low-level datapath operations")
     dsub = dp.add_subparsers(dest="datapath_command", required=True)

@@ -27,6 +27,7 @@ from ..datapath.layout import (
     POLICY_PREFIX_PROTO,
 )
 from ..datapath.maps import port_range_prefixes
+from ..datapath.sync import MapContents
 from ..errors import InvalidObjectError
 from ..model.objects import EGRESS, INGRESS, PROTOCOLS, IPAddress, IPNetwork, NetworkPolicy, Peer, Pod
 from ..model.selectors import LabelSelector
@@ -95,6 +96,29 @@ class DesiredState:
     entries_by_policy: dict[str, int] = field(default_factory=dict)
     errors: list[InvalidObjectError] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)  # local pods without an interface yet
+
+    def map_contents(self) -> MapContents:
+        return MapContents(
+            ipcache=dict(self.ipcache),
+            endpoints={ip: (e.endpoint_id, e.ifindex, e.identity, e.flags) for ip, e in self.endpoints.items()},
+            policy=dict(self.policy),
+        )
+
+    def endpoint_by_id(self) -> dict[int, EndpointSpec]:
+        return {e.endpoint_id: e for e in self.endpoints.values()}
+
+    def describe(self, kind: str, key: object) -> str:
+        """Which object a map entry is for, for error messages."""
+        if kind == "policy" and isinstance(key, tuple):
+            ref = self.rules.get(self.policy.get(key, -1))
+            return f"NetworkPolicy {ref.policy} ({ref.direction.lower()} rule {ref.index})" if ref else f"policy entry {key}"
+        if kind == "endpoint" and key in self.endpoints:
+            return f"Pod {self.endpoints[key].pod} (address {key})"
+        if kind == "ipcache":
+            ident = self.ipcache.get(key)
+            what = self.identities.get(ident) if ident is not None else None
+            return f"ipcache {key} ({what})" if what else f"ipcache {key}"
+        return f"{kind} {key}"
 
 
 @dataclass

@@ -22,6 +22,7 @@ from ..datapath.layout import (
     POLICY_PREFIX_EXACT,
     POLICY_PREFIX_PROTO,
 )
+from ..datapath.sync import TrackedConnection
 from .compile import DesiredState, EndpointSpec, RuleRef
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -48,14 +49,32 @@ class ConnectionVerdict:
     dst_identity: int
 
 
+class IpcacheIndex:
+    """Longest-prefix match over a compiled ipcache, by prefix length."""
+
+    def __init__(self, ipcache: dict) -> None:  # type: ignore[type-arg]
+        self._by_len: dict[int, dict[int, dict[int, int]]] = {4: {}, 6: {}}
+        for net, ident in ipcache.items():
+            self._by_len[net.version].setdefault(net.prefixlen, {})[int(net.network_address)] = ident
+        self._lens = {v: sorted(d, reverse=True) for v, d in self._by_len.items()}
+
+    def lookup(self, ip: IPAddress) -> int:
+        bits = 32 if ip.version == 4 else 128
+        value = int(ip)
+        for length in self._lens[ip.version]:
+            key = value >> (bits - length) << (bits - length) if length else 0
+            found = self._by_len[ip.version][length].get(key)
+            if found is not None:
+                return found
+        return IDENTITY_WORLD
+
+
 def identity_of(state: DesiredState, ip: IPAddress) -> int:
-    bits = 32 if ip.version == 4 else 128
-    for length in range(bits, -1, -1):
-        net = ipaddress.ip_network(f"{ip}/{length}", strict=False)
-        found = state.ipcache.get(net)
-        if found is not None:
-            return found
-    return IDENTITY_WORLD
+    index = getattr(state, "_ipcache_index", None)
+    if index is None:
+        index = IpcacheIndex(state.ipcache)
+        state._ipcache_index = index  # type: ignore[attr-defined]  # state is not changed after compiling
+    return index.lookup(ip)
 
 
 def matching_rule_ids(state: DesiredState, endpoint_id: int, direction: int, identity: int,
@@ -111,3 +130,14 @@ def evaluate(state: DesiredState, src: IPAddress, dst: IPAddress, proto: int, po
     if (ep := state.endpoints.get(dst)) is not None:
         hooks.append(_hook(state, ep, DIR_INGRESS, src_id, proto, port))
     return ConnectionVerdict(all(h.allowed for h in hooks), hooks, src_id, dst_id)
+
+
+def connection_still_allowed(state: DesiredState, endpoints_by_id: dict[int, EndpointSpec],
+                             conn: TrackedConnection) -> bool:
+    """Whether the compiled state would still open a tracked connection."""
+    ep = endpoints_by_id.get(conn.endpoint_id)
+    if ep is None:
+        return False
+    direction = DIR_EGRESS if conn.origin_egress else DIR_INGRESS
+    port = conn.peer_port if conn.origin_egress else conn.pod_port
+    return _hook(state, ep, direction, identity_of(state, conn.peer), conn.proto, port).allowed

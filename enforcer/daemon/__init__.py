@@ -1,0 +1,2 @@
+"""The node daemon: sources -> store -> reconcile (compile, sync maps,
+attach programs) with the datapath loaded once."""

@@ -1,0 +1,168 @@
+"""The node daemon: load the datapath once, then keep the maps and
+attachments equal to what the cluster's objects compile to."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..compiler.compile import Compiler, DesiredState, NodeContext
+from ..compiler.evaluate import connection_still_allowed
+from ..datapath.attach import TcAttacher
+from ..datapath.events import EventReader, Verdict
+from ..datapath.loader import LoadedPrograms, load_pod_programs
+from ..datapath.maps import DatapathMaps
+from ..datapath.source import DatapathConfig
+from ..datapath.sync import MapSync, revoke_connections
+from ..errors import AttachError
+from ..model.state import ClusterStore
+from .node import InterfaceResolver, node_addresses
+from .reconcile import BoundedRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DaemonConfig:
+    node_name: str
+    datapath: DatapathConfig = field(default_factory=DatapathConfig)
+    revoke_established: bool = True  # cut tracked connections policy no longer allows
+    resync_interval: float = 30.0
+
+
+@dataclass
+class Status:
+    ready: bool = False
+    revision: int = 0
+    source_revision: str = ""
+    last_sync: float = 0.0
+    last_sync_duration: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    unplaced: list[str] = field(default_factory=list)
+    attached: set[int] = field(default_factory=set)
+    revoked_connections: int = 0
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, store: ClusterStore,
+                 on_verdict: Callable[[Verdict], None] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.on_verdict = on_verdict
+        self.status = Status()
+        self.desired: DesiredState | None = None
+        self.compiler = Compiler(config.datapath.max_endpoint_id)
+        self.resolver = InterfaceResolver()
+        self.attacher = TcAttacher()
+        self.runner = BoundedRunner(self.reconcile_once, resync=config.resync_interval)
+        self.synced = threading.Event()
+        self._lock = threading.Lock()
+        self._seeded = False
+        self._stop = threading.Event()
+        self.loaded: LoadedPrograms | None = None
+        self.maps: DatapathMaps | None = None
+        self.sync: MapSync | None = None
+        self._events_thread: threading.Thread | None = None
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        self.loaded = load_pod_programs(self.config.datapath)
+        self.maps = DatapathMaps(self.config.datapath.pin_dir)
+        self.sync = MapSync(self.maps)
+        # Programs left by a previous daemon: replaced with ours on the first pass.
+        self._previous_attachments = {a.ifindex for a in self.attacher.attachments()}
+        self.store.on_change = self.runner.trigger
+        self.runner.start()
+        self.runner.trigger()
+        self._events_thread = threading.Thread(target=self._events_loop, name="events", daemon=True)
+        self._events_thread.start()
+
+    def stop(self) -> None:
+        """Stop working; enforcement (programs, maps) stays in place."""
+        self._stop.set()
+        self.runner.stop()
+        if self._events_thread:
+            self._events_thread.join(timeout=2)
+
+    def _events_loop(self) -> None:
+        assert self.loaded is not None
+        reader = EventReader(self.loaded.bpf, self._on_event)
+        while not self._stop.is_set():
+            reader.poll(200)
+
+    def _on_event(self, v: Verdict) -> None:
+        if self.on_verdict:
+            self.on_verdict(v)
+
+    # -- one reconcile pass --
+
+    def reconcile_once(self) -> bool:
+        assert self.sync is not None and self.maps is not None and self.loaded is not None
+        started = time.monotonic()
+        snap = self.store.snapshot()
+        local = [p for p in snap.pods.values()
+                 if p.node_name == self.config.node_name and p.is_running and not p.host_network]
+        if not self._seeded:
+            self._seed_endpoint_ids(local)
+        interfaces = self.resolver.resolve(local)
+        node = NodeContext(self.config.node_name, node_addresses(), interfaces)
+        desired = self.compiler.compile(snap, node)
+        report = self.sync.apply(desired.map_contents(), desired.describe)
+        self._attach(desired)
+        revoked = 0
+        if report.changed and self.config.revoke_established:
+            by_id = desired.endpoint_by_id()
+            revoked = revoke_connections(self.maps, lambda c: connection_still_allowed(desired, by_id, c),
+                                         report.removed_endpoint_ids)
+        elif report.removed_endpoint_ids:
+            revoked = revoke_connections(self.maps, lambda c: True, report.removed_endpoint_ids)
+        with self._lock:
+            self.desired = desired
+            st = self.status
+            st.revision, st.source_revision = snap.revision, snap.source_revision
+            st.last_sync, st.last_sync_duration = time.time(), time.monotonic() - started
+            st.errors = [str(e) for e in desired.errors] + report.failures
+            st.unplaced = list(desired.unplaced)
+            st.revoked_connections += revoked
+            st.ready = True
+        for failure in report.failures:
+            log.error("map write failed: %s", failure)
+        if report.changed:
+            log.info("synced revision %d: %d written, %d deleted, %d connections revoked, %.1f ms",
+                     snap.revision, report.written, report.deleted, revoked, st.last_sync_duration * 1e3)
+        self.synced.set()
+        return bool(desired.unplaced or report.failures)
+
+    def _seed_endpoint_ids(self, local: list) -> None:  # type: ignore[type-arg]
+        assert self.sync is not None
+        by_ip = self.sync.applied.endpoints
+        for pod in local:
+            for ip in pod.ips:
+                if ip in by_ip:
+                    self.compiler.endpoint_ids.seed(pod.uid, by_ip[ip][0])
+                    break
+        self._seeded = True
+
+    def _attach(self, desired: DesiredState) -> None:
+        assert self.loaded is not None
+        want = {e.ifindex for e in desired.endpoints.values()}
+        have = self.status.attached
+        for ifindex in sorted(want - have):
+            try:
+                self.attacher.attach(ifindex, self.loaded.fds)
+                have.add(ifindex)
+            except AttachError as e:
+                log.error("%s", e)
+        stale = (have | self._previous_attachments) - want
+        for ifindex in sorted(stale):
+            try:
+                self.attacher.detach(ifindex)
+            except AttachError as e:
+                log.warning("%s", e)
+            have.discard(ifindex)
+        self._previous_attachments = set()

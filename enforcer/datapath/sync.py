@@ -1,0 +1,171 @@
+"""Move the pinned maps to a desired content with the fewest writes, in an
+order no packet can see half-applied:
+
+  1. policy entries added or changed   (allows exist before they are needed)
+  2. ipcache entries added or changed  (a new identity's allows are in place)
+  3. endpoints added or changed        (isolation turns on after its allows,
+                                        and off before they go)
+  4. endpoints removed
+  5. ipcache entries removed
+  6. policy entries removed            (after nothing can reach them)
+
+A failed write (a full map, say) is reported with what it was for and not
+recorded as applied, so the next pass retries it; the order above means a
+missing write can only leave traffic denied, never allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import MapError
+from .layout import (
+    CtKey,
+    DIR_EGRESS,
+    EndpointInfo,
+    EndpointKey,
+    IPAddress,
+    IPNetwork,
+    IpcacheKey,
+    IpcacheValue,
+    PolicyEntry,
+    PolicyKey,
+    addr_from_bytes,
+)
+from .maps import DatapathMaps
+
+log = logging.getLogger(__name__)
+
+# (identity, endpoint_id, direction, protocol, port, prefixlen)
+PolicyTuple = tuple[int, int, int, int, int, int]
+# (endpoint_id, ifindex, identity, flags)
+EndpointTuple = tuple[int, int, int, int]
+
+
+@dataclass
+class MapContents:
+    ipcache: dict[IPNetwork, int] = field(default_factory=dict)
+    endpoints: dict[IPAddress, EndpointTuple] = field(default_factory=dict)
+    policy: dict[PolicyTuple, int] = field(default_factory=dict)
+
+
+@dataclass
+class SyncReport:
+    written: int = 0
+    deleted: int = 0
+    failures: list[str] = field(default_factory=list)
+    removed_endpoint_ids: set[int] = field(default_factory=set)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.written or self.deleted)
+
+
+def policy_key(t: PolicyTuple) -> PolicyKey:
+    identity, ep, direction, proto, port, prefixlen = t
+    return PolicyKey(prefixlen=prefixlen, identity=identity, endpoint_id=ep, direction=direction,
+                     protocol=proto, dport=socket.htons(port))
+
+
+def policy_tuple(k: PolicyKey) -> PolicyTuple:
+    return (k.identity, k.endpoint_id, k.direction, k.protocol, socket.ntohs(k.dport), k.prefixlen)
+
+
+class MapSync:
+    """Owns what it believes the maps hold; read back from the maps at start
+    so a restarted daemon only writes the difference."""
+
+    def __init__(self, maps: DatapathMaps) -> None:
+        self.maps = maps
+        self.applied = self.read()
+
+    def read(self) -> MapContents:
+        m = self.maps
+        return MapContents(
+            ipcache={k.network(): v.identity for k, v in m["ipcache"].items()},
+            endpoints={k.ip(): (v.id, v.ifindex, v.identity, v.flags) for k, v in m["endpoints"].items()},
+            policy={policy_tuple(k): v.rule_id for k, v in m["policy"].items()},
+        )
+
+    def apply(self, want: MapContents, describe: Callable[[str, object], str] = lambda kind, key: f"{kind} {key}") -> SyncReport:
+        have = self.applied
+        report = SyncReport()
+
+        def write(kind: str, key: object, fn: Callable[[], None], record: Callable[[], None]) -> None:
+            try:
+                fn()
+            except MapError as e:
+                report.failures.append(f"{describe(kind, key)}: {e}")
+                return
+            record()
+            report.written += 1
+
+        def remove(kind: str, key: object, fn: Callable[[], bool], record: Callable[[], None]) -> None:
+            try:
+                fn()
+            except MapError as e:
+                report.failures.append(f"{describe(kind, key)}: {e}")
+                return
+            record()
+            report.deleted += 1
+
+        pol, ipc, eps = self.maps["policy"], self.maps["ipcache"], self.maps["endpoints"]
+        for t, rule in want.policy.items():
+            if have.policy.get(t) != rule:
+                write("policy", t, lambda t=t, rule=rule: pol.update(policy_key(t), PolicyEntry(rule_id=rule)),
+                      lambda t=t, rule=rule: have.policy.__setitem__(t, rule))
+        for net, ident in want.ipcache.items():
+            if have.ipcache.get(net) != ident:
+                write("ipcache", net, lambda net=net, ident=ident: ipc.update(IpcacheKey.of(net), IpcacheValue(identity=ident)),
+                      lambda net=net, ident=ident: have.ipcache.__setitem__(net, ident))
+        for ip, ep in want.endpoints.items():
+            if have.endpoints.get(ip) != ep:
+                write("endpoint", ip, lambda ip=ip, ep=ep: eps.update(
+                    EndpointKey.of(ip), EndpointInfo(id=ep[0], ifindex=ep[1], identity=ep[2], flags=ep[3])),
+                    lambda ip=ip, ep=ep: have.endpoints.__setitem__(ip, ep))
+        live_ids = {ep[0] for ep in want.endpoints.values()}
+        for ip in [ip for ip in have.endpoints if ip not in want.endpoints]:
+            if have.endpoints[ip][0] not in live_ids:
+                report.removed_endpoint_ids.add(have.endpoints[ip][0])
+            remove("endpoint", ip, lambda ip=ip: eps.delete(EndpointKey.of(ip)),
+                   lambda ip=ip: have.endpoints.pop(ip))
+        for net in [n for n in have.ipcache if n not in want.ipcache]:
+            remove("ipcache", net, lambda net=net: ipc.delete(IpcacheKey.of(net)), lambda net=net: have.ipcache.pop(net))
+        for t in [t for t in have.policy if t not in want.policy]:
+            remove("policy", t, lambda t=t: pol.delete(policy_key(t)), lambda t=t: have.policy.pop(t))
+        return report
+
+
+@dataclass(frozen=True)
+class TrackedConnection:
+    endpoint_id: int
+    peer: IPAddress
+    proto: int
+    pod_port: int
+    peer_port: int
+    origin_egress: bool
+
+
+def tracked_connections(maps: DatapathMaps) -> list[tuple[CtKey, TrackedConnection]]:
+    out = []
+    for k, v in maps["conntrack"].items():
+        out.append((k, TrackedConnection(k.endpoint_id, addr_from_bytes(k.family, k.peer), k.proto,
+                                         socket.ntohs(k.pod_port), socket.ntohs(k.peer_port),
+                                         v.origin == DIR_EGRESS)))
+    return out
+
+
+def revoke_connections(maps: DatapathMaps, still_allowed: Callable[[TrackedConnection], bool],
+                       endpoint_ids_gone: set[int]) -> int:
+    """Delete conntrack entries of endpoints that are gone (their ids will be
+    reused) and of connections policy no longer allows. Returns how many."""
+    ct = maps["conntrack"]
+    n = 0
+    for key, conn in tracked_connections(maps):
+        if conn.endpoint_id in endpoint_ids_gone or not still_allowed(conn):
+            n += ct.delete(key)
+    return n
+

@@ -1,0 +1,1 @@
+"""Where Kubernetes objects come from: a directory of manifests, or the API."""
