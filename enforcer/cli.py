@@ -62,7 +62,8 @@ def _run(args: argparse.Namespace) -> int:
 
     store = ClusterStore()
     config = DaemonConfig(node_name=args.node, datapath=DatapathConfig(pin_dir=Path(args.pin_dir)),
-                          revoke_established=not args.keep_established)
+                          revoke_established=not args.keep_established,
+                          status_file=Path(args.status_file) if args.status_file else None)
     flows = logging.getLogger("enforcer.flows")
 
     def on_verdict(v) -> None:  # type: ignore[no-untyped-def]
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--keep-established", action="store_true",
                        help="do not cut tracked connections that policy no longer allows")
     run_p.add_argument("--ready-file", help="write this file after the first sync")
+    run_p.add_argument("--status-file", help="write JSON status here after every sync pass")
     run_p.set_defaults(func=_run)
 
     dp = sub.add_parser("datapath", help="low-level datapath operations")

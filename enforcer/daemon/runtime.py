@@ -3,6 +3,7 @@ attachments equal to what the cluster's objects compile to."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ class DaemonConfig:
     datapath: DatapathConfig = field(default_factory=DatapathConfig)
     revoke_established: bool = True  # cut tracked connections policy no longer allows
     resync_interval: float = 30.0
+    status_file: Path | None = None  # JSON status written after every pass
 
 
 @dataclass
@@ -103,6 +105,8 @@ class Daemon:
 
     def reconcile_once(self) -> bool:
         assert self.sync is not None and self.maps is not None and self.loaded is not None
+        if not self.store.ready.is_set():
+            return False  # the source's first full view will trigger a pass
         started = time.monotonic()
         snap = self.store.snapshot()
         local = [p for p in snap.pods.values()
@@ -132,11 +136,28 @@ class Daemon:
             st.ready = True
         for failure in report.failures:
             log.error("map write failed: %s", failure)
+        if self.config.status_file:
+            self._write_status_file(desired)
         if report.changed:
             log.info("synced revision %d: %d written, %d deleted, %d connections revoked, %.1f ms",
                      snap.revision, report.written, report.deleted, revoked, st.last_sync_duration * 1e3)
         self.synced.set()
         return bool(desired.unplaced or report.failures)
+
+    def _write_status_file(self, desired: DesiredState) -> None:
+        st = self.status
+        doc = {
+            "node": self.config.node_name, "ready": st.ready, "revision": st.revision,
+            "source_revision": st.source_revision, "last_sync": st.last_sync,
+            "last_sync_duration_ms": round(st.last_sync_duration * 1e3, 3),
+            "endpoints": len({e.endpoint_id for e in desired.endpoints.values()}),
+            "policy_entries": len(desired.policy), "ipcache_entries": len(desired.ipcache),
+            "unplaced": st.unplaced, "errors": st.errors,
+        }
+        path = Path(self.config.status_file)  # type: ignore[arg-type]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
 
     def _seed_endpoint_ids(self, local: list) -> None:  # type: ignore[type-arg]
         assert self.sync is not None

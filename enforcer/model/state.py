@@ -38,6 +38,10 @@ class ClusterStore:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        # Set by the source once it has delivered a complete first view.
+        # Until then the store is not the cluster (it is empty), and
+        # compiling it would remove every entry a previous daemon left.
+        self.ready = threading.Event()
 
     @staticmethod
     def object_key(raw: Mapping[str, Any]) -> str:
@@ -63,10 +67,12 @@ class ClusterStore:
             errors[f"source:{i}"] = e
         with self._lock:
             changed = (ns, pods, pols, errors) != (self.namespaces, self.pods, self.policies, self.errors)
+            changed |= bool(source_revision) and source_revision != self.source_revision
             self.namespaces, self.pods, self.policies, self.errors = ns, pods, pols, errors
             self.source_revision = source_revision or self.source_revision
             if changed:
                 self.revision += 1
+            self.ready.set()
         if changed and self.on_change:
             self.on_change()
 

@@ -11,7 +11,7 @@ would silently drop the policies after the cut).
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import os
 import threading
@@ -35,8 +35,33 @@ BROKEN_REPORT_AFTER_S = 2.0  # a file still unreadable after this is reported
 class _FileState:
     stat: tuple[int, int]
     objects: list[dict[str, Any]]
+    digest: str = ""  # of the content in force (the last readable one)
     broken_since: float | None = None
     error: str | None = None
+
+
+def content_revision(files: dict[str, str]) -> str:
+    """Revision of a directory's content in force: a digest over (relative
+    path, content digest) in path order. Anyone holding the same files can
+    compute it, so a writer can wait until the daemon has applied what it
+    wrote."""
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + files[rel].encode() + b"\n")
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def directory_revision(directory: Path) -> str:
+    """content_revision of the manifests in `directory` as they are now."""
+    files = {}
+    for root, _dirs, names in os.walk(directory, followlinks=True):
+        if any(part.startswith(".") for part in Path(root).relative_to(directory).parts):
+            continue
+        for name in names:
+            if not name.startswith(".") and name.endswith(SUFFIXES):
+                path = Path(root) / name
+                files[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return content_revision(files)
 
 
 def parse_manifests(text: str) -> list[dict[str, Any]]:
@@ -76,10 +101,8 @@ class DirectorySource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.synced = threading.Event()
-        self._generation = 0
 
     def start(self) -> None:
-        self.poll()
         self._thread = threading.Thread(target=self._run, name="directory-source", daemon=True)
         self._thread.start()
 
@@ -131,14 +154,19 @@ class DirectorySource:
                 continue
             self._pending.pop(path, None)
             changed |= self._read(path, stat, known, now)
-        if changed or not self.synced.is_set():
+        if not self.synced.is_set():
+            if self._pending:
+                return False  # first read not complete: publish nothing partial
+            changed = True
+        if changed:
             self._publish()
         self.synced.set()
         return changed
 
     def _read(self, path: Path, stat: tuple[int, int], known: _FileState | None, now: float) -> bool:
         try:
-            objects = parse_manifests(path.read_text())
+            data = path.read_bytes()
+            objects = parse_manifests(data.decode())
         except (OSError, UnicodeDecodeError, ValueError) as e:
             state = known or _FileState(stat, [])
             state.stat = stat
@@ -149,7 +177,7 @@ class DirectorySource:
                 state.error = f"{path.name}: {e}"
             self._files[path] = state
             return state.error is not None and not was_reported
-        self._files[path] = _FileState(stat, objects)
+        self._files[path] = _FileState(stat, objects, hashlib.sha256(data).hexdigest())
         return True
 
     def _publish(self) -> None:
@@ -161,5 +189,5 @@ class DirectorySource:
             if st.error:
                 errors.append(InvalidObjectError("File", None, str(path.relative_to(self.directory)),
                                                  f"{st.error} (its last readable content stays in force)"))
-        self._generation += 1
-        self.store.replace_all(objects, errors, source_revision=f"dir:{self._generation}")
+        revision = content_revision({str(p.relative_to(self.directory)): st.digest for p, st in self._files.items()})
+        self.store.replace_all(objects, errors, source_revision=revision)
