@@ -10,6 +10,7 @@ removes only that pair, leaving other filters (a CNI's) alone.
 from __future__ import annotations
 
 import errno
+import struct
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -30,6 +31,7 @@ class Attachment:
     ifindex: int
     hook: str       # "ingress" / "egress"
     program: str    # TCA_BPF_NAME
+    prog_id: int = 0  # kernel id of the attached program
 
 
 class TcAttacher:
@@ -93,5 +95,25 @@ class TcAttacher:
                         opts = f.get_attr("TCA_OPTIONS")
                         name = opts.get_attr("TCA_BPF_NAME") if opts else None
                         if f["handle"] == FILTER_HANDLE and name and name.startswith("enforcer_"):
-                            out.append(Attachment(idx, "ingress" if parent == PARENT_INGRESS else "egress", name))
+                            out.append(Attachment(idx, "ingress" if parent == PARENT_INGRESS else "egress", name,
+                                                  _bpf_prog_id(opts)))
         return out
+
+
+TCA_BPF_ID = 11
+
+
+def _bpf_prog_id(options) -> int:  # type: ignore[no-untyped-def]
+    """TCA_BPF_ID from a cls_bpf options attribute. pyroute2's attribute map
+    for cls_bpf stops at TCA_BPF_FLAGS, so walk the raw nested attributes."""
+    data, start = options.data, options.offset
+    end = start + int(options.length)
+    pos = start + 4
+    while pos + 4 <= end:
+        length, kind = struct.unpack_from("HH", data, pos)
+        if length < 4:
+            break
+        if kind & 0x3FFF == TCA_BPF_ID and length >= 8:
+            return int(struct.unpack_from("I", data, pos + 4)[0])
+        pos += (length + 3) & ~3
+    return 0

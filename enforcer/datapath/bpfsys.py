@@ -18,6 +18,7 @@ BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 
 BPF_ANY = 0
@@ -150,6 +151,15 @@ def obj_get(path: str) -> int:
     p = ctypes.create_string_buffer(path.encode())
     attr = _ObjAttr(pathname=ctypes.addressof(p))
     return _bpf(BPF_OBJ_GET, attr)
+
+
+class _GetIdAttr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """A new fd for a loaded program (e.g. one tc holds), by its id."""
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _GetIdAttr(id=prog_id))
 
 
 def obj_pin(fd: int, path: str) -> None:

@@ -8,6 +8,7 @@ kill -9 of it is a kill -9 of the loader.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -110,6 +111,54 @@ class LoaderProcess:
         self.kill()
         for p in (self.ready_file, self.log_file):
             p.unlink(missing_ok=True)
+        try:
+            self.workdir.rmdir()
+        except OSError:
+            pass
+
+
+class DaemonProcess(LoaderProcess):
+    """`enforcer run` in the node namespace, on a manifest directory, with a
+    status file to learn which source revision it has applied."""
+
+    def __init__(self, netns: str, pin_dir: Path | str, source_dir: Path | str, node_name: str,
+                 python: str = sys.executable, workdir: Path | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
+        super().__init__(netns, pin_dir, (), python, workdir)
+        self.source_dir = Path(source_dir)
+        self.node_name = node_name
+        self.status_file = self.workdir / "status.json"
+        self.log_file = self.workdir / "daemon.log"
+        self.extra_args = list(extra_args)
+
+    def command(self) -> list[str]:
+        return ["nsenter", f"--net={netns_path(self.netns)}", self.python, "-m", "enforcer", "run",
+                "--source", str(self.source_dir), "--node", self.node_name, "--pin-dir", str(self.pin_dir),
+                "--ready-file", str(self.ready_file), "--status-file", str(self.status_file),
+                *self.extra_args]
+
+    def status(self) -> dict:  # type: ignore[type-arg]
+        try:
+            return json.loads(self.status_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def wait_synced(self, revision: str, timeout: float = 15.0) -> dict:  # type: ignore[type-arg]
+        """Wait until a pass has applied the given source revision."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st.get("source_revision") == revision:
+                return st
+            if self.proc is not None and self.proc.poll() is not None:
+                raise LoaderError(f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
+            time.sleep(0.02)
+        raise LoaderError(f"daemon did not apply revision {revision} in {timeout:.0f}s "
+                          f"(status {self.status()}):\n{self.log_tail()}")
+
+    def close(self) -> None:
+        super().close()
+        self.status_file.unlink(missing_ok=True)
         try:
             self.workdir.rmdir()
         except OSError:

@@ -60,6 +60,7 @@ def test_attach_is_idempotent_and_replaces_atomically(netns, programs):
     assert len(tc_filters("ingress")) == 1
     assert prog_ids("ingress") != before  # replaced in place
     assert {(a.ifindex, a.hook) for a in att.attachments()} == {(idx, "ingress"), (idx, "egress")}
+    assert {a.prog_id for a in att.attachments() if a.hook == "ingress"} == {int(prog_ids("ingress")[0])}
 
 
 def test_detach_leaves_other_filters_alone(netns, programs):
