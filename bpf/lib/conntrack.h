@@ -1,11 +1,18 @@
 /* conntrack: connections a local endpoint was allowed to open or accept.
  *
- * Entries are per endpoint and written from the pod's point of view (peer
- * address, pod port, peer port), so a packet in either direction builds the
- * same key and one lookup finds the connection: the origin recorded in the
- * value tells a reply from more of the same. Being per endpoint matters for
- * pod-to-pod traffic on one node: the sender's egress entry must not let the
- * packet skip the receiver's ingress policy, which keeps its own entry.
+ * Entries are written from the pod's point of view (pod address, peer
+ * address, pod port, peer port) and scoped to the pod's host-side interface,
+ * so a packet in either direction builds the same key and one lookup finds
+ * the connection: the origin recorded in the value tells a reply from more
+ * of the same. Being per interface matters for pod-to-pod traffic on one
+ * node: the sender's egress entry must not let the packet skip the
+ * receiver's ingress policy, which keeps its own entry.
+ *
+ * Keying by (interface, pod address) rather than endpoint id is what lets an
+ * established packet skip the endpoint lookup altogether: an entry is only
+ * ever created after the endpoint check (the address belongs to the pod
+ * behind this interface), so a hit proves it again, spoofed sources
+ * included. The value carries the endpoint id for counters.
  *
  * LRU, so a full table evicts the coldest connection rather than failing to
  * track a new one; expiry is checked on lookup because LRU alone would keep
@@ -16,6 +23,7 @@
 
 #include "common.h"
 #include "parse.h"
+#include "clock.h"
 
 #ifndef CT_MAX
 #define CT_MAX 131072
@@ -43,38 +51,43 @@
 #define CT_F_CLOSING 0x8    /* RST, or FIN both ways: short lifetime */
 
 struct ct_key {
+	__u8 pod[ADDR_LEN];
 	__u8 peer[ADDR_LEN];
-	__u16 endpoint_id;
-	__u8 family;
-	__u8 proto;
+	__u32 ifindex;    /* the pod's host-side interface */
 	__be16 pod_port;  /* ICMP echo: the echo id */
 	__be16 peer_port; /* ICMP echo: the echo id */
+	__u8 family;
+	__u8 proto;
+	__u16 pad;
 };
 
 struct ct_entry {
-	__u64 expires_ns; /* bpf_ktime_get_ns() clock */
+	__u64 expires_ns; /* datapath clock: jiffies in ns (clock.h) */
 	__u32 rule_id;    /* policy entry that allowed it, 0 if not isolated */
+	__u16 endpoint_id;
 	__u8 origin;      /* DIR_* of the packet that opened it */
 	__u8 flags;       /* CT_F_* */
 	__u8 reason;      /* ALLOW_* that opened it */
-	__u8 pad;
+	__u8 pad[7];
 };
 
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, conntrack,
-		 CT_MAX, PIN_DIR "/conntrack_v1");
+		 CT_MAX, PIN_DIR "/conntrack_v2");
 
-/* Key for a packet crossing endpoint_id's interface in direction dir. */
-static __always_inline void ct_key_for(struct ct_key *key, __u16 endpoint_id,
+/* Key for a packet crossing interface ifindex in direction dir. */
+static __always_inline void ct_key_for(struct ct_key *key, __u32 ifindex,
 				       int dir, const struct flow *f)
 {
-	key->endpoint_id = endpoint_id;
+	key->ifindex = ifindex;
 	key->family = f->family;
 	key->proto = f->proto;
 	if (dir == DIR_EGRESS) {
+		addr_copy(key->pod, f->saddr);
 		addr_copy(key->peer, f->daddr);
 		key->pod_port = f->sport;
 		key->peer_port = f->dport;
 	} else {
+		addr_copy(key->pod, f->daddr);
 		addr_copy(key->peer, f->saddr);
 		key->pod_port = f->dport;
 		key->peer_port = f->sport;
@@ -86,23 +99,25 @@ static __always_inline void ct_key_for(struct ct_key *key, __u16 endpoint_id,
  * the pod it was sent by the pod. Returns 0 when the quote does not concern
  * this pod's address. */
 static __always_inline int ct_key_for_icmp_error(struct ct_key *key,
-						 __u16 endpoint_id, int dir,
+						 __u32 ifindex, int dir,
 						 const struct flow *f)
 {
 	if (!f->inner_ok)
 		return 0;
-	key->endpoint_id = endpoint_id;
+	key->ifindex = ifindex;
 	key->family = f->family;
 	key->proto = f->inner_proto;
 	if (dir == DIR_EGRESS) {
 		if (!addr_equal(f->inner_daddr, f->saddr))
 			return 0;
+		addr_copy(key->pod, f->saddr);
 		addr_copy(key->peer, f->inner_saddr);
 		key->pod_port = f->inner_dport;
 		key->peer_port = f->inner_sport;
 	} else {
 		if (!addr_equal(f->inner_saddr, f->daddr))
 			return 0;
+		addr_copy(key->pod, f->daddr);
 		addr_copy(key->peer, f->inner_daddr);
 		key->pod_port = f->inner_sport;
 		key->peer_port = f->inner_dport;
@@ -174,11 +189,12 @@ static __always_inline int ct_is_new_connection(const struct ct_entry *e, int di
 }
 
 static __always_inline void ct_create(const struct ct_key *key, int dir,
-				      const struct flow *f, __u32 rule_id,
-				      __u8 reason, __u64 now)
+				      const struct flow *f, __u16 endpoint_id,
+				      __u32 rule_id, __u8 reason, __u64 now)
 {
 	struct ct_entry e = {
 		.origin = dir,
+		.endpoint_id = endpoint_id,
 		.rule_id = rule_id,
 		.reason = reason,
 	};

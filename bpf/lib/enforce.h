@@ -2,8 +2,9 @@
  * attach points; dir says which policy direction of the pod it is.
  *
  * Order, cheapest and most common first:
- *   parse -> IPv6 link control -> endpoint (+ anti-spoofing) -> fragments
- *   -> conntrack (established/reply: done) -> ICMP error of a tracked flow
+ *   parse (fast path, else full) -> IPv6 link control -> fragments
+ *   -> conntrack (established/reply: done, no other lookup)
+ *   -> endpoint + anti-spoofing -> ICMP error of a tracked flow
  *   -> peer identity (ipcache) -> own node -> isolation -> policy
  *   -> track the new connection.
  */
@@ -20,6 +21,7 @@
 #include "fragments.h"
 #include "metrics.h"
 #include "events.h"
+#include "clock.h"
 
 /* Pass means "no objection": TC_ACT_UNSPEC lets a later tc filter (a CNI's
  * own program) still run; with none, the packet continues. */
@@ -60,46 +62,60 @@ static __always_inline int drop(struct __sk_buff *skb, struct flow *f, int dir,
 	return VERDICT_DROP;
 }
 
+/* The endpoint a packet belongs to, if its pod address is this
+ * interface's; NULL otherwise (spoofed, or not for this pod). */
+static __always_inline struct endpoint_info *
+endpoint_of(struct __sk_buff *skb, const struct flow *f, int dir)
+{
+	const __u8 *pod_addr = dir == DIR_EGRESS ? f->saddr : f->daddr;
+	struct endpoint_info *ep = endpoint_lookup(f->family, pod_addr);
+	if (!ep || ep->ifindex != skb->ifindex)
+		return NULL;
+	return ep;
+}
+
 static __always_inline int enforce(struct __sk_buff *skb, int dir)
 {
 	struct flow f = {};
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = datapath_now_ns();
 
-	int ret = parse_packet(skb, &f);
-	if (ret == ALLOW_NON_IP)
-		return pass(&f, dir, 0, ALLOW_NON_IP);
-	if (ret)
-		return drop(skb, &f, dir, 0, ret, IDENTITY_ANY, now);
-	if (is_ipv6_link_control(&f))
-		return pass(&f, dir, 0, ALLOW_NEIGHBOR_DISCOVERY);
-
-	const __u8 *pod_addr = dir == DIR_EGRESS ? f.saddr : f.daddr;
-	struct endpoint_info *ep = endpoint_lookup(f.family, pod_addr);
-	if (!ep || ep->ifindex != skb->ifindex)
-		return drop(skb, &f, dir, 0,
-			    dir == DIR_EGRESS ? DROP_SPOOFED_SOURCE : DROP_UNKNOWN_ENDPOINT,
-			    IDENTITY_ANY, now);
-	__u16 ep_id = ep->id;
-
-	ret = frag_track(&f);
-	if (ret)
-		return drop(skb, &f, dir, ep_id, ret, IDENTITY_ANY, now);
+	if (!parse_fast(skb, &f)) {
+		int ret = parse_packet(skb, &f);
+		if (ret == ALLOW_NON_IP)
+			return pass(&f, dir, 0, ALLOW_NON_IP);
+		if (ret)
+			return drop(skb, &f, dir, 0, ret, IDENTITY_ANY, now);
+		if (is_ipv6_link_control(&f))
+			return pass(&f, dir, 0, ALLOW_NEIGHBOR_DISCOVERY);
+		ret = frag_track(&f);
+		if (ret) {
+			struct endpoint_info *owner = endpoint_of(skb, &f, dir);
+			return drop(skb, &f, dir, owner ? owner->id : 0, ret, IDENTITY_ANY, now);
+		}
+	}
 
 	struct ct_key key = {};
-	ct_key_for(&key, ep_id, dir, &f);
+	ct_key_for(&key, skb->ifindex, dir, &f);
 	struct ct_entry *ct = ct_lookup(&key, now);
 #ifndef BENCH_IGNORE_CONNTRACK_HITS
 	if (ct && !ct_is_new_connection(ct, dir, &f))
-		return pass(&f, dir, ep_id, ct_update(ct, dir, &f, now));
+		return pass(&f, dir, ct->endpoint_id, ct_update(ct, dir, &f, now));
 #else
 	/* Benchmark build only: every packet takes the new-flow path below,
 	 * after paying for the conntrack lookup it would have made. */
 	(void)ct;
 #endif
 
+	struct endpoint_info *ep = endpoint_of(skb, &f, dir);
+	if (!ep)
+		return drop(skb, &f, dir, 0,
+			    dir == DIR_EGRESS ? DROP_SPOOFED_SOURCE : DROP_UNKNOWN_ENDPOINT,
+			    IDENTITY_ANY, now);
+	__u16 ep_id = ep->id;
+
 	if (f.icmp_error) {
 		struct ct_key quoted = {};
-		if (ct_key_for_icmp_error(&quoted, ep_id, dir, &f) &&
+		if (ct_key_for_icmp_error(&quoted, skb->ifindex, dir, &f) &&
 		    ct_lookup(&quoted, now))
 			return pass(&f, dir, ep_id, ALLOW_RELATED);
 	}
@@ -122,7 +138,7 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 
 	/* ICMP errors are not connections: nothing to track. */
 	if (!f.icmp_error)
-		ct_create(&key, dir, &f, rule_id, reason, now);
+		ct_create(&key, dir, &f, ep_id, rule_id, reason, now);
 	event_emit(skb, &f, EVENT_ALLOW, reason, dir, ep_id, peer_id, rule_id, now);
 	return pass(&f, dir, ep_id, reason);
 }

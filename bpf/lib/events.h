@@ -85,7 +85,7 @@ static __always_inline void event_emit(struct __sk_buff *skb, const struct flow 
 		b->lost++;
 		return;
 	}
-	ev->timestamp_ns = now;
+	ev->timestamp_ns = bpf_ktime_get_ns(); /* precise, paid only per event */
 	ev->ifindex = skb->ifindex;
 	ev->peer_identity = peer_identity;
 	ev->rule_id = rule_id;

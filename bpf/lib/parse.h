@@ -226,6 +226,72 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct flow *f)
 	return 0;
 }
 
+/* The common case with direct packet access: untagged Ethernet, IPv4
+ * without options and not a fragment, or IPv6 whose next header is the L4
+ * one; TCP, UDP or SCTP; all in the linear part of the skb. Fills *f exactly
+ * as parse_packet would (bpf/tests/parse_equiv.c proves it per frame) and
+ * returns 1; returns 0 for anything else, which parse_packet then handles.
+ * Worth ~50 ns a packet over bpf_skb_load_bytes calls. */
+static __always_inline int parse_fast(struct __sk_buff *skb, struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 *l4;
+	__u8 proto;
+
+	if (data + ETH_HLEN > end)
+		return 0;
+	__be16 eth_proto = *(__be16 *)(data + 12);
+	if (eth_proto == bpf_htons(ETH_P_IP)) {
+		struct ipv4_hdr_ *ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > end)
+			return 0;
+		if (ip->ihl_version != 0x45 || (ip->frag_off & bpf_htons(0x3fff)))
+			return 0;
+		proto = ip->protocol;
+		l4 = (__u8 *)(ip + 1);
+		f->family = FAMILY_V4;
+		__builtin_memcpy(f->saddr, ip->saddr, 4);
+		__builtin_memcpy(f->daddr, ip->daddr, 4);
+		f->hop_limit = ip->ttl;
+		f->frag_id = bpf_ntohs(ip->id);
+	} else if (eth_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6_hdr_ *ip6 = data + ETH_HLEN;
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		if ((ip6->vtc_flow & bpf_htonl(0xf0000000)) != bpf_htonl(0x60000000))
+			return 0;
+		proto = ip6->nexthdr;
+		l4 = (__u8 *)(ip6 + 1);
+		f->family = FAMILY_V6;
+		addr_copy(f->saddr, ip6->saddr);
+		addr_copy(f->daddr, ip6->daddr);
+		f->hop_limit = ip6->hop_limit;
+	} else {
+		return 0;
+	}
+	if (!proto_has_ports(proto))
+		goto slow;
+	if (proto == IPPROTO_TCP) {
+		if (l4 + 14 > (__u8 *)end)
+			goto slow;
+		f->tcp_flags = l4[13];
+	} else if (l4 + 4 > (__u8 *)end) {
+		goto slow;
+	}
+	f->proto = proto;
+	f->l4_off = (__u32)(l4 - (__u8 *)data);
+	__builtin_memcpy(&f->sport, l4, 2);
+	__builtin_memcpy(&f->dport, l4 + 2, 2);
+	f->has_ports = 1;
+	f->len = skb->len;
+	return 1;
+slow:
+	/* Leave *f as parse_packet expects to find it: zeroed. */
+	__builtin_memset(f, 0, sizeof(*f));
+	return 0;
+}
+
 /* Fill *f from the frame. Returns 0 for an IP packet, ALLOW_NON_IP for
  * anything else, or a DROP_ reason. */
 static __always_inline int parse_packet(struct __sk_buff *skb, struct flow *f)

@@ -81,6 +81,27 @@ class IpcacheKey(ctypes.Structure):
         return ipaddress.ip_network(f"{ip}/{self.prefixlen - IPCACHE_PREFIX_BASE}")
 
 
+class IpcacheHostKey(ctypes.Structure):
+    """Exact-match key for host (/32, /128) ipcache entries."""
+
+    _fields_ = [
+        ("family", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("addr", Addr),
+    ]
+
+    @classmethod
+    def of(cls, ip: IPAddress) -> "IpcacheHostKey":
+        return cls(family=family_of(ip), addr=addr_bytes(ip))
+
+    def network(self) -> IPNetwork:
+        return ipaddress.ip_network(addr_from_bytes(self.family, self.addr))
+
+
+def is_host(net: IPNetwork) -> bool:
+    return net.prefixlen == net.max_prefixlen
+
+
 class IpcacheValue(ctypes.Structure):
     _fields_ = [("identity", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
 
@@ -128,23 +149,26 @@ class PolicyEntry(ctypes.Structure):
 
 class CtKey(ctypes.Structure):
     _fields_ = [
+        ("pod", Addr),
         ("peer", Addr),
-        ("endpoint_id", ctypes.c_uint16),
-        ("family", ctypes.c_uint8),
-        ("proto", ctypes.c_uint8),
+        ("ifindex", ctypes.c_uint32),
         ("pod_port", ctypes.c_uint16),  # big-endian
         ("peer_port", ctypes.c_uint16),  # big-endian
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
     ]
 
 
 class CtEntry(ctypes.Structure):
     _fields_ = [
-        ("expires_ns", ctypes.c_uint64),
+        ("expires_ns", ctypes.c_uint64),  # datapath clock (jiffies in ns)
         ("rule_id", ctypes.c_uint32),
+        ("endpoint_id", ctypes.c_uint16),
         ("origin", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
         ("reason", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 7),
     ]
 
 
@@ -200,6 +224,7 @@ class VerdictEvent(ctypes.Structure):
 # per-CPU map is the per-CPU element.
 MAP_LAYOUTS: dict[str, tuple[type[ctypes.Structure] | type[ctypes._SimpleCData], type[ctypes.Structure]]] = {
     "ipcache": (IpcacheKey, IpcacheValue),
+    "ipcache_hosts": (IpcacheHostKey, IpcacheValue),
     "endpoints": (EndpointKey, EndpointInfo),
     "policy": (PolicyKey, PolicyEntry),
     "conntrack": (CtKey, CtEntry),
@@ -211,3 +236,4 @@ MAP_LAYOUTS: dict[str, tuple[type[ctypes.Structure] | type[ctypes._SimpleCData],
 # Pinned file name of each map: name + layout version. Bump the version when
 # a layout changes so a new daemon never misreads an old pin.
 PIN_NAMES: dict[str, str] = {name: f"{name}_v1" for name in MAP_LAYOUTS}
+PIN_NAMES["conntrack"] = "conntrack_v2"  # v2: keyed by interface and pod address

@@ -13,7 +13,9 @@ import ctypes
 import logging
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from .source import BPF_DIR, DatapathConfig, amalgamate
 log = logging.getLogger(__name__)
 
 POD_PROGRAM_SOURCE = BPF_DIR / "pod_tc.c"
+PARSE_EQUIV_SOURCE = BPF_DIR / "tests" / "parse_equiv.c"
 NOOP_PROGRAM_SOURCE = BPF_DIR / "noop.c"
 FROM_POD = "from_pod"
 TO_POD = "to_pod"
@@ -95,13 +98,40 @@ def _compile(source: Path, cflags: list[str], functions: tuple[str, ...]) -> Loa
     return loaded
 
 
+_JIFFIES_PROBE = b"""
+#include <uapi/linux/bpf.h>
+int jiffies_now(struct __sk_buff *skb) { return (int)bpf_jiffies64(); }
+"""
+STANDARD_HZ = (100, 250, 300, 1000)
+
+
+@lru_cache(maxsize=1)
+def kernel_hz() -> int:
+    """The running kernel's HZ (jiffies per second), measured: run a program
+    returning jiffies twice, a known time apart, and take the nearest
+    standard value. The datapath clock converts jiffies with it."""
+    from bcc import BPF
+
+    bpf = BPF(text=_JIFFIES_PROBE)
+    try:
+        fd = bpf.load_func(b"jiffies_now", BPF.SCHED_CLS).fd
+        frame = bytes(60)
+        t0, j0 = time.monotonic(), bpfsys.prog_test_run(fd, frame).retval & 0xFFFFFFFF
+        time.sleep(0.3)
+        t1, j1 = time.monotonic(), bpfsys.prog_test_run(fd, frame).retval & 0xFFFFFFFF
+    finally:
+        bpf.cleanup()
+    measured = ((j1 - j0) & 0xFFFFFFFF) / (t1 - t0)
+    return min(STANDARD_HZ, key=lambda hz: abs(hz - measured))
+
+
 def load_pod_programs(config: DatapathConfig) -> LoadedPrograms:
     """Compile and load from_pod/to_pod, creating or reusing the pins."""
     config.validate()
     ensure_bpffs()
     config.pin_dir.mkdir(parents=True, exist_ok=True)
     reused = check_pins(config)
-    loaded = _compile(POD_PROGRAM_SOURCE, config.cflags(), (FROM_POD, TO_POD))
+    loaded = _compile(POD_PROGRAM_SOURCE, config.cflags(kernel_hz()), (FROM_POD, TO_POD))
     loaded.reused_pins = reused
     log.info("datapath loaded: pins in %s (%s)", config.pin_dir,
              f"reused {', '.join(reused)}" if reused else "new")
@@ -110,6 +140,11 @@ def load_pod_programs(config: DatapathConfig) -> LoadedPrograms:
 
 def load_noop_program() -> LoadedPrograms:
     return _compile(NOOP_PROGRAM_SOURCE, [], ("noop",))
+
+
+def load_parse_check_program() -> LoadedPrograms:
+    """bpf/tests/parse_equiv.c: fast and full parsers side by side."""
+    return _compile(PARSE_EQUIV_SOURCE, ["-Wno-unused-function"], ("parse_equiv",))
 
 
 def remove_pins(config: DatapathConfig) -> list[str]:

@@ -34,11 +34,13 @@ from .layout import (
     EventBucket,
     IPAddress,
     IPNetwork,
+    IpcacheHostKey,
     IpcacheKey,
     IpcacheValue,
     PolicyEntry,
     PolicyKey,
     addr_from_bytes,
+    is_host,
 )
 from .reasons import REASON_SLOTS, Reason
 from .source import DEFAULT_PIN_DIR
@@ -227,17 +229,28 @@ class DatapathMaps:
     def __getitem__(self, name: str) -> BpfMap:
         return self._maps[name]
 
-    # ipcache
+    # ipcache: host prefixes in the exact-match map, others in the trie
     def set_identity(self, net: IPNetwork | str, identity: int) -> None:
         net = ipaddress.ip_network(net, strict=False) if isinstance(net, str) else net
-        self._maps["ipcache"].update(IpcacheKey.of(net), IpcacheValue(identity=identity))
+        if is_host(net):
+            self._maps["ipcache_hosts"].update(IpcacheHostKey.of(net.network_address), IpcacheValue(identity=identity))
+        else:
+            self._maps["ipcache"].update(IpcacheKey.of(net), IpcacheValue(identity=identity))
 
     def delete_identity(self, net: IPNetwork | str) -> bool:
         net = ipaddress.ip_network(net, strict=False) if isinstance(net, str) else net
+        if is_host(net):
+            return self._maps["ipcache_hosts"].delete(IpcacheHostKey.of(net.network_address))
         return self._maps["ipcache"].delete(IpcacheKey.of(net))
 
     def identities(self) -> dict[IPNetwork, int]:
-        return {k.network(): v.identity for k, v in self._maps["ipcache"].items()}
+        out = {k.network(): v.identity for k, v in self._maps["ipcache"].items()}
+        out.update({k.network(): v.identity for k, v in self._maps["ipcache_hosts"].items()})
+        return out
+
+    def clear_identities(self) -> None:
+        self._maps["ipcache"].clear()
+        self._maps["ipcache_hosts"].clear()
 
     # endpoints
     def set_endpoint(self, ip: IPAddress | str, endpoint_id: int, ifindex: int,
@@ -270,8 +283,8 @@ class DatapathMaps:
     def flush_conntrack(self, endpoint_id: int | None = None) -> int:
         ct = self._maps["conntrack"]
         n = 0
-        for k in list(ct.keys()):
-            if endpoint_id is None or k.endpoint_id == endpoint_id:
+        for k, v in list(ct.items()):
+            if endpoint_id is None or v.endpoint_id == endpoint_id:
                 n += ct.delete(k)
         return n
 
@@ -296,6 +309,6 @@ class DatapathMaps:
 
 
 def ct_key_text(key: CtKey) -> str:
-    peer = addr_from_bytes(key.family, key.peer)
-    return (f"ep={key.endpoint_id} proto={key.proto} peer={peer} "
-            f"pod_port={socket.ntohs(key.pod_port)} peer_port={socket.ntohs(key.peer_port)}")
+    pod, peer = addr_from_bytes(key.family, key.pod), addr_from_bytes(key.family, key.peer)
+    return (f"if={key.ifindex} proto={key.proto} pod={pod}:{socket.ntohs(key.pod_port)} "
+            f"peer={peer}:{socket.ntohs(key.peer_port)}")

@@ -49,6 +49,7 @@ class DatapathConfig:
 
     pin_dir: Path = DEFAULT_PIN_DIR
     ipcache_max: int = 524288
+    ipcache_hosts_max: int = 262144
     endpoints_max: int = 4096
     max_endpoint_id: int = 512
     policy_max: int = 262144
@@ -80,10 +81,12 @@ class DatapathConfig:
         if not str(self.pin_dir).startswith("/sys/fs/bpf"):
             raise ConfigError(f"datapath config pin_dir: {self.pin_dir} is not under /sys/fs/bpf")
 
-    def cflags(self) -> list[str]:
+    def cflags(self, kernel_hz: int = 250) -> list[str]:
         flags = [
+            f"-DKERNEL_HZ={kernel_hz}",
             f'-DPIN_DIR="{self.pin_dir}"',
             f"-DIPCACHE_MAX={self.ipcache_max}",
+            f"-DIPCACHE_HOSTS_MAX={self.ipcache_hosts_max}",
             f"-DENDPOINTS_MAX={self.endpoints_max}",
             f"-DMAX_ENDPOINT_ID={self.max_endpoint_id}",
             f"-DPOLICY_MAX={self.policy_max}",
@@ -107,6 +110,7 @@ class DatapathConfig:
         """max_entries each pinned map is created with."""
         return {
             "ipcache": self.ipcache_max,
+            "ipcache_hosts": self.ipcache_hosts_max,
             "endpoints": self.endpoints_max,
             "policy": self.policy_max,
             "conntrack": self.ct_max,

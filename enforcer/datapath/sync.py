@@ -29,8 +29,6 @@ from .layout import (
     EndpointKey,
     IPAddress,
     IPNetwork,
-    IpcacheKey,
-    IpcacheValue,
     PolicyEntry,
     PolicyKey,
     addr_from_bytes,
@@ -85,7 +83,7 @@ class MapSync:
     def read(self) -> MapContents:
         m = self.maps
         return MapContents(
-            ipcache={k.network(): v.identity for k, v in m["ipcache"].items()},
+            ipcache=m.identities(),
             endpoints={k.ip(): (v.id, v.ifindex, v.identity, v.flags) for k, v in m["endpoints"].items()},
             policy={policy_tuple(k): v.rule_id for k, v in m["policy"].items()},
         )
@@ -112,14 +110,14 @@ class MapSync:
             record()
             report.deleted += 1
 
-        pol, ipc, eps = self.maps["policy"], self.maps["ipcache"], self.maps["endpoints"]
+        pol, eps, m = self.maps["policy"], self.maps["endpoints"], self.maps
         for t, rule in want.policy.items():
             if have.policy.get(t) != rule:
                 write("policy", t, lambda t=t, rule=rule: pol.update(policy_key(t), PolicyEntry(rule_id=rule)),
                       lambda t=t, rule=rule: have.policy.__setitem__(t, rule))
         for net, ident in want.ipcache.items():
             if have.ipcache.get(net) != ident:
-                write("ipcache", net, lambda net=net, ident=ident: ipc.update(IpcacheKey.of(net), IpcacheValue(identity=ident)),
+                write("ipcache", net, lambda net=net, ident=ident: m.set_identity(net, ident),
                       lambda net=net, ident=ident: have.ipcache.__setitem__(net, ident))
         for ip, ep in want.endpoints.items():
             if have.endpoints.get(ip) != ep:
@@ -133,7 +131,7 @@ class MapSync:
             remove("endpoint", ip, lambda ip=ip: eps.delete(EndpointKey.of(ip)),
                    lambda ip=ip: have.endpoints.pop(ip))
         for net in [n for n in have.ipcache if n not in want.ipcache]:
-            remove("ipcache", net, lambda net=net: ipc.delete(IpcacheKey.of(net)), lambda net=net: have.ipcache.pop(net))
+            remove("ipcache", net, lambda net=net: m.delete_identity(net), lambda net=net: have.ipcache.pop(net))
         for t in [t for t in have.policy if t not in want.policy]:
             remove("policy", t, lambda t=t: pol.delete(policy_key(t)), lambda t=t: have.policy.pop(t))
         return report
@@ -142,6 +140,7 @@ class MapSync:
 @dataclass(frozen=True)
 class TrackedConnection:
     endpoint_id: int
+    pod: IPAddress
     peer: IPAddress
     proto: int
     pod_port: int
@@ -152,7 +151,8 @@ class TrackedConnection:
 def tracked_connections(maps: DatapathMaps) -> list[tuple[CtKey, TrackedConnection]]:
     out = []
     for k, v in maps["conntrack"].items():
-        out.append((k, TrackedConnection(k.endpoint_id, addr_from_bytes(k.family, k.peer), k.proto,
+        out.append((k, TrackedConnection(v.endpoint_id, addr_from_bytes(k.family, k.pod),
+                                         addr_from_bytes(k.family, k.peer), k.proto,
                                          socket.ntohs(k.pod_port), socket.ntohs(k.peer_port),
                                          v.origin == DIR_EGRESS)))
     return out

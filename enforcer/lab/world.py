@@ -27,7 +27,7 @@ from .topology import NODE_IPV4, NODE_IPV6, Lab
 DIRECTIONS = {"ingress": DIR_INGRESS, "egress": DIR_EGRESS}
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132,
              "icmp": socket.IPPROTO_ICMP, "icmpv6": socket.IPPROTO_ICMPV6}
-_STATE_MAPS = ("ipcache", "endpoints", "policy", "conntrack", "fragments")
+_STATE_MAPS = ("ipcache", "ipcache_hosts", "endpoints", "policy", "conntrack", "fragments")
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,9 @@ class Harness:
 
     def reset(self) -> None:
         """Standard world: pods A and B, not isolated, no policy."""
-        for name in ("ipcache", "endpoints", "policy", "conntrack", "fragments"):
+        for name in ("endpoints", "policy", "conntrack", "fragments"):
             self.maps[name].clear()
+        self.maps.clear_identities()
         for cidr, ident in IPCACHE.items():
             self.maps.set_identity(cidr, ident)
         for pod in (POD_A, POD_B):

@@ -17,8 +17,9 @@ from .harness import new_harness
 def small():
     h = new_harness("sync", policy_max=8)
     try:
-        for name in ("ipcache", "endpoints", "policy"):
+        for name in ("endpoints", "policy"):
             h.maps[name].clear()
+        h.maps.clear_identities()
         yield h
     finally:
         h.close()
@@ -40,7 +41,7 @@ def test_order_and_minimal_writes(small, monkeypatch):
     sync = MapSync(small.maps)
     report = sync.apply(contents(3))
     assert report.written == 6 and not report.failures
-    assert [n for _, n in log] == ["policy_v1"] * 3 + ["ipcache_v1"] * 2 + ["endpoints_v1"]
+    assert [n for _, n in log] == ["policy_v1"] * 3 + ["ipcache_hosts_v1", "ipcache_v1", "endpoints_v1"]
     log.clear()
     assert not sync.apply(contents(3)).changed and log == []  # nothing to do: nothing written
     # Identity change + one rule fewer: new allows, then ipcache, endpoint; deletions last.
@@ -48,7 +49,7 @@ def test_order_and_minimal_writes(small, monkeypatch):
     want.policy[(301, 1, 0, 6, 81, 80)] = 8
     want.endpoints = {}
     sync.apply(want)
-    assert log == [("write", "policy_v1"), ("write", "ipcache_v1"), ("delete", "endpoints_v1"),
+    assert log == [("write", "policy_v1"), ("write", "ipcache_hosts_v1"), ("delete", "endpoints_v1"),
                    ("delete", "policy_v1")]
 
 

@@ -113,7 +113,7 @@ def test_replies_pass_but_new_connections_the_other_way_do_not(env: LabSession, 
     # rule that allowed it, and saw its reply.
     b_ip = lab.pod("b").ip(family)
     tracked = [(k, v) for k, v in env.maps.conntrack()
-               if k.endpoint_id == w.endpoint_id("a") and k.proto == 6
+               if v.endpoint_id == w.endpoint_id("a") and k.proto == 6
                and str(addr_from_bytes(k.family, k.peer)) == b_ip]
     assert tracked, "no conntrack entry for a -> b tcp"
     assert all(v.origin == DIR_EGRESS and v.rule_id == rule.rule_id for _k, v in tracked)

@@ -54,10 +54,13 @@ def attached_programs(env: LabSession) -> dict[tuple[str, str], int]:
 def ct_entry(env: LabSession, pod: str, peer: str, pod_port: int, peer_port: int,
              family: int) -> CtEntry | None:
     peer_ip = env.lab.pod(peer).ipv4 if family == 4 else env.lab.pod(peer).ipv6
-    key = CtKey(peer=addr_bytes(peer_ip), endpoint_id=env.world.endpoint_id(pod),
+    pod_ip = env.lab.pod(pod).ipv4 if family == 4 else env.lab.pod(pod).ipv6
+    key = CtKey(pod=addr_bytes(pod_ip), peer=addr_bytes(peer_ip), ifindex=env.lab.pod(pod).host_ifindex,
                 family=family_of(peer_ip), proto=socket.IPPROTO_TCP,
                 pod_port=socket.htons(pod_port), peer_port=socket.htons(peer_port))
-    return env.maps["conntrack"].lookup(key)
+    entry = env.maps["conntrack"].lookup(key)
+    assert entry is None or entry.endpoint_id == env.world.endpoint_id(pod)
+    return entry
 
 
 ENFORCED = flows(
