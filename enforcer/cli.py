@@ -133,6 +133,30 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from .lab.cluster import DEMO_SPEC, NODE_NAME, LabState, lab_down, lab_up, matrix
+
+    if args.lab_command == "up":
+        _, state = lab_up(args.prefix, Path(args.dir).resolve(), DEMO_SPEC)
+        print(f"lab {args.prefix} is up; its Namespace and Pod manifests are in {state.source_dir}")
+        for key, pod in state.pods.items():
+            print(f"  pod {key:<12} {pod['ipv4']:<14} {pod['ipv6']:<18} netns {pod['netns']}")
+        for name, ext in state.externals.items():
+            print(f"  external {name:<7} {ext['ipv4']:<14} {ext['ipv6']:<18} netns {ext['netns']}")
+        print(f"run the daemon in its node:\n  nsenter --net=/run/netns/{state.node_netns} "
+              f"{sys.executable} -m enforcer run --source {state.source_dir} --node {NODE_NAME}")
+    elif args.lab_command == "probe":
+        state = LabState.load(args.prefix)
+        for proto in args.proto.split(","):
+            for port in (int(p) for p in args.port.split(",")):
+                print(matrix(state, port, proto, args.family))
+                print()
+    else:
+        lab_down(args.prefix)
+        print(f"lab {args.prefix} removed")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .lab.demo import run_demo
 
@@ -171,6 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     clean = sub.add_parser("cleanup", help="remove programs (this netns) and pins")
     clean.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
     clean.set_defaults(func=_cleanup)
+
+    lab = sub.add_parser("lab", help="a lab cluster in network namespaces")
+    lsub = lab.add_subparsers(dest="lab_command", required=True)
+    up = lsub.add_parser("up", help="build the lab and write its manifests")
+    up.add_argument("--dir", required=True, help="directory for the lab's Namespace and Pod manifests")
+    probe = lsub.add_parser("probe", help="print the connectivity matrix")
+    probe.add_argument("--port", default="80,81")
+    probe.add_argument("--proto", default="tcp")
+    probe.add_argument("--family", type=int, choices=(4, 6), default=4)
+    lsub.add_parser("down", help="remove the lab")
+    for lab_cmd in (up, probe, lsub.choices["down"]):
+        lab_cmd.add_argument("--prefix", default="enflab", help="name of the lab (netns prefix)")
+    lab.set_defaults(func=_lab)
 
     demo = sub.add_parser("demo", help="run the demo on the embedded default")
     demo.set_defaults(func=_demo)
