@@ -12,6 +12,8 @@ from pathlib import Path
 from .errors import EnforcerError
 from .datapath.source import DEFAULT_PIN_DIR, DatapathConfig
 
+DEFAULT_SOCKET = "/run/enforcer/enforcer.sock"
+
 log = logging.getLogger("enforcer")
 
 
@@ -66,26 +68,54 @@ def _run(args: argparse.Namespace) -> int:
                           status_file=Path(args.status_file) if args.status_file else None)
     flows = logging.getLogger("enforcer.flows")
 
-    def on_verdict(v) -> None:  # type: ignore[no-untyped-def]
-        flows.info("%s %s %s ep=%d %s:%d -> %s:%d proto=%d peer_id=%d rule=%d",
-                   "ALLOW" if v.allowed else "DROP", getattr(v.reason, "name", v.reason), v.direction,
-                   v.endpoint_id, v.src, v.sport, v.dst, v.dport, v.proto, v.peer_identity, v.rule_id)
+    from .api.flows import FlowHub
+    from .api.metrics import Metrics
+    from .api.server import ApiServer, ServerConfig
+    from .api.service import EnforcerService
 
-    daemon = Daemon(config, store, on_verdict=on_verdict)
+    server_config = ServerConfig(
+        socket=Path(args.socket) if args.socket else None, listen=args.listen,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None, tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None)
+    server_config.validate()
+
+    daemon = Daemon(config, store)
+    hub = FlowHub(daemon.view)
+
+    from .api.client import flow_line
+
+    def on_verdict(v) -> None:  # type: ignore[no-untyped-def]
+        flow = hub.publish(v)
+        if flows.isEnabledFor(logging.INFO):
+            flows.info("%s", flow_line(flow))
+
+    daemon.on_verdict = on_verdict
+    metrics = Metrics()
+    daemon.on_sync.append(metrics.sync_seconds.observe)
+    metrics.attach(daemon)
     source = DirectorySource(Path(args.source), store)
+    api = ApiServer(server_config, EnforcerService(daemon, hub, f"directory:{Path(args.source).resolve()}"))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     daemon.start()
+    api.start()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, args.metrics_addr)
     source.start()
-    daemon.synced.wait()
+    while not daemon.synced.wait(0.2):
+        if stop.is_set():
+            break
+    api.set_serving(daemon.synced.is_set())
     log.info("enforcing on node %s from %s", args.node, args.source)
     if args.ready_file:
         Path(args.ready_file).write_text("ready\n")
     stop.wait()
     log.info("stopping; enforcement stays in place (enforcer cleanup removes it)")
+    api.set_serving(False)
     source.stop()
     daemon.stop()
+    api.stop()
     return 0
 
 
@@ -157,6 +187,34 @@ def _lab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api(args: argparse.Namespace) -> int:
+    from .api import client
+    from .v1 import enforcer_pb2 as pb
+
+    stub = client.connect(Path(args.socket))
+    if args.command == "status":
+        print(client.show_status(stub, args.json))
+    elif args.command == "endpoints":
+        print(client.show_endpoints(stub, args.json))
+    elif args.command == "policies":
+        print(client.show_policies(stub, args.json))
+    elif args.command == "counters":
+        print(client.show_counters(stub, args.json, args.namespace or "", args.pod or ""))
+    elif args.command == "flows":
+        verdict = {"all": 0, "allowed": 1, "denied": 2}[args.verdict]
+        req = pb.StreamFlowsRequest(namespace=args.namespace or "", pod=args.pod or "", verdict=verdict,
+                                    since_recent=True, follow=args.follow)
+        try:
+            client.stream_flows(stub, args.json, req, out=lambda line: print(line, flush=True))
+        except KeyboardInterrupt:
+            pass
+    elif args.command == "explain":
+        req = pb.ExplainRequest(source=args.source, destination=args.destination, protocol=args.protocol,
+                                port=args.port)
+        print(client.show_explain(stub, args.json, req))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .lab.demo import run_demo
 
@@ -176,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do not cut tracked connections that policy no longer allows")
     run_p.add_argument("--ready-file", help="write this file after the first sync")
     run_p.add_argument("--status-file", help="write JSON status here after every sync pass")
+    run_p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="API unix socket ('' for none)")
+    run_p.add_argument("--listen", help="also serve the API on HOST:PORT over TLS")
+    run_p.add_argument("--tls-cert")
+    run_p.add_argument("--tls-key")
+    run_p.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    run_p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    run_p.add_argument("--metrics-addr", default="0.0.0.0")
     run_p.set_defaults(func=_run)
 
     dp = sub.add_parser("datapath", help="low-level datapath operations")
@@ -195,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     clean = sub.add_parser("cleanup", help="remove programs (this netns) and pins")
     clean.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
     clean.set_defaults(func=_cleanup)
+
+    api_cmds = []
+    for name, text in (("status", "the daemon's state"), ("endpoints", "local endpoints"),
+                       ("policies", "network policies and what they compiled to"),
+                       ("counters", "verdict counters per endpoint"), ("flows", "verdict flows"),
+                       ("explain", "why a connection is allowed or denied")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--socket", default=str(DEFAULT_SOCKET))
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.set_defaults(func=_api)
+        api_cmds.append(cmd)
+    for cmd in (sub.choices["counters"], sub.choices["flows"]):
+        cmd.add_argument("--namespace")
+        cmd.add_argument("--pod")
+    sub.choices["flows"].add_argument("--follow", "-f", action="store_true", help="keep streaming")
+    sub.choices["flows"].add_argument("--verdict", choices=("all", "allowed", "denied"), default="all")
+    explain_cmd = sub.choices["explain"]
+    explain_cmd.add_argument("source", help="IP or namespace/pod")
+    explain_cmd.add_argument("destination", help="IP or namespace/pod")
+    explain_cmd.add_argument("--protocol", default="TCP")
+    explain_cmd.add_argument("--port", type=int, default=0)
 
     lab = sub.add_parser("lab", help="a lab cluster in network namespaces")
     lsub = lab.add_subparsers(dest="lab_command", required=True)

@@ -21,6 +21,7 @@ from ..datapath.source import DatapathConfig
 from ..datapath.sync import MapSync, revoke_connections
 from ..errors import AttachError
 from ..model.state import ClusterStore
+from ..api.view import StateView
 from .node import InterfaceResolver, node_addresses
 from .reconcile import BoundedRunner
 
@@ -39,6 +40,7 @@ class DaemonConfig:
 @dataclass
 class Status:
     ready: bool = False
+    failures: list[str] = field(default_factory=list)
     revision: int = 0
     source_revision: str = ""
     last_sync: float = 0.0
@@ -57,6 +59,9 @@ class Daemon:
         self.on_verdict = on_verdict
         self.status = Status()
         self.desired: DesiredState | None = None
+        self._view: StateView | None = None
+        self.on_sync: list[Callable[[float], None]] = []  # called with each pass's duration
+        self._ct_count: tuple[float, int] = (0.0, 0)
         self.compiler = Compiler(config.datapath.max_endpoint_id)
         self.resolver = InterfaceResolver()
         self.attacher = TcAttacher()
@@ -127,10 +132,12 @@ class Daemon:
             revoked = revoke_connections(self.maps, lambda c: True, report.removed_endpoint_ids)
         with self._lock:
             self.desired = desired
+            self._view = StateView(snap, desired)
             st = self.status
             st.revision, st.source_revision = snap.revision, snap.source_revision
             st.last_sync, st.last_sync_duration = time.time(), time.monotonic() - started
             st.errors = [str(e) for e in desired.errors] + report.failures
+            st.failures = list(report.failures)
             st.unplaced = list(desired.unplaced)
             st.revoked_connections += revoked
             st.ready = True
@@ -138,11 +145,45 @@ class Daemon:
             log.error("map write failed: %s", failure)
         if self.config.status_file:
             self._write_status_file(desired)
+        for callback in self.on_sync:
+            callback(st.last_sync_duration)
         if report.changed:
             log.info("synced revision %d: %d written, %d deleted, %d connections revoked, %.1f ms",
                      snap.revision, report.written, report.deleted, revoked, st.last_sync_duration * 1e3)
         self.synced.set()
         return bool(desired.unplaced or report.failures)
+
+    # -- read side, for the API and metrics --
+
+    def view(self) -> StateView | None:
+        with self._lock:
+            return self._view
+
+    def counters(self, endpoint_id: int) -> dict:  # type: ignore[type-arg]
+        return self.maps.counters(endpoint_id) if self.maps is not None else {}
+
+    def event_stats(self) -> dict[str, int]:
+        return self.maps.event_stats() if self.maps is not None else {}
+
+    def map_occupancy(self) -> dict[str, tuple[int, int]]:
+        """entries and capacity per map; conntrack is counted at most every 5 s."""
+        if self.maps is None or self.sync is None:
+            return {}
+        applied = self.sync.applied
+        hosts = sum(1 for net in applied.ipcache if net.prefixlen == net.max_prefixlen)
+        now = time.monotonic()
+        if now - self._ct_count[0] > 5:
+            self._ct_count = (now, self.maps["conntrack"].count())
+        counts = {"ipcache": len(applied.ipcache) - hosts, "ipcache_hosts": hosts,
+                  "endpoints": len(applied.endpoints), "policy": len(applied.policy),
+                  "conntrack": self._ct_count[1]}
+        return {name: (n, self.maps[name].max_entries) for name, n in counts.items()}
+
+    def interface_names(self) -> dict[int, str]:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            return {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
     def _write_status_file(self, desired: DesiredState) -> None:
         st = self.status

@@ -17,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..api import client
 from ..sources.directory import directory_revision
+from ..v1 import enforcer_pb2 as pb
 from .cluster import DEMO_SPEC, NODE_NAME, lab_down, lab_up, matrix
 from .loader import DaemonProcess
 from .netns import netns_path
@@ -70,9 +72,16 @@ def run_demo() -> int:
         _matrices(state)
         _say("    foo is default-deny: web answers foo and the load balancer on 80, api answers web on 81;")
         _say("    bar/client reaches nothing in foo; the node reaches everything (kubelet probes).\n")
-        _say("[4] a few verdicts from the daemon's flow log:")
-        for line in [l for l in daemon.log_text().splitlines() if "enforcer.flows" in l and "DROP" in l][:4]:
-            _say("    " + line.split("enforcer.flows: ", 1)[-1])
+        _say("[4] verdict flows, from the daemon's API (`enforcer flows --verdict denied`):")
+        stub = client.connect(daemon.socket)
+        denied: list[str] = []
+        client.stream_flows(stub, False, pb.StreamFlowsRequest(since_recent=True, verdict=2), out=denied.append)
+        for line in denied[:4]:
+            _say("    " + line)
+        _say("\n[5] why? (`enforcer explain bar/client foo/web --port 80`, and foo/web -> foo/api on 81)")
+        for src, dst, port in (("bar/client", "foo/web", 80), ("foo/web", "foo/api", 81)):
+            text = client.show_explain(stub, False, pb.ExplainRequest(source=src, destination=dst, port=port))
+            _say("\n".join("    " + line for line in text.splitlines()))
         return 0
     except KeyboardInterrupt:
         _say("\ninterrupted")

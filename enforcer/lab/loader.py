@@ -129,13 +129,14 @@ class DaemonProcess(LoaderProcess):
         self.node_name = node_name
         self.status_file = self.workdir / "status.json"
         self.log_file = self.workdir / "daemon.log"
+        self.socket = self.workdir / "api" / "enforcer.sock"  # its own: labs run side by side
         self.extra_args = list(extra_args)
 
     def command(self) -> list[str]:
         return ["nsenter", f"--net={netns_path(self.netns)}", self.python, "-m", "enforcer", "run",
                 "--source", str(self.source_dir), "--node", self.node_name, "--pin-dir", str(self.pin_dir),
                 "--ready-file", str(self.ready_file), "--status-file", str(self.status_file),
-                *self.extra_args]
+                "--socket", str(self.socket), *self.extra_args]
 
     def status(self) -> dict:  # type: ignore[type-arg]
         try:
@@ -159,6 +160,11 @@ class DaemonProcess(LoaderProcess):
     def close(self) -> None:
         super().close()
         self.status_file.unlink(missing_ok=True)
+        self.socket.unlink(missing_ok=True)
+        try:
+            self.socket.parent.rmdir()
+        except OSError:
+            pass
         try:
             self.workdir.rmdir()
         except OSError:

@@ -1,0 +1,152 @@
+"""CLI side of the API: `enforcer status|endpoints|policies|counters|flows|explain`.
+Human tables by default, --json for machines."""
+
+from __future__ import annotations
+
+import json
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from ..errors import EnforcerError
+from ..v1 import enforcer_pb2 as pb
+from ..v1 import enforcer_pb2_grpc as pb_grpc
+from .server import DEFAULT_SOCKET
+
+TIMEOUT = 10.0
+
+
+class ApiUnavailable(EnforcerError):
+    pass
+
+
+def connect(socket_path: Path = DEFAULT_SOCKET) -> pb_grpc.EnforcerStub:
+    if not socket_path.exists():
+        raise ApiUnavailable(f"no daemon socket at {socket_path}: is `enforcer run` running on this node?")
+    channel = grpc.insecure_channel(f"unix:{socket_path}")
+    return pb_grpc.EnforcerStub(channel)
+
+
+def call(fn: Callable[..., Any], request: Any, **kw: Any) -> Any:
+    try:
+        return fn(request, timeout=kw.pop("timeout", TIMEOUT), **kw)
+    except grpc.RpcError as e:
+        code = e.code()  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise ApiUnavailable(f"the daemon is not answering ({e.details()}); "  # type: ignore[attr-defined]
+                                 "is `enforcer run` running, and are you root?") from None
+        raise EnforcerError(f"{code.name}: {e.details()}") from None  # type: ignore[attr-defined]
+
+
+def reason_name(value: int) -> str:
+    return pb.Reason.Name(value).removeprefix("REASON_")
+
+
+def direction_name(value: int) -> str:
+    return pb.Direction.Name(value).removeprefix("DIRECTION_").lower()
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header)] + [fmt.format(*map(str, r)) for r in rows])
+
+
+def as_json(msg: Any) -> str:
+    return json.dumps(MessageToDict(msg, preserving_proto_field_name=True), indent=1)
+
+
+def show_status(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
+    st = call(stub.Status, pb.StatusRequest())
+    if as_machine:
+        return as_json(st)
+    age = f"{time.time() - st.last_sync_unix:.1f}s ago" if st.last_sync_unix else "never"
+    lines = [f"enforcer {st.version} on node {st.node}: {'ready' if st.ready else 'NOT READY'}",
+             f"source     {st.source} @ {st.source_revision}",
+             f"last sync  {age} ({st.last_sync_duration_ms:.1f} ms)",
+             f"objects    {st.namespaces} namespaces, {st.pods} pods, {st.network_policies} network policies",
+             f"endpoints  {st.local_endpoints} local; revoked connections: {st.revoked_connections}", "",
+             table([[m.name, m.entries, m.capacity, f"{100 * m.entries / m.capacity:.1f}%" if m.capacity else "-"]
+                    for m in st.maps], ["map", "entries", "capacity", "used"])]
+    if st.unplaced_pods:
+        lines += ["", "local pods without an interface yet: " + ", ".join(st.unplaced_pods)]
+    if st.invalid_objects:
+        lines += ["", "invalid objects (not enforced as written; never opened):"]
+        lines += [f"  {o.kind} {o.namespace + '/' if o.namespace else ''}{o.name}: {o.error}" for o in st.invalid_objects]
+    if st.sync_failures:
+        lines += ["", "map writes failing:"] + [f"  {f}" for f in st.sync_failures]
+    return "\n".join(lines)
+
+
+def show_endpoints(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
+    resp = call(stub.ListEndpoints, pb.ListEndpointsRequest())
+    if as_machine:
+        return as_json(resp)
+    rows = [[f"{e.namespace}/{e.pod}", ",".join(e.ips), e.endpoint_id, ",".join(map(str, e.identities)),
+             "yes" if e.ingress_isolated else "no", "yes" if e.egress_isolated else "no", e.interface,
+             ",".join(e.policies) or "-"] for e in resp.endpoints]
+    return table(rows, ["pod", "ips", "id", "identity", "ingress-isolated", "egress-isolated", "interface", "policies"])
+
+
+def show_policies(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
+    resp = call(stub.ListPolicies, pb.ListPoliciesRequest())
+    if as_machine:
+        return as_json(resp)
+    rows = [[f"{p.namespace}/{p.name}", ",".join(p.policy_types), p.entries, ",".join(p.selected_endpoints) or "-",
+             p.error or ""] for p in resp.policies]
+    return table(rows, ["policy", "types", "entries", "selects (local)", "error"])
+
+
+def show_counters(stub: pb_grpc.EnforcerStub, as_machine: bool, namespace: str = "", pod: str = "") -> str:
+    resp = call(stub.GetCounters, pb.GetCountersRequest(namespace=namespace, pod=pod))
+    if as_machine:
+        return as_json(resp)
+    rows = [[f"{c.namespace}/{c.pod}" if c.pod else "(no endpoint)", direction_name(c.direction),
+             "allowed" if c.allowed else "DENIED", reason_name(c.reason), c.packets, c.bytes] for c in resp.counters]
+    return table(rows, ["endpoint", "direction", "verdict", "reason", "packets", "bytes"])
+
+
+def flow_line(f: pb.Flow) -> str:
+    def side(p: pb.Peer) -> str:
+        who = f"{p.namespace}/{p.pod}" if p.pod else (p.identity_description or p.ip)
+        return f"{who} [{p.ip}]:{p.port}" if p.pod or p.identity_description else f"{p.ip}:{p.port}"
+
+    when = time.strftime("%H:%M:%S", time.localtime(f.time_unix))
+    why = (f"by {f.rule.policy} {direction_name(f.rule.direction)} rule {f.rule.rule_index}"
+           if f.HasField("rule") else reason_name(f.reason))
+    return (f"{when} {'ALLOW' if f.allowed else 'DROP '} {f.protocol:<5} {side(f.source)} -> {side(f.destination)} "
+            f"({direction_name(f.direction)} of {f.endpoint or '?'}: {why})")
+
+
+def stream_flows(stub: pb_grpc.EnforcerStub, as_machine: bool, req: pb.StreamFlowsRequest,
+                 out: Callable[[str], None] = print) -> None:
+    try:
+        for f in stub.StreamFlows(req, timeout=None if req.follow else TIMEOUT):
+            out(json.dumps(MessageToDict(f, preserving_proto_field_name=True)) if as_machine else flow_line(f))
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+            raise ApiUnavailable(f"the daemon is not answering ({e.details()})") from None  # type: ignore[attr-defined]
+        raise
+
+
+def show_explain(stub: pb_grpc.EnforcerStub, as_machine: bool, req: pb.ExplainRequest) -> str:
+    resp = call(stub.Explain, req)
+    if as_machine:
+        return as_json(resp)
+    lines = [resp.summary]
+    for h in resp.hooks:
+        lines.append(f"  {h.endpoint} {direction_name(h.direction)}: {'allowed' if h.allowed else 'DENIED'} ({h.why})")
+        for r in h.rules:
+            lines.append(f"    rule: {r.policy} {direction_name(r.direction)} rule {r.rule_index}")
+        if h.isolating_policies:
+            lines.append(f"    isolated by: {', '.join(h.isolating_policies)}")
+        lines.append(f"    maps: {'agree' if h.maps_agree else 'DISAGREE'} ({h.maps_detail})")
+    return "\n".join(lines)
+
+
+
+

@@ -1,0 +1,63 @@
+"""Prometheus metrics, read from the daemon at scrape time (counters from
+the per-CPU maps, occupancy, invalid objects) plus the sync latency
+histogram the reconcile loop observes."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..datapath.layout import DIR_INGRESS
+from ..datapath.reasons import is_drop
+
+
+class DaemonCollector(Collector):
+    def __init__(self, daemon) -> None:  # type: ignore[no-untyped-def]
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        verdicts = CounterMetricFamily("enforcer_verdicts", "Packets by verdict reason, endpoint and direction",
+                                       labels=["namespace", "pod", "direction", "reason", "verdict"])
+        view = self.daemon.view()
+        endpoints = [(0, "", "")]
+        if view is not None:
+            endpoints += [(i, *s.pod.split("/", 1)) for i, s in sorted(view.endpoint_by_id.items())]
+        for ep_id, ns, pod in endpoints:
+            for (direction, reason), (pkts, _bytes) in self.daemon.counters(ep_id).items():
+                verdicts.add_metric([ns, pod, "ingress" if direction == DIR_INGRESS else "egress",
+                                     reason.name, "denied" if is_drop(reason) else "allowed"], pkts)
+        yield verdicts
+        entries = GaugeMetricFamily("enforcer_map_entries", "Entries in a datapath map", labels=["map"])
+        capacity = GaugeMetricFamily("enforcer_map_capacity", "Capacity of a datapath map", labels=["map"])
+        for name, (n, cap) in self.daemon.map_occupancy().items():
+            entries.add_metric([name], n)
+            capacity.add_metric([name], cap)
+        yield entries
+        yield capacity
+        yield GaugeMetricFamily("enforcer_invalid_objects", "Objects not enforced as written",
+                                value=len(view.desired.errors) if view is not None else 0)
+        yield GaugeMetricFamily("enforcer_ready", "1 once the first sync is written",
+                                value=1 if self.daemon.status.ready else 0)
+        events = self.daemon.event_stats()
+        yield CounterMetricFamily("enforcer_events_suppressed", "Verdict events held back by the rate limit",
+                                  value=events.get("suppressed", 0))
+        yield CounterMetricFamily("enforcer_events_lost", "Verdict events lost to a full ring buffer",
+                                  value=events.get("lost", 0))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.sync_seconds = Histogram("enforcer_sync_duration_seconds",
+                                      "Time of a reconcile pass: snapshot to maps written",
+                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                                      registry=self.registry)
+
+    def attach(self, daemon) -> None:  # type: ignore[no-untyped-def]
+        self.registry.register(DaemonCollector(daemon))
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,40 @@
+"""Build hook: generate the gRPC code from proto/ before building the
+package (regular and editable installs alike). Metadata is in pyproject.toml.
+
+The proto's package is enforcer.v1, so the generated modules land in
+enforcer/v1/ and import each other as `enforcer.v1`; that directory is
+build output (gitignored), never edited by hand.
+"""
+
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+PROTOS = sorted((ROOT / "proto").rglob("*.proto"))
+
+
+def generate_protos() -> None:
+    import grpc_tools
+    from grpc_tools import protoc
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    for proto in PROTOS:
+        args = ["grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"-I{include}", f"--python_out={ROOT}",
+                f"--grpc_python_out={ROOT}", f"--pyi_out={ROOT}", str(proto)]
+        if protoc.main(args) != 0:
+            raise SystemExit(f"protoc failed on {proto}")
+    for pkg in {p.relative_to(ROOT / "proto").parent for p in PROTOS}:
+        init = ROOT / pkg / "__init__.py"
+        if not init.exists():
+            init.write_text('"""Generated from proto/ by the package build; do not edit."""\n')
+
+
+class BuildPyWithProtos(build_py):
+    def run(self) -> None:
+        generate_protos()
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildPyWithProtos})
