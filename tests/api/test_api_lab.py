@@ -192,3 +192,28 @@ def test_cli_tables_json_and_clear_errors(api_lab, tmp_path):
     assert flows.returncode == 0 and all(json.loads(line) for line in flows.stdout.splitlines())
     missing = enforcer_cli("status", "--socket", str(tmp_path / "none.sock"))
     assert missing.returncode == 1 and "no daemon socket" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cli_flows_follow_streams_live_drops(api_lab):
+    api_lab.reset()
+    write_policy(api_lab, "z-deny", {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                                     "metadata": {"name": "deny", "namespace": "z"}, "spec": {"podSelector": {}}})
+    proc = subprocess.Popen([sys.executable, "-m", "enforcer", "flows", "--follow", "--json", "--verdict", "denied",
+                             "--namespace", "z", "--socket", str(api_lab.daemon.socket)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # subscribed
+        zb = api_lab.pod_ips()["z/b"][0]
+        deadline = time.monotonic() + 15
+        found = None
+        while found is None and time.monotonic() < deadline:
+            probe_many([ProbeSpec(api_lab.lab.pod("xa").netns, zb, 81, "udp")], timeout=0.5)
+            line = proc.stdout.readline()
+            flow = json.loads(line)
+            if flow["destination"].get("pod") == "b" and flow["destination"]["port"] == 81:
+                found = flow
+        assert found and found["reason"] == "REASON_DROP_POLICY" and found["protocol"] == "UDP"
+        assert found["source"]["namespace"] == "x" and found["endpoint"] == "z/b"
+    finally:
+        proc.kill()
+        proc.wait()
