@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (loading BPF programs needs it)" >&2; exit 1; }
 
 APT_PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 iptables
-              linux-headers-amd64 kmod ethtool)
+              linux-headers-amd64 kmod ethtool
+              # tests/deploy: shellcheck for deploy/ scripts; vagrant (+ its
+              # libvirt provider, ~10 MB more) for `vagrant validate` of the lab
+              shellcheck vagrant vagrant-libvirt)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
