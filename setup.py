@@ -32,9 +32,18 @@ def generate_protos() -> None:
 
 
 class BuildPyWithProtos(build_py):
+    """Generate the protos; ship bpf/ (the C the daemon compiles at start)
+    inside the package as enforcer/_bpf for non-editable installs."""
+
     def run(self) -> None:
         generate_protos()
         super().run()
+        if not getattr(self, "editable_mode", False):
+            import shutil
+
+            target = Path(self.build_lib) / "enforcer" / "_bpf"
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(ROOT / "bpf", target, ignore=shutil.ignore_patterns("*.o"))
 
 
 setup(cmdclass={"build_py": BuildPyWithProtos})

@@ -17,7 +17,17 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+def _bpf_dir() -> Path:
+    """bpf/ of a checkout (editable install), else the copy an installed
+    package ships as enforcer/_bpf."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package.parent / "bpf", package / "_bpf"):
+        if (candidate / "pod_tc.c").exists():
+            return candidate
+    raise RuntimeError(f"BPF sources not found next to {package} (bpf/ or enforcer/_bpf)")
+
+
+BPF_DIR = _bpf_dir()
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/enforcer")
 
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
