@@ -3,6 +3,7 @@ attachments equal to what the cluster's objects compile to."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import threading
@@ -13,13 +14,16 @@ from typing import Callable
 
 from ..compiler.compile import Compiler, DesiredState, NodeContext
 from ..compiler.evaluate import connection_still_allowed
+from ..datapath import bpfsys
 from ..datapath.attach import TcAttacher
 from ..datapath.events import EventReader, Verdict
+from ..datapath.layout import Counter
 from ..datapath.loader import LoadedPrograms, load_pod_programs
 from ..datapath.maps import DatapathMaps
+from ..datapath.reasons import REASON_SLOTS
 from ..datapath.source import DatapathConfig
 from ..datapath.sync import MapSync, revoke_connections
-from ..errors import AttachError
+from ..errors import AttachError, MapError
 from ..model.state import ClusterStore
 from ..api.view import StateView
 from .node import InterfaceResolver, node_addresses
@@ -49,6 +53,11 @@ class Status:
     unplaced: list[str] = field(default_factory=list)
     attached: set[int] = field(default_factory=set)
     revoked_connections: int = 0
+    # Map writes of the last pass, and since this process started (a
+    # restarted daemon that found the maps right writes nothing).
+    last_pass: dict[str, int] = field(default_factory=lambda: {"written": 0, "deleted": 0, "revoked": 0})
+    since_start: dict[str, int] = field(
+        default_factory=lambda: {"passes": 0, "written": 0, "deleted": 0, "revoked": 0})
 
 
 class Daemon:
@@ -130,6 +139,7 @@ class Daemon:
                                          report.removed_endpoint_ids)
         elif report.removed_endpoint_ids:
             revoked = revoke_connections(self.maps, lambda c: True, report.removed_endpoint_ids)
+        self._reset_counters(report.removed_endpoint_ids)
         with self._lock:
             self.desired = desired
             self._view = StateView(snap, desired)
@@ -140,6 +150,10 @@ class Daemon:
             st.failures = list(report.failures)
             st.unplaced = list(desired.unplaced)
             st.revoked_connections += revoked
+            st.last_pass = {"written": report.written, "deleted": report.deleted, "revoked": revoked}
+            st.since_start["passes"] += 1
+            for k, v in st.last_pass.items():
+                st.since_start[k] += v
             st.ready = True
         for failure in report.failures:
             log.error("map write failed: %s", failure)
@@ -194,11 +208,29 @@ class Daemon:
             "endpoints": len({e.endpoint_id for e in desired.endpoints.values()}),
             "policy_entries": len(desired.policy), "ipcache_entries": len(desired.ipcache),
             "unplaced": st.unplaced, "errors": st.errors,
+            "last_pass": dict(st.last_pass), "since_start": dict(st.since_start),
         }
         path = Path(self.config.status_file)  # type: ignore[arg-type]
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
         tmp.replace(path)
+
+    def _reset_counters(self, endpoint_ids: set[int]) -> None:
+        """Counters are indexed by endpoint id: a released id's start again
+        from zero, or the next pod given the id would show the traffic of
+        the previous one as its own."""
+        assert self.maps is not None
+        if not endpoint_ids:
+            return
+        metrics = self.maps["metrics"]
+        zero = (Counter * bpfsys.possible_cpus())()
+        for ep_id in sorted(endpoint_ids):
+            for slot in range(ep_id * 2 * REASON_SLOTS, (ep_id * 2 + 2) * REASON_SLOTS):
+                try:
+                    metrics.update(ctypes.c_uint32(slot), zero)
+                except MapError as e:
+                    log.warning("resetting counters of endpoint id %d: %s", ep_id, e)
+                    break
 
     def _seed_endpoint_ids(self, local: list) -> None:  # type: ignore[type-arg]
         assert self.sync is not None

@@ -1,19 +1,40 @@
-"""A one-node cluster in network namespaces, wired the way Calico wires pods.
+"""A one-node cluster in network namespaces, wired the way Calico wires pods
+(mode "routed", the default) or the way flannel's bridge plugin does (mode
+"bridge").
 
+Routed (Calico):
   <prefix>-node     the node: forwarding on, dummy0 with the node's own
                     addresses, one host-side veth "lxc<pod>" per pod with
                     proxy ARP, fe80::1 and a /32 + /128 route to the pod.
   <prefix>-<pod>    one per pod: eth0 with a /32 and a /128, routes
                     169.254.1.1 dev eth0 scope link, default via 169.254.1.1,
-                    default via fe80::1 dev eth0. A server (serve.py) answers
-                    TCP and UDP on the lab's ports with the pod's name.
+                    default via fe80::1 dev eth0.
 
-Pod-to-pod traffic is routed by the node and crosses two host-side veths,
-where the enforcer's tc programs sit: the sender's (tc ingress, its egress
-policy) and the receiver's (tc egress, its ingress policy).
+Bridge (flannel):
+  <prefix>-node     the node: forwarding on, dummy0 with the node's own
+                    addresses, a bridge cni0 carrying the pods' gateway
+                    10.244.0.1/24 and fd00:244::1/64 (so the node routes the
+                    pod subnet to cni0), one host-side veth "veth<pod>" per
+                    pod enslaved to cni0. Bridge netfilter is switched off
+                    (bridge-nf-call-*tables 0): the enforcer must not need it.
+  <prefix>-<pod>    one per pod: eth0 with a /24 and a /64, default routes via
+                    10.244.0.1 and fd00:244::1.
+
+In both, a server (serve.py) in each pod answers TCP and UDP on the lab's
+ports with the pod's name.
+
+Pod-to-pod traffic crosses two host-side veths, where the enforcer's tc
+programs sit: the sender's (tc ingress, its egress policy) and the
+receiver's (tc egress, its ingress policy). Routed, the node routes it;
+bridged, cni0 switches it from one port to the other (never leaving the
+bridge, no route lookup, no netfilter).
 
     with Lab("enl42", ["a", "b"]) as lab:
         lab.probe("a", lab.pod("b").ipv4, 80)
+    with Lab("enl43", ["a", "b"], mode="bridge") as lab:
+        lab.add_pod("c")
+        ...
+        lab.remove_pod("c")
 """
 
 from __future__ import annotations
@@ -31,7 +52,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from .netns import LabCommandError, ip_batch, ip_json, netns_add, netns_delete, netns_list, sysctl
+from .netns import (LabCommandError, ip, ip_batch, ip_json, netns_add, netns_delete, netns_list, netns_path,
+                    sysctl)
 from .probe import ProbeResult, ProbeSpec, format_matrix, probe, probe_many
 
 log = logging.getLogger(__name__)
@@ -43,6 +65,13 @@ POD_NET4 = ipaddress.IPv4Network("10.244.0.0/16")
 POD_NET6 = ipaddress.IPv6Network("fd00:244::/64")
 GATEWAY4 = "169.254.1.1"
 GATEWAY6 = "fe80::1"
+ROUTED, BRIDGE = "routed", "bridge"
+MODES = (ROUTED, BRIDGE)
+BRIDGE_IFNAME = "cni0"
+BRIDGE_NET4 = ipaddress.IPv4Network("10.244.0.0/24")   # bridged pods' subnet
+BRIDGE_NET6 = ipaddress.IPv6Network("fd00:244::/64")
+BRIDGE_GATEWAY4 = BRIDGE_NET4.network_address + 1       # on cni0
+BRIDGE_GATEWAY6 = BRIDGE_NET6.network_address + 1
 DEFAULT_PORTS = (80, 81)
 IFNAMSIZ = 15
 _POD_NAME = re.compile(r"^[a-z][a-z0-9]*$")
@@ -67,28 +96,42 @@ class Lab:
     partial up()), or use as a context manager."""
 
     def __init__(self, prefix: str, pods: Sequence[str], ports: Sequence[int] = DEFAULT_PORTS,
-                 python: str = sys.executable, server_start_timeout: float = 15.0) -> None:
+                 python: str = sys.executable, server_start_timeout: float = 15.0,
+                 mode: str = ROUTED) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9]{0,11}", prefix):
             raise ValueError(f"lab prefix {prefix!r}: 1-12 lowercase letters/digits, starting with a letter")
         if len(set(pods)) != len(pods) or NODE in pods:
             raise ValueError(f"pod names must be unique and not {NODE!r}: {list(pods)}")
+        if mode not in MODES:
+            raise ValueError(f"lab mode {mode!r}: one of {MODES}")
         self.prefix = prefix
+        self.mode = mode
         self.node_netns = f"{prefix}-{NODE}"
         self.ports = tuple(ports)
         self.python = python
         self.server_start_timeout = server_start_timeout
         self.pods: dict[str, Pod] = {}
-        for i, name in enumerate(pods):
-            host_ifname = f"lxc{name}"
-            if not _POD_NAME.match(name) or len(host_ifname) > IFNAMSIZ:
-                raise ValueError(f"pod name {name!r}: lowercase letters/digits, at most {IFNAMSIZ - 3} chars")
-            self.pods[name] = Pod(
-                name=name, netns=f"{prefix}-{name}",
-                ipv4=POD_NET4.network_address + 2 + i,
-                ipv6=POD_NET6.network_address + 2 + i,
-                host_ifname=host_ifname,
-            )
+        self._next_index = 0  # pod addresses are .2 + index, never handed out twice
+        for name in pods:
+            self.pods[name] = self._new_pod(name)
         self.is_up = False
+
+    def _new_pod(self, name: str, index: int | None = None) -> Pod:
+        kind = "lxc" if self.mode == ROUTED else "veth"
+        host_ifname = f"{kind}{name}"
+        if not _POD_NAME.match(name) or len(host_ifname) > IFNAMSIZ:
+            raise ValueError(f"pod name {name!r}: lowercase letters/digits, at most {IFNAMSIZ - len(kind)} chars")
+        if name == NODE:
+            raise ValueError(f"a pod cannot be named {NODE!r}")
+        if index is None:
+            index = self._next_index
+        self._next_index = max(self._next_index, index + 1)
+        if self.mode == BRIDGE and index + 2 >= BRIDGE_NET4.num_addresses - 1:
+            raise ValueError(f"pod index {index}: beyond the bridge subnet {BRIDGE_NET4}")
+        return Pod(name=name, netns=f"{self.prefix}-{name}",
+                   ipv4=POD_NET4.network_address + 2 + index,
+                   ipv6=POD_NET6.network_address + 2 + index,
+                   host_ifname=host_ifname)
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> "Lab":
@@ -112,12 +155,49 @@ class Lab:
                 pod.host_ifindex = links[pod.host_ifname]
             for pod in self.pods.values():
                 self._start_server(pod)
-            self._wait_servers()
+            self._wait_servers(list(self.pods.values()))
         except BaseException:
             self.down()
             raise
         self.is_up = True
         return self
+
+    def add_pod(self, name: str, index: int | None = None) -> Pod:
+        """A new pod in a lab that is up, wired like the others, its server
+        answering. index picks its addresses (.2 + index); by default the
+        next never used. On failure nothing of it is left."""
+        if not self.is_up:
+            raise RuntimeError(f"lab {self.prefix} is not up")
+        if name in self.pods:
+            raise ValueError(f"pod {name!r} already in lab {self.prefix}")
+        pod = self._new_pod(name, index)
+        taken = {(p.ipv4, p.ipv6) for p in self.pods.values()}
+        if (pod.ipv4, pod.ipv6) in taken:
+            raise ValueError(f"pod {name!r}: addresses {pod.ipv4}, {pod.ipv6} are in use")
+        self.pods[name] = pod
+        try:
+            self._make_pod(pod)
+            links = {link["ifname"]: link["ifindex"] for link in ip_json("link", "show", netns=self.node_netns)}
+            pod.host_ifindex = links[pod.host_ifname]
+            self._start_server(pod)
+            self._wait_servers([pod])
+        except BaseException:
+            self.remove_pod(name)
+            raise
+        return pod
+
+    def remove_pod(self, name: str) -> Pod:
+        """Stop the pod's server and delete its namespace (its veth goes
+        with it, from the node too). Returns the pod as it was."""
+        pod = self.pods.pop(name)
+        _stop_process(pod.server)
+        pod.server = None
+        # Deleting the host side takes the pair down at once; a namespace's
+        # devices go only when the kernel gets round to cleaning it up.
+        if netns_path(self.node_netns).exists():
+            ip("link", "del", pod.host_ifname, netns=self.node_netns, check=False)
+        netns_delete(pod.netns)
+        return pod
 
     def down(self) -> None:
         """Stop the servers and delete every namespace of this lab (which
@@ -162,6 +242,23 @@ class Lab:
             # node routes it out another interface.
             f"route add {GATEWAY4}/32 dev dummy0",
         ], netns=self.node_netns)
+        if self.mode == BRIDGE:
+            self._make_bridge()
+
+    def _make_bridge(self) -> None:
+        """cni0 holds the gateway addresses; its connected routes send the
+        pod subnet to it."""
+        ip_batch([
+            f"link add {BRIDGE_IFNAME} type bridge",
+            f"addr add {BRIDGE_GATEWAY4}/{BRIDGE_NET4.prefixlen} dev {BRIDGE_IFNAME}",
+            f"addr add {BRIDGE_GATEWAY6}/{BRIDGE_NET6.prefixlen} dev {BRIDGE_IFNAME} nodad",
+            f"link set {BRIDGE_IFNAME} up",
+        ], netns=self.node_netns)
+        # Kernels with br_netfilter default to handing bridged frames to
+        # iptables; kube-proxy wants that, the enforcer must not need it.
+        # (The sysctls exist, in every namespace, only with br_netfilter.)
+        sysctl(self.node_netns, {f"net.bridge.bridge-nf-call-{t}": 0 for t in ("iptables", "ip6tables", "arptables")
+                                 if os.path.exists(f"/proc/sys/net/bridge/bridge-nf-call-{t}")})
 
     def _add_dummy(self) -> None:
         """dummy0, the holder of the node's own addresses. Kernels built
@@ -186,6 +283,26 @@ class Lab:
         ip_batch(["link set lo up",
                   f"link add {pod.host_ifname} type veth peer name eth0 netns {pod.netns}"],
                  netns=self.node_netns)
+        if self.mode == BRIDGE:
+            self._wire_bridged_pod(pod)
+        else:
+            self._wire_routed_pod(pod)
+
+    def _wire_bridged_pod(self, pod: Pod) -> None:
+        ip_batch([
+            f"link set {pod.host_ifname} master {BRIDGE_IFNAME}",
+            f"link set {pod.host_ifname} up",
+        ], netns=self.node_netns)
+        ip_batch([
+            "link set lo up",
+            f"addr add {pod.ipv4}/{BRIDGE_NET4.prefixlen} dev eth0",
+            f"addr add {pod.ipv6}/{BRIDGE_NET6.prefixlen} dev eth0 nodad",
+            "link set eth0 up",
+            f"route add default via {BRIDGE_GATEWAY4} dev eth0",
+            f"route add ::/0 via {BRIDGE_GATEWAY6} dev eth0",
+        ], netns=pod.netns)
+
+    def _wire_routed_pod(self, pod: Pod) -> None:
         sysctl(self.node_netns, {
             f"net.ipv4.conf.{pod.host_ifname}.proxy_arp": 1,
             f"net.ipv6.conf.{pod.host_ifname}.accept_dad": 0,
@@ -198,6 +315,7 @@ class Lab:
             f"route add {pod.ipv6}/128 dev {pod.host_ifname}",
         ], netns=self.node_netns)
         ip_batch([
+            "link set lo up",  # a pod reaches its own address, as in Kubernetes
             f"addr add {pod.ipv4}/32 dev eth0",
             f"addr add {pod.ipv6}/128 dev eth0 nodad",
             "link set eth0 up",
@@ -215,9 +333,9 @@ class Lab:
         pod.server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                       start_new_session=True)
 
-    def _wait_servers(self) -> None:
+    def _wait_servers(self, pods: Sequence[Pod]) -> None:
         deadline = time.monotonic() + self.server_start_timeout
-        for pod in self.pods.values():
+        for pod in pods:
             assert pod.server is not None and pod.server.stdout is not None
             left = max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select([pod.server.stdout], [], [], left)
