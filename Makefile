@@ -13,8 +13,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Every benchmark (datapath, then compiler); the last line is one JSON object.
 bench: setup
-	$(PY) bench/datapath_bench.py
+	$(PY) bench/run_all.py
 
 cleanup: setup
 	$(PY) -m enforcer cleanup

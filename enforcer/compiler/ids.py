@@ -39,6 +39,12 @@ class StableIds(Generic[T]):
     def key_of(self, ident: int) -> T | None:
         return self._by_id.get(ident)
 
+    def forget(self, key: T) -> None:
+        """Forget one key (its content is gone); no-op when unknown."""
+        ident = self._by_key.pop(key, None)
+        if ident is not None:
+            del self._by_id[ident]
+
     def retain(self, keys: set[T]) -> None:
         """Forget every key not in `keys` (ids of vanished content)."""
         for k in [k for k in self._by_key if k not in keys]:

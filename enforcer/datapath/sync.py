@@ -48,6 +48,14 @@ class MapContents:
     ipcache: dict[IPNetwork, int] = field(default_factory=dict)
     endpoints: dict[IPAddress, EndpointTuple] = field(default_factory=dict)
     policy: dict[PolicyTuple, int] = field(default_factory=dict)
+    # Optional hint from a producer that knows what it changed: this content
+    # (`token`) equals the content `base` except, at most, at the keys in
+    # `changed[kind]` (a kind not named may differ anywhere). MapSync.apply
+    # uses it only when `base` is the content it last applied completely, and
+    # then compares just those keys instead of every entry.
+    token: object = field(default=None, compare=False, repr=False)
+    base: object = field(default=None, compare=False, repr=False)
+    changed: dict[str, set] | None = field(default=None, compare=False, repr=False)  # type: ignore[type-arg]
 
 
 @dataclass
@@ -79,6 +87,7 @@ class MapSync:
     def __init__(self, maps: DatapathMaps) -> None:
         self.maps = maps
         self.applied = self.read()
+        self._applied_token: object = None  # token of the content applied last, when completely
 
     def read(self) -> MapContents:
         m = self.maps
@@ -110,31 +119,53 @@ class MapSync:
             record()
             report.deleted += 1
 
+        hint = want.changed if want.base is not None and want.base is self._applied_token else None
+        policy_writes, policy_gone = _diff(have.policy, want.policy, hint, "policy")
+        ipcache_writes, ipcache_gone = _diff(have.ipcache, want.ipcache, hint, "ipcache")
+        endpoint_writes, endpoints_gone = _diff(have.endpoints, want.endpoints, hint, "endpoints")
+
         pol, eps, m = self.maps["policy"], self.maps["endpoints"], self.maps
-        for t, rule in want.policy.items():
-            if have.policy.get(t) != rule:
-                write("policy", t, lambda t=t, rule=rule: pol.update(policy_key(t), PolicyEntry(rule_id=rule)),
-                      lambda t=t, rule=rule: have.policy.__setitem__(t, rule))
-        for net, ident in want.ipcache.items():
-            if have.ipcache.get(net) != ident:
-                write("ipcache", net, lambda net=net, ident=ident: m.set_identity(net, ident),
-                      lambda net=net, ident=ident: have.ipcache.__setitem__(net, ident))
-        for ip, ep in want.endpoints.items():
-            if have.endpoints.get(ip) != ep:
-                write("endpoint", ip, lambda ip=ip, ep=ep: eps.update(
-                    EndpointKey.of(ip), EndpointInfo(id=ep[0], ifindex=ep[1], identity=ep[2], flags=ep[3])),
-                    lambda ip=ip, ep=ep: have.endpoints.__setitem__(ip, ep))
-        live_ids = {ep[0] for ep in want.endpoints.values()}
-        for ip in [ip for ip in have.endpoints if ip not in want.endpoints]:
-            if have.endpoints[ip][0] not in live_ids:
-                report.removed_endpoint_ids.add(have.endpoints[ip][0])
-            remove("endpoint", ip, lambda ip=ip: eps.delete(EndpointKey.of(ip)),
-                   lambda ip=ip: have.endpoints.pop(ip))
-        for net in [n for n in have.ipcache if n not in want.ipcache]:
+        for t, rule in policy_writes:
+            write("policy", t, lambda t=t, rule=rule: pol.update(policy_key(t), PolicyEntry(rule_id=rule)),
+                  lambda t=t, rule=rule: have.policy.__setitem__(t, rule))
+        for net, ident in ipcache_writes:
+            write("ipcache", net, lambda net=net, ident=ident: m.set_identity(net, ident),
+                  lambda net=net, ident=ident: have.ipcache.__setitem__(net, ident))
+        for ip, ep in endpoint_writes:
+            write("endpoint", ip, lambda ip=ip, ep=ep: eps.update(
+                EndpointKey.of(ip), EndpointInfo(id=ep[0], ifindex=ep[1], identity=ep[2], flags=ep[3])),
+                lambda ip=ip, ep=ep: have.endpoints.__setitem__(ip, ep))
+        if endpoints_gone:
+            live_ids = {ep[0] for ep in want.endpoints.values()}
+            for ip in endpoints_gone:
+                if have.endpoints[ip][0] not in live_ids:
+                    report.removed_endpoint_ids.add(have.endpoints[ip][0])
+                remove("endpoint", ip, lambda ip=ip: eps.delete(EndpointKey.of(ip)),
+                       lambda ip=ip: have.endpoints.pop(ip))
+        for net in ipcache_gone:
             remove("ipcache", net, lambda net=net: m.delete_identity(net), lambda net=net: have.ipcache.pop(net))
-        for t in [t for t in have.policy if t not in want.policy]:
+        for t in policy_gone:
             remove("policy", t, lambda t=t: pol.delete(policy_key(t)), lambda t=t: have.policy.pop(t))
+        self._applied_token = want.token if not report.failures else None
         return report
+
+
+def _diff(have: dict, want: dict, hint: dict[str, set] | None, kind: str) -> tuple[list, list]:  # type: ignore[type-arg]
+    """(entries of `want` to write, keys of `have` to delete): in `want`'s
+    and `have`'s order, or, given a hint, in no particular order and looking
+    only at the keys it names (the only ones that can differ)."""
+    keys = hint.get(kind) if hint is not None else None
+    if keys is not None:
+        get, have_get = want.get, have.get
+        writes = [(k, v) for k in keys if (v := get(k)) is not None and have_get(k) != v]
+        gone = [k for k in keys if k not in want and k in have]
+        return writes, gone
+    if want == have:  # compares without hashing a key again
+        return [], []
+    have_get = have.get
+    writes = [(k, v) for k, v in want.items() if have_get(k) != v]
+    gone = [k for k in have if k not in want] if len(have) + len(writes) > len(want) else []
+    return writes, gone
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import InvalidObjectError
-from .selectors import LabelSelector, SelectorError, check_label_key, check_label_value
+from .selectors import Interner, LabelSelector, SelectorError, check_label_key, check_label_value
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -58,7 +58,7 @@ def _resource_version(raw: Mapping[str, Any]) -> str:
     return str((raw.get("metadata") or {}).get("resourceVersion") or "")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Namespace:
     name: str
     labels: Mapping[str, str]
@@ -74,14 +74,14 @@ class Namespace:
         return cls(name, labels, _resource_version(raw))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ContainerPort:
     name: str | None
     port: int
     protocol: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pod:
     namespace: str
     name: str
@@ -144,7 +144,7 @@ class Pod:
                 proto = p.get("protocol") or "TCP"
                 if proto not in PROTOCOLS or not 1 <= num <= 65535:
                     raise InvalidObjectError("Pod", ns, name, f"invalid container port {num}/{proto}")
-                ports.append(ContainerPort(p.get("name"), num, proto))
+                ports.append(_container_ports(ContainerPort(p.get("name"), num, proto)))
         return cls(
             namespace=ns, name=name, uid=str((raw.get("metadata") or {}).get("uid") or f"{ns}/{name}"),
             labels=labels, node_name=spec.get("nodeName"), host_network=bool(spec.get("hostNetwork")),
@@ -153,7 +153,7 @@ class Pod:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class IPBlock:
     cidr: IPNetwork
     excepts: tuple[IPNetwork, ...] = ()
@@ -165,7 +165,7 @@ class IPBlock:
         return not any(prefix.subnet_of(e) for e in self.excepts)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Peer:
     """One entry of from/to: an ipBlock, or pods chosen by selectors.
     namespace_selector None means "the policy's own namespace"."""
@@ -175,14 +175,14 @@ class Peer:
     ip_block: IPBlock | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class PolicyPort:
     protocol: str
     port: int | str | None  # None = every port of the protocol
     end_port: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class PolicyRule:
     """peers () = every peer; ports () = every port of every protocol."""
 
@@ -191,7 +191,7 @@ class PolicyRule:
     valid: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkPolicy:
     namespace: str
     name: str
@@ -249,13 +249,13 @@ class NetworkPolicy:
         types: frozenset[str]
         if types_raw in (None, []):
             # API server defaulting: Ingress always; Egress when egress rules exist.
-            types = frozenset([INGRESS] + ([EGRESS] if egress_raw else []))
+            types = _POLICY_TYPES[frozenset([INGRESS] + ([EGRESS] if egress_raw else []))]
         elif (isinstance(types_raw, list) and all(t in (INGRESS, EGRESS) for t in types_raw)
               and len(set(types_raw)) == len(types_raw)):
-            types = frozenset(types_raw)
+            types = _POLICY_TYPES[frozenset(types_raw)]
         else:
             errors.append(f"spec.policyTypes: must be a list of Ingress/Egress without repeats, got {types_raw!r}")
-            types = frozenset([INGRESS, EGRESS])
+            types = _POLICY_TYPES[frozenset([INGRESS, EGRESS])]
             pod_selector = None  # cannot tell what it meant: fail closed
 
         ingress = _parse_rules(ingress_raw, "spec.ingress", "from", errors)
@@ -278,7 +278,7 @@ def _parse_rules(raw: Any, where: str, peers_field: str, errors: list[str]) -> t
             rules.append(_parse_rule(r, at, peers_field))
         except ValueError as e:
             errors.append(f"{e} (rule ignored: it allows nothing)")
-            rules.append(PolicyRule((), (), valid=False))
+            rules.append(_rules(PolicyRule((), (), valid=False)))
     return tuple(rules)
 
 
@@ -292,7 +292,7 @@ def _parse_rule(raw: Any, at: str, peers_field: str) -> PolicyRule:
         raise ValueError(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
     peers = tuple(_parse_peer(p, f"{at}.{peers_field}[{j}]") for j, p in enumerate(raw.get(peers_field) or []))
     ports = tuple(_parse_port(p, f"{at}.ports[{j}]") for j, p in enumerate(raw.get("ports") or []))
-    return PolicyRule(peers, ports)
+    return _rules(PolicyRule(peers, ports))
 
 
 def _parse_network(value: Any, at: str) -> IPNetwork:
@@ -326,7 +326,7 @@ def _parse_peer(raw: Any, at: str) -> Peer:
             if net.version != cidr.version or not net.subnet_of(cidr) or net.prefixlen <= cidr.prefixlen:  # type: ignore[arg-type]
                 raise ValueError(f"{at}.ipBlock.except[{k}]: {net} must be strictly within {cidr}")
             excepts.append(net)
-        return Peer(ip_block=IPBlock(cidr, tuple(excepts)))
+        return _peers(Peer(ip_block=_ip_blocks(IPBlock(cidr, tuple(excepts)))))
     if "podSelector" not in raw and "namespaceSelector" not in raw:
         raise ValueError(f"{at}: must set podSelector, namespaceSelector or ipBlock")
     try:
@@ -335,7 +335,7 @@ def _parse_peer(raw: Any, at: str) -> Peer:
                   if "namespaceSelector" in raw else None)
     except SelectorError as e:
         raise ValueError(str(e)) from e
-    return Peer(pod_selector=pod_sel, namespace_selector=ns_sel)
+    return _peers(Peer(pod_selector=pod_sel, namespace_selector=ns_sel))
 
 
 def _parse_port(raw: Any, at: str) -> PolicyPort:
@@ -368,7 +368,16 @@ def _parse_port(raw: Any, at: str) -> PolicyPort:
             raise ValueError(f"{at}.endPort: needs a numeric port")
         if not port <= end <= 65535:
             raise ValueError(f"{at}.endPort: {end} must be between port {port} and 65535")
-    return PolicyPort(proto, port, end)
+    return _policy_ports(PolicyPort(proto, port, end))
+
+
+# Values repeated across objects, held once (see Interner).
+_POLICY_TYPES = {t: t for t in (frozenset([INGRESS]), frozenset([EGRESS]), frozenset([INGRESS, EGRESS]))}
+_container_ports: Interner[ContainerPort] = Interner(lambda p: (p.name, p.port, p.protocol))
+_policy_ports: Interner[PolicyPort] = Interner(lambda p: (p.protocol, type(p.port), p.port, p.end_port))
+_ip_blocks: Interner[IPBlock] = Interner(lambda b: (b.cidr, b.excepts))
+_peers: Interner[Peer] = Interner(lambda p: (p.pod_selector, p.namespace_selector, p.ip_block))
+_rules: Interner[PolicyRule] = Interner(lambda r: (r.peers, r.ports, r.valid))
 
 
 def parse_object(raw: Mapping[str, Any]) -> Namespace | Pod | NetworkPolicy:

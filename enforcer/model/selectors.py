@@ -4,10 +4,41 @@ Exists, DoesNotExist), with the API server's validation rules."""
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Generic, Hashable, Mapping, TypeVar
 
 Labels = Mapping[str, str]
+T = TypeVar("T")
+
+
+class Interner(Generic[T]):
+    """Canonical instances of equal immutable values, so that the same
+    selector in a thousand policies, or the same ports in a thousand pods, is
+    held once. Weak: an instance no object refers to any more leaves the
+    table. The key is made of the instance's fields (not the instance, which
+    the table would then keep alive)."""
+
+    def __init__(self, key: Callable[[T], Hashable]) -> None:
+        self._key = key
+        self._table: weakref.WeakValueDictionary[Hashable, T] = weakref.WeakValueDictionary()  # type: ignore[type-var]
+        self._lock = threading.Lock()
+
+    def __call__(self, obj: T) -> T:
+        key = self._key(obj)
+        ref = self._table.data.get(key)  # the common case, without the lock
+        found = ref() if ref is not None else None
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._table.get(key)
+            if found is None:
+                self._table[key] = found = obj
+        return found
+
+    def __len__(self) -> int:
+        return len(self._table)
 
 _OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 _NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
@@ -31,7 +62,7 @@ def check_label_value(value: object, where: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Requirement:
     key: str
     operator: str
@@ -48,7 +79,7 @@ class Requirement:
         return self.key not in labels or labels[self.key] not in self.values
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class LabelSelector:
     """An empty selector (no labels, no expressions) selects everything."""
 
@@ -77,7 +108,7 @@ class LabelSelector:
         for k, v in match_labels.items():
             check_label_key(k, f"{where}.matchLabels")
             check_label_value(v, f"{where}.matchLabels[{k}]")
-            reqs.append(Requirement(k, "In", frozenset([v])))
+            reqs.append(_requirements(Requirement(k, "In", frozenset([v]))))
         exprs = raw.get("matchExpressions") or []
         if not isinstance(exprs, list):
             raise SelectorError(f"{where}.matchExpressions: must be a list")
@@ -101,9 +132,9 @@ class LabelSelector:
                 raise SelectorError(f"{at}: operator {op} takes no values")
             for v in values:
                 check_label_value(v, f"{at}.values")
-            reqs.append(Requirement(key, op, frozenset(values)))
+            reqs.append(_requirements(Requirement(key, op, frozenset(values))))
         # Canonical order so equal selectors compare and hash equal.
-        return cls(tuple(sorted(reqs, key=lambda r: (r.key, r.operator, sorted(r.values)))))
+        return _selectors(cls(tuple(sorted(reqs, key=lambda r: (r.key, r.operator, sorted(r.values))))))
 
     def __str__(self) -> str:
         if self.is_empty:
@@ -119,3 +150,7 @@ class LabelSelector:
             else:
                 parts.append(f"{r.key} {r.operator.lower()} ({','.join(sorted(r.values))})")
         return ",".join(parts)
+
+
+_requirements: Interner[Requirement] = Interner(lambda r: (r.key, r.operator, r.values))
+_selectors: Interner[LabelSelector] = Interner(lambda sel: sel.requirements)

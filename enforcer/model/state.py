@@ -38,6 +38,12 @@ class ClusterStore:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        # replace_all's parse of each object it was handed, by the object's
+        # id (the object is kept, so the id stays its own): a source that
+        # hands over the same, unchanged dicts again (the directory source
+        # does for every file but the changed one) is not parsed again.
+        # Objects handed to replace_all must not be changed afterwards.
+        self._parsed: dict[int, tuple[Mapping[str, Any], Any, int, str]] = {}
         # Set by the source once it has delivered a complete first view.
         # Until then the store is not the cluster (it is empty), and
         # compiling it would remove every entry a previous daemon left.
@@ -56,13 +62,16 @@ class ClusterStore:
         pods: dict[str, Pod] = {}
         pols: dict[str, NetworkPolicy] = {}
         errors: dict[str, InvalidObjectError] = {}
+        into = (ns, pods, pols, errors)
+        known = self._parsed
+        parsed: dict[int, tuple[Mapping[str, Any], Any, int, str]] = {}
         for raw in objects:
-            try:
-                obj = parse_object(raw)
-            except InvalidObjectError as e:
-                errors[self.object_key(raw)] = e
-                continue
-            _file(obj, ns, pods, pols)
+            hit = known.get(id(raw))
+            if hit is None or hit[0] is not raw:
+                hit = (raw, *_parse_for_filing(raw, self.object_key))
+            parsed[id(raw)] = hit
+            into[hit[2]][hit[3]] = hit[1]
+        self._parsed = parsed
         for i, e in enumerate(extra_errors):
             errors[f"source:{i}"] = e
         with self._lock:
@@ -114,6 +123,21 @@ class ClusterStore:
                 revision=self.revision,
                 source_revision=self.source_revision,
             )
+
+
+def _parse_for_filing(raw: Mapping[str, Any], error_key: Callable[[Mapping[str, Any]], str]
+                      ) -> tuple[Namespace | Pod | NetworkPolicy | InvalidObjectError, int, str]:
+    """(object or its error, which of namespaces/pods/policies/errors it
+    goes in, its key there)."""
+    try:
+        obj = parse_object(raw)
+    except InvalidObjectError as e:
+        return e, 3, error_key(raw)
+    if isinstance(obj, Namespace):
+        return obj, 0, obj.name
+    if isinstance(obj, Pod):
+        return obj, 1, obj.key
+    return obj, 2, obj.key
 
 
 def _file(obj: Namespace | Pod | NetworkPolicy, ns: dict, pods: dict, pols: dict) -> None:
