@@ -8,10 +8,27 @@ process, which the ordered diff tolerates.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from typing import Generic, Hashable, TypeVar
+import ipaddress
+from typing import Any, Generic, Hashable, TypeVar
 
 T = TypeVar("T", bound=Hashable)
+
+
+def canonical(value: Any) -> Any:
+    """A form of value whose repr() is the same in every process: sets are
+    sorted (their iteration order follows the per-process string hash
+    seed), dataclasses become (name, fields), addresses strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__,) + tuple(canonical(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, (set, frozenset)):
+        return ("set",) + tuple(sorted((canonical(v) for v in value), key=repr))
+    if isinstance(value, (tuple, list)):
+        return tuple(canonical(v) for v in value)
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network, ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        return str(value)
+    return value
 
 
 class StableIds(Generic[T]):
@@ -22,7 +39,7 @@ class StableIds(Generic[T]):
         self._by_id: dict[int, T] = {}
 
     def _hash(self, key: T) -> int:
-        digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(repr(canonical(key)).encode(), digest_size=8).digest()
         return self.first + int.from_bytes(digest, "big") % self.span
 
     def get(self, key: T) -> int:

@@ -193,10 +193,6 @@ def test_sigterm_exits_0_and_leaves_enforcement(env: DaemonLab) -> None:
         env.check_flows([f for f, fam in WATCHED], family)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "compiler bug, not fixed here (enforcer/compiler is another helper's): StableIds hashes repr(key), "
-    "and PodIdentity.labels is a frozenset whose repr order follows the per-process str hash seed, so "
-    "a restarted daemon gives pods with 2+ labels new identity ids and rewrites ipcache and policy"))
 def test_restart_with_many_labels_writes_nothing(env: DaemonLab) -> None:
     """Pods as Kubernetes makes them carry several labels. Identity ids are
     hashed from the identity's content, so a new daemon must arrive at the
