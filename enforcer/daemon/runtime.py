@@ -4,6 +4,7 @@ attachments equal to what the cluster's objects compile to."""
 from __future__ import annotations
 
 import ctypes
+import gc
 import json
 import logging
 import threading
@@ -164,6 +165,12 @@ class Daemon:
         if report.changed:
             log.info("synced revision %d: %d written, %d deleted, %d connections revoked, %.1f ms",
                      snap.revision, report.written, report.deleted, revoked, st.last_sync_duration * 1e3)
+        if not self.synced.is_set():
+            # The first view is most of what the daemon will ever hold: move
+            # it out of the cyclic GC's reach so later collections do not
+            # walk it (their pauses would delay every later change).
+            gc.collect()
+            gc.freeze()
         self.synced.set()
         return bool(desired.unplaced or report.failures)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import InvalidObjectError
 from .objects import Namespace, NetworkPolicy, Pod, parse_object
@@ -57,21 +57,29 @@ class ClusterStore:
 
     def replace_all(self, objects: list[Mapping[str, Any]], extra_errors: list[InvalidObjectError],
                     source_revision: str = "") -> None:
-        """Replace everything with `objects` (directory source)."""
-        ns: dict[str, Namespace] = {}
-        pods: dict[str, Pod] = {}
-        pols: dict[str, NetworkPolicy] = {}
-        errors: dict[str, InvalidObjectError] = {}
-        into = (ns, pods, pols, errors)
+        """Replace everything with `objects`."""
         known = self._parsed
         parsed: dict[int, tuple[Mapping[str, Any], Any, int, str]] = {}
         for raw in objects:
             hit = known.get(id(raw))
             if hit is None or hit[0] is not raw:
-                hit = (raw, *_parse_for_filing(raw, self.object_key))
+                hit = (raw, *parse_for_store(raw))
             parsed[id(raw)] = hit
-            into[hit[2]][hit[3]] = hit[1]
         self._parsed = parsed
+        self.replace_parsed([hit[1:] for hit in parsed.values()], extra_errors, source_revision)
+
+    def replace_parsed(self, entries: Iterable[ParsedEntry], extra_errors: list[InvalidObjectError],
+                       source_revision: str = "") -> None:
+        """Replace everything with already parsed objects (parse_for_store):
+        a source that parses once per change and keeps the parsed objects,
+        not the raw dicts (the directory source), saves the dicts' memory."""
+        ns: dict[str, Namespace] = {}
+        pods: dict[str, Pod] = {}
+        pols: dict[str, NetworkPolicy] = {}
+        errors: dict[str, InvalidObjectError] = {}
+        into = (ns, pods, pols, errors)
+        for obj, slot, key in entries:
+            into[slot][key] = obj
         for i, e in enumerate(extra_errors):
             errors[f"source:{i}"] = e
         with self._lock:
@@ -85,7 +93,51 @@ class ClusterStore:
         if changed and self.on_change:
             self.on_change()
 
-    def upsert(self, raw: Mapping[str, Any]) -> None:
+    def replace_kind(self, kind: str, objects: Iterable[Mapping[str, Any]], source_revision: str = "") -> None:
+        """Replace every object of one kind at once (a watch source's relist):
+        objects of the kind not in `objects` are gone, in the same step."""
+        slot = _SLOTS[kind]
+        fresh: dict[str, Any] = {}
+        fresh_errors: dict[str, InvalidObjectError] = {}
+        for raw in objects:
+            obj, obj_slot, key = parse_for_store(raw)
+            if obj_slot == 3:
+                fresh_errors[key] = obj
+            elif obj_slot == slot:
+                fresh[key] = obj
+        with self._lock:
+            table = (self.namespaces, self.pods, self.policies)[slot]
+            prefix = f"{kind}:"
+            kept_errors = {k: e for k, e in self.errors.items() if not k.startswith(prefix)}
+            # An object that does not parse now keeps its last valid version.
+            for key, err in fresh_errors.items():
+                name_key = key.split(":", 1)[1].lstrip("/") if kind == "Namespace" else key.split(":", 1)[1]
+                if name_key in table:
+                    fresh[name_key] = table[name_key]
+            changed = fresh != table or kept_errors | fresh_errors != self.errors
+            table.clear()
+            table.update(fresh)
+            self.errors = kept_errors | fresh_errors
+            if source_revision:
+                changed |= source_revision != self.source_revision
+                self.source_revision = source_revision
+            if changed:
+                self.revision += 1
+        if changed and self.on_change:
+            self.on_change()
+
+    def set_source_revision(self, source_revision: str) -> None:
+        """A new revision with no object change (a watch bookmark)."""
+        with self._lock:
+            self.source_revision = source_revision
+
+    def mark_ready(self) -> None:
+        """The source has delivered a complete first view."""
+        self.ready.set()
+        if self.on_change:
+            self.on_change()
+
+    def upsert(self, raw: Mapping[str, Any], source_revision: str = "") -> None:
         key = self.object_key(raw)
         with self._lock:
             try:
@@ -97,11 +149,13 @@ class ClusterStore:
                 self.errors.pop(key, None)
                 _file(obj, self.namespaces, self.pods, self.policies)
             self.revision += 1
+            self.source_revision = source_revision or self.source_revision
         if self.on_change:
             self.on_change()
 
-    def delete(self, kind: str, namespace: str | None, name: str) -> None:
+    def delete(self, kind: str, namespace: str | None, name: str, source_revision: str = "") -> None:
         with self._lock:
+            self.source_revision = source_revision or self.source_revision
             if kind == "Namespace":
                 self.namespaces.pop(name, None)
             elif kind == "Pod":
@@ -123,6 +177,16 @@ class ClusterStore:
                 revision=self.revision,
                 source_revision=self.source_revision,
             )
+
+
+_SLOTS = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2}
+# (object or its error, slot: 0 namespaces 1 pods 2 policies 3 errors, key there)
+ParsedEntry = tuple[Any, int, str]
+
+
+def parse_for_store(raw: Mapping[str, Any]) -> ParsedEntry:
+    """Parse one API object for the store: replace_parsed takes these."""
+    return _parse_for_filing(raw, ClusterStore.object_key)
 
 
 def _parse_for_filing(raw: Mapping[str, Any], error_key: Callable[[Mapping[str, Any]], str]
