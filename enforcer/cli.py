@@ -93,8 +93,16 @@ def _run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     daemon.on_sync.append(metrics.sync_seconds.observe)
     metrics.attach(daemon)
-    source = DirectorySource(Path(args.source), store)
-    api = ApiServer(server_config, EnforcerService(daemon, hub, f"directory:{Path(args.source).resolve()}"))
+    if args.source == "kubernetes":
+        from .sources.kubernetes import KubernetesSource, api_client
+
+        k8s = api_client(args.kubeconfig)
+        source = KubernetesSource(store, k8s)
+        source_text = f"kubernetes:{source.host}"
+    else:
+        source = DirectorySource(Path(args.source), store)
+        source_text = f"directory:{Path(args.source).resolve()}"
+    api = ApiServer(server_config, EnforcerService(daemon, hub, source_text))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -227,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run_p = sub.add_parser("run", help="run the node daemon")
-    run_p.add_argument("--source", required=True, help="directory of manifests")
+    run_p.add_argument("--source", default="kubernetes",
+                       help="'kubernetes' (the API: in-cluster config, else --kubeconfig) or a directory of manifests")
+    run_p.add_argument("--kubeconfig", help="kubeconfig for --source kubernetes outside a cluster")
     run_p.add_argument("--node", required=True, help="this node's name (spec.nodeName of local pods)")
     run_p.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
     run_p.add_argument("--keep-established", action="store_true",

@@ -1,0 +1,186 @@
+"""Namespaces, Pods and NetworkPolicies from the Kubernetes API: list, then
+watch from the list's resourceVersion, per kind (a reflector each).
+
+- Continuity: every event and bookmark advances the kind's resourceVersion;
+  a watch that ends (server timeout, dropped connection, API server
+  restart) resumes from it, so nothing is missed or replayed.
+- 410 Gone (the version was compacted away): list again and replace that
+  kind in one step (ClusterStore.replace_kind); the reconcile loop then
+  writes only the difference, so enforcement never drops.
+- Outages: the store keeps the last good state and the datapath keeps
+  enforcing it; reconnects back off exponentially with full jitter.
+- Readiness: the store is marked ready only after every kind has been
+  listed once; before that nothing is compiled (a partial view would
+  remove entries a previous daemon left).
+List items come without kind/apiVersion (as the API sends them); the
+source puts them back, so the model parses exactly what `kubectl get -o
+json` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..model.state import ClusterStore
+
+log = logging.getLogger(__name__)
+
+WATCH_TIMEOUT_S = 300  # server-side; a little jitter is added per watch
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    api_version: str
+    list_fn: Callable[..., Any]
+
+
+def api_client(kubeconfig: str | None = None) -> Any:
+    """In-cluster config when running in a pod, else the kubeconfig."""
+    from kubernetes import client, config
+
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+def kinds(api: Any) -> list[Kind]:
+    from kubernetes import client
+
+    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    return [Kind("Namespace", "v1", core.list_namespace),
+            Kind("Pod", "v1", core.list_pod_for_all_namespaces),
+            Kind("NetworkPolicy", "networking.k8s.io/v1", net.list_network_policy_for_all_namespaces)]
+
+
+class Reflector:
+    def __init__(self, kind: Kind, store: ClusterStore, on_listed: Callable[[], None],
+                 revision: Callable[[int], str], stop: threading.Event) -> None:
+        self.kind = kind
+        self.store = store
+        self.on_listed = on_listed
+        self.revision = revision
+        self.stop = stop
+        self.resource_version: str | None = None
+        self.lists = 0
+        self.watches = 0
+        self.errors = 0
+        self._backoff = BACKOFF_START_S
+        self._watch: Any = None
+        self.thread = threading.Thread(target=self._run, name=f"watch-{kind.name}", daemon=True)
+
+    def _complete(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj.setdefault("kind", self.kind.name)
+        obj.setdefault("apiVersion", self.kind.api_version)
+        return obj
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        while not self.stop.is_set():
+            try:
+                if self.resource_version is None:
+                    self._list()
+                self._watch_once()
+                self._backoff = BACKOFF_START_S
+            except ApiException as e:
+                if e.status == 410:
+                    log.info("%s: resourceVersion %s expired (410 Gone): listing again",
+                             self.kind.name, self.resource_version)
+                    self.resource_version = None
+                    continue
+                self._wait_after_error(f"API error {e.status} {e.reason}")
+            except Exception as e:  # connection refused/reset, timeouts, bad JSON: back off
+                self._wait_after_error(f"{type(e).__name__}: {e}")
+
+    def _wait_after_error(self, what: str) -> None:
+        self.errors += 1
+        delay = random.uniform(0, self._backoff)  # full jitter
+        log.warning("%s: %s; keeping the last good state, retrying in %.1fs", self.kind.name, what, delay)
+        self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
+        self.stop.wait(delay)
+
+    def _list(self) -> None:
+        resp = self.kind.list_fn(_preload_content=False, _request_timeout=60)
+        body = json.loads(resp.data)
+        items = [self._complete(item) for item in body.get("items") or []]
+        rv = body["metadata"]["resourceVersion"]
+        self.resource_version = rv
+        self.store.replace_kind(self.kind.name, items, self.revision(int(rv)))
+        self.lists += 1
+        self.on_listed()
+
+    def _watch_once(self) -> None:
+        from kubernetes import watch
+
+        self._watch = watch.Watch()
+        self.watches += 1
+        timeout = WATCH_TIMEOUT_S + random.randint(0, 60)
+        for event in self._watch.stream(self.kind.list_fn, resource_version=self.resource_version,
+                                        allow_watch_bookmarks=True, timeout_seconds=timeout,
+                                        _request_timeout=timeout + 30):
+            if self.stop.is_set():
+                self._watch.stop()
+                return
+            obj = event["raw_object"]
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            kind = event["type"]
+            if kind == "BOOKMARK":
+                pass
+            elif kind in ("ADDED", "MODIFIED"):
+                self.store.upsert(self._complete(obj), self.revision(int(rv)) if rv else "")
+            elif kind == "DELETED":
+                meta = obj.get("metadata") or {}
+                self.store.delete(self.kind.name, meta.get("namespace"), meta.get("name"),
+                                  self.revision(int(rv)) if rv else "")
+            if rv:
+                self.resource_version = rv
+                if kind == "BOOKMARK":
+                    self.store.set_source_revision(self.revision(int(rv)))
+
+
+class KubernetesSource:
+    def __init__(self, store: ClusterStore, api: Any) -> None:
+        self.store = store
+        self.api = api
+        self.host = getattr(api.configuration, "host", "")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._max_rv = 0
+        self.reflectors = [Reflector(k, store, self._listed, self._revision, self._stop) for k in kinds(api)]
+
+    def _revision(self, rv: int) -> str:
+        # resourceVersions are one cluster-wide sequence (etcd's revision).
+        with self._lock:
+            self._max_rv = max(self._max_rv, rv)
+            return f"rv:{self._max_rv}"
+
+    def _listed(self) -> None:
+        if all(r.lists for r in self.reflectors) and not self.store.ready.is_set():
+            log.info("initial list of %s complete", ", ".join(r.kind.name for r in self.reflectors))
+            self.store.mark_ready()
+
+    def start(self) -> None:
+        for r in self.reflectors:
+            r.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for r in self.reflectors:
+            if r._watch is not None:
+                r._watch.stop()
+        for r in self.reflectors:
+            r.thread.join(timeout=2)
