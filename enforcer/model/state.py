@@ -127,9 +127,15 @@ class ClusterStore:
             self.on_change()
 
     def set_source_revision(self, source_revision: str) -> None:
-        """A new revision with no object change (a watch bookmark)."""
+        """A new revision with no object change (a watch bookmark): a pass
+        still runs (an incremental no-op), so status reports it applied."""
         with self._lock:
+            changed = source_revision != self.source_revision
             self.source_revision = source_revision
+            if changed:
+                self.revision += 1
+        if changed and self.on_change:
+            self.on_change()
 
     def mark_ready(self) -> None:
         """The source has delivered a complete first view."""

@@ -68,7 +68,7 @@ def kinds(api: Any) -> list[Kind]:
 
 class Reflector:
     def __init__(self, kind: Kind, store: ClusterStore, on_listed: Callable[[], None],
-                 revision: Callable[[int], str], stop: threading.Event) -> None:
+                 revision: Callable[[], str], stop: threading.Event) -> None:
         self.kind = kind
         self.store = store
         self.on_listed = on_listed
@@ -117,9 +117,8 @@ class Reflector:
         resp = self.kind.list_fn(_preload_content=False, _request_timeout=60)
         body = json.loads(resp.data)
         items = [self._complete(item) for item in body.get("items") or []]
-        rv = body["metadata"]["resourceVersion"]
-        self.resource_version = rv
-        self.store.replace_kind(self.kind.name, items, self.revision(int(rv)))
+        self.resource_version = body["metadata"]["resourceVersion"]
+        self.store.replace_kind(self.kind.name, items, self.revision())
         self.lists += 1
         self.on_listed()
 
@@ -137,19 +136,16 @@ class Reflector:
                 return
             obj = event["raw_object"]
             rv = (obj.get("metadata") or {}).get("resourceVersion")
-            kind = event["type"]
-            if kind == "BOOKMARK":
-                pass
-            elif kind in ("ADDED", "MODIFIED"):
-                self.store.upsert(self._complete(obj), self.revision(int(rv)) if rv else "")
-            elif kind == "DELETED":
-                meta = obj.get("metadata") or {}
-                self.store.delete(self.kind.name, meta.get("namespace"), meta.get("name"),
-                                  self.revision(int(rv)) if rv else "")
             if rv:
                 self.resource_version = rv
-                if kind == "BOOKMARK":
-                    self.store.set_source_revision(self.revision(int(rv)))
+            kind = event["type"]
+            if kind in ("ADDED", "MODIFIED"):
+                self.store.upsert(self._complete(obj), self.revision())
+            elif kind == "DELETED":
+                meta = obj.get("metadata") or {}
+                self.store.delete(self.kind.name, meta.get("namespace"), meta.get("name"), self.revision())
+            elif kind == "BOOKMARK":
+                self.store.set_source_revision(self.revision())
 
 
 class KubernetesSource:
@@ -158,15 +154,18 @@ class KubernetesSource:
         self.api = api
         self.host = getattr(api.configuration, "host", "")
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._max_rv = 0
         self.reflectors = [Reflector(k, store, self._listed, self._revision, self._stop) for k in kinds(api)]
 
-    def _revision(self, rv: int) -> str:
-        # resourceVersions are one cluster-wide sequence (etcd's revision).
-        with self._lock:
-            self._max_rv = max(self._max_rv, rv)
-            return f"rv:{self._max_rv}"
+    def _revision(self) -> str:
+        """The version the store is complete up to: resourceVersions are one
+        cluster-wide sequence (etcd's revision), and each kind has seen
+        everything up to its own (bookmarks move idle kinds along), so the
+        store holds the cluster as of the smallest. (The largest would claim
+        a version whose event a slower kind has not delivered yet.)"""
+        versions = [r.resource_version for r in self.reflectors]
+        if any(v is None for v in versions):
+            return "rv:0"
+        return f"rv:{min(int(v) for v in versions)}"  # type: ignore[arg-type]
 
     def _listed(self) -> None:
         if all(r.lists for r in self.reflectors) and not self.store.ready.is_set():
