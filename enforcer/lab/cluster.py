@@ -100,7 +100,8 @@ def add_external(lab: Lab, ext: ExternalSpec) -> str:
     netns_add(netns)
     sysctl(netns, {"net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0})
     ip_batch(["link set lo up", f"link add {ifname} type veth peer name eth0 netns {netns}"], netns=lab.node_netns)
-    sysctl(lab.node_netns, {f"net.ipv4.conf.{ifname}.proxy_arp": 1, f"net.ipv6.conf.{ifname}.accept_dad": 0})
+    sysctl(lab.node_netns, {f"net.ipv4.conf.{ifname}.proxy_arp": 1, f"net.ipv4.neigh.{ifname}.proxy_delay": 0,
+                            f"net.ipv6.conf.{ifname}.accept_dad": 0})
     ip_batch([f"link set {ifname} up", f"addr add {GATEWAY6}/64 dev {ifname} nodad",
               f"route add {ext.ipv4}/32 dev {ifname}", f"route add {ext.ipv6}/128 dev {ifname}"],
              netns=lab.node_netns)
