@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import InvalidObjectError
-from .objects import Namespace, NetworkPolicy, Pod, parse_object
+from .objects import Namespace, NetworkPolicy, Pod, Service, parse_object
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class ClusterSnapshot:
     errors: tuple[InvalidObjectError, ...] = ()
     revision: int = 0
     source_revision: str = ""
+    services: Mapping[str, Service] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ClusterStore:
     pods: dict[str, Pod] = field(default_factory=dict)
     policies: dict[str, NetworkPolicy] = field(default_factory=dict)
     errors: dict[str, InvalidObjectError] = field(default_factory=dict)  # by object key
+    services: dict[str, Service] = field(default_factory=dict)
     revision: int = 0
     source_revision: str = ""
     on_change: Callable[[], None] | None = None
@@ -77,15 +79,18 @@ class ClusterStore:
         pods: dict[str, Pod] = {}
         pols: dict[str, NetworkPolicy] = {}
         errors: dict[str, InvalidObjectError] = {}
-        into = (ns, pods, pols, errors)
+        services: dict[str, Service] = {}
+        into = (ns, pods, pols, errors, services)
         for obj, slot, key in entries:
             into[slot][key] = obj
         for i, e in enumerate(extra_errors):
             errors[f"source:{i}"] = e
         with self._lock:
-            changed = (ns, pods, pols, errors) != (self.namespaces, self.pods, self.policies, self.errors)
+            changed = ((ns, pods, pols, errors, services)
+                       != (self.namespaces, self.pods, self.policies, self.errors, self.services))
             changed |= bool(source_revision) and source_revision != self.source_revision
             self.namespaces, self.pods, self.policies, self.errors = ns, pods, pols, errors
+            self.services = services
             self.source_revision = source_revision or self.source_revision
             if changed:
                 self.revision += 1
@@ -106,7 +111,8 @@ class ClusterStore:
             elif obj_slot == slot:
                 fresh[key] = obj
         with self._lock:
-            table = (self.namespaces, self.pods, self.policies)[slot]
+            table = (self.namespaces, self.pods, self.policies, None, self.services)[slot]
+            assert table is not None
             prefix = f"{kind}:"
             kept_errors = {k: e for k, e in self.errors.items() if not k.startswith(prefix)}
             # An object that does not parse now keeps its last valid version.
@@ -153,7 +159,7 @@ class ClusterStore:
                 # The last valid version of the object stays in force.
             else:
                 self.errors.pop(key, None)
-                _file(obj, self.namespaces, self.pods, self.policies)
+                _file(obj, self.namespaces, self.pods, self.policies, self.services)
             self.revision += 1
             self.source_revision = source_revision or self.source_revision
         if self.on_change:
@@ -168,6 +174,8 @@ class ClusterStore:
                 self.pods.pop(f"{namespace}/{name}", None)
             elif kind == "NetworkPolicy":
                 self.policies.pop(f"{namespace}/{name}", None)
+            elif kind == "Service":
+                self.services.pop(f"{namespace}/{name}", None)
             self.errors.pop(f"{kind}:{namespace or ''}/{name}", None)
             self.revision += 1
         if self.on_change:
@@ -182,11 +190,12 @@ class ClusterStore:
                 errors=tuple(self.errors.values()),
                 revision=self.revision,
                 source_revision=self.source_revision,
+                services=MappingProxyType(dict(self.services)),
             )
 
 
-_SLOTS = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2}
-# (object or its error, slot: 0 namespaces 1 pods 2 policies 3 errors, key there)
+_SLOTS = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2, "Service": 4}
+# (object or its error, slot: 0 namespaces 1 pods 2 policies 3 errors 4 services, key there)
 ParsedEntry = tuple[Any, int, str]
 
 
@@ -207,13 +216,18 @@ def _parse_for_filing(raw: Mapping[str, Any], error_key: Callable[[Mapping[str, 
         return obj, 0, obj.name
     if isinstance(obj, Pod):
         return obj, 1, obj.key
+    if isinstance(obj, Service):
+        return obj, 4, obj.key
     return obj, 2, obj.key
 
 
-def _file(obj: Namespace | Pod | NetworkPolicy, ns: dict, pods: dict, pols: dict) -> None:
+def _file(obj: Namespace | Pod | NetworkPolicy | Service, ns: dict, pods: dict, pols: dict,
+          services: dict) -> None:
     if isinstance(obj, Namespace):
         ns[obj.name] = obj
     elif isinstance(obj, Pod):
         pods[obj.key] = obj
+    elif isinstance(obj, Service):
+        services[obj.key] = obj
     else:
         pols[obj.key] = obj
