@@ -33,6 +33,7 @@ class ProbeResult:
     outcome: Outcome
     answered_by: str | None = None  # the server's name when OK
     detail: str = ""
+    peer: str | None = None  # the client address the server saw (serve.py --report-peer)
 
     @property
     def ok(self) -> bool:
@@ -88,6 +89,12 @@ def exchange(s: socket.socket, text: str) -> str:
     return _read_line(s)
 
 
+def _answered(line: str) -> ProbeResult:
+    """OK, from a server's answer: "<name>" or "<name> <peer address>"."""
+    name, _, peer = line.partition(" ")
+    return ProbeResult(Outcome.OK, name, peer=peer or None)
+
+
 def probe(netns: str | None, dst_ip: str, port: int, proto: str = "tcp",
           timeout: float = 1.0, src_ip: str | None = None) -> ProbeResult:
     """Connect (TCP) or exchange one datagram (UDP) from netns to dst_ip."""
@@ -96,12 +103,12 @@ def probe(netns: str | None, dst_ip: str, port: int, proto: str = "tcp",
         if proto == "tcp":
             s, name = connect_tcp(netns, dst_ip, port, timeout, src_ip)
             s.close()
-            return ProbeResult(Outcome.OK, name)
+            return _answered(name)
         with open_socket(netns, family, "udp", src_ip) as s:
             s.settimeout(timeout)
             s.connect((dst_ip, port))
             s.send(b"probe\n")
-            return ProbeResult(Outcome.OK, s.recv(4096).decode().strip())
+            return _answered(s.recv(4096).decode().strip())
     except (TimeoutError, socket.timeout):
         return ProbeResult(Outcome.TIMEOUT)
     except ConnectionRefusedError:

@@ -5,6 +5,11 @@ and addresses, answering with the pod's name so a probe knows who answered.
        with "<name> x\\n" (a long-lived connection can keep exchanging data).
   UDP: answers each datagram with "<name>\\n" from the address it was sent to.
 
+With --report-peer, the name is followed by a space and the address the
+connection or datagram came from, as this socket saw it (after any NAT on
+the way): "<name> <peer address>\n". Lines echoed on a TCP connection keep
+the form "<name> x\n".
+
 Bound to the pod's own addresses rather than the wildcard, so replies leave
 from the address the client asked for even if the pod holds others.
 Prints "ready" on stdout once every socket listens.
@@ -32,10 +37,14 @@ def _bind(addr: str, port: int, kind: socket.SocketKind) -> socket.socket:
     return s
 
 
-def _serve_tcp_conn(conn: socket.socket, name: bytes) -> None:
+def _greeting(name: bytes, peer: tuple, report_peer: bool) -> bytes:  # type: ignore[type-arg]
+    return name + (b" " + str(peer[0]).encode() if report_peer else b"") + b"\n"
+
+
+def _serve_tcp_conn(conn: socket.socket, name: bytes, greeting: bytes) -> None:
     with conn:
         try:
-            conn.sendall(name + b"\n")
+            conn.sendall(greeting)
             buf = b""
             while True:
                 data = conn.recv(4096)
@@ -49,17 +58,18 @@ def _serve_tcp_conn(conn: socket.socket, name: bytes) -> None:
             return
 
 
-def _serve_tcp(listener: socket.socket, name: bytes) -> None:
+def _serve_tcp(listener: socket.socket, name: bytes, report_peer: bool) -> None:
     while True:
-        conn, _peer = listener.accept()
-        threading.Thread(target=_serve_tcp_conn, args=(conn, name), daemon=True).start()
+        conn, peer = listener.accept()
+        threading.Thread(target=_serve_tcp_conn, args=(conn, name, _greeting(name, peer, report_peer)),
+                         daemon=True).start()
 
 
-def _serve_udp(sock: socket.socket, name: bytes) -> None:
+def _serve_udp(sock: socket.socket, name: bytes, report_peer: bool) -> None:
     while True:
         _data, peer = sock.recvfrom(4096)
         try:
-            sock.sendto(name + b"\n", peer)
+            sock.sendto(_greeting(name, peer, report_peer), peer)
         except OSError:
             pass
 
@@ -69,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--addr", action="append", required=True)
     p.add_argument("--port", action="append", type=int, required=True)
+    p.add_argument("--report-peer", action="store_true",
+                   help="answer '<name> <peer address>' instead of '<name>'")
     args = p.parse_args(argv)
     name = args.name.encode()
 
@@ -78,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             tcp = _bind(addr, port, socket.SOCK_STREAM)
             tcp.listen(128)
             udp = _bind(addr, port, socket.SOCK_DGRAM)
-            threads.append(threading.Thread(target=_serve_tcp, args=(tcp, name), daemon=True))
-            threads.append(threading.Thread(target=_serve_udp, args=(udp, name), daemon=True))
+            threads.append(threading.Thread(target=_serve_tcp, args=(tcp, name, args.report_peer), daemon=True))
+            threads.append(threading.Thread(target=_serve_udp, args=(udp, name, args.report_peer), daemon=True))
     for t in threads:
         t.start()
     print("ready", flush=True)

@@ -190,7 +190,7 @@ class Lab:
         """Stop the pod's server and delete its namespace (its veth goes
         with it, from the node too). Returns the pod as it was."""
         pod = self.pods.pop(name)
-        _stop_process(pod.server)
+        stop_process(pod.server)
         pod.server = None
         # Deleting the host side takes the pair down at once; a namespace's
         # devices go only when the kernel gets round to cleaning it up.
@@ -203,7 +203,7 @@ class Lab:
         """Stop the servers and delete every namespace of this lab (which
         removes the veths and any tc filter on them). Safe to call twice."""
         for pod in self.pods.values():
-            _stop_process(pod.server)
+            stop_process(pod.server)
             pod.server = None
         # Pods first: their veth peers go with them, then the node.
         for pod in self.pods.values():
@@ -223,16 +223,7 @@ class Lab:
 
     # -- building ----------------------------------------------------------
     def _make_node(self) -> None:
-        netns_add(self.node_netns)
-        sysctl(self.node_netns, {
-            "net.ipv4.ip_forward": 1,
-            "net.ipv6.conf.all.forwarding": 1,
-            "net.ipv4.conf.all.rp_filter": 0,
-            "net.ipv4.conf.default.rp_filter": 0,
-            "net.ipv6.conf.all.accept_dad": 0,
-            "net.ipv6.conf.default.accept_dad": 0,
-        })
-        self._add_dummy()
+        make_node_netns(self.node_netns)
         ip_batch([
             "link set lo up",
             f"addr add {NODE_IPV4}/32 dev dummy0",
@@ -256,33 +247,10 @@ class Lab:
         ], netns=self.node_netns)
         # Kernels with br_netfilter default to handing bridged frames to
         # iptables; kube-proxy wants that, the enforcer must not need it.
-        # (The sysctls exist, in every namespace, only with br_netfilter.)
-        sysctl(self.node_netns, {f"net.bridge.bridge-nf-call-{t}": 0 for t in ("iptables", "ip6tables", "arptables")
-                                 if os.path.exists(f"/proc/sys/net/bridge/bridge-nf-call-{t}")})
-
-    def _add_dummy(self) -> None:
-        """dummy0, the holder of the node's own addresses. Kernels built
-        without the dummy driver get an ifb device instead: it too is
-        NOARP, has carrier and discards what is sent to it."""
-        try:
-            ip_batch(["link add dummy0 type dummy"], netns=self.node_netns)
-        except LabCommandError as e:
-            if "Unknown device type" not in str(e):
-                raise
-            ip_batch(["link add dummy0 type ifb"], netns=self.node_netns)
+        disable_bridge_netfilter(self.node_netns)
 
     def _make_pod(self, pod: Pod) -> None:
-        netns_add(pod.netns)
-        # Addresses are usable at once (no DAD), on both ends of the veth.
-        sysctl(pod.netns, {
-            "net.ipv6.conf.all.accept_dad": 0,
-            "net.ipv6.conf.default.accept_dad": 0,
-            "net.ipv4.conf.all.rp_filter": 0,
-            "net.ipv4.conf.default.rp_filter": 0,
-        })
-        ip_batch(["link set lo up",
-                  f"link add {pod.host_ifname} type veth peer name eth0 netns {pod.netns}"],
-                 netns=self.node_netns)
+        make_pod_netns(self.node_netns, pod)
         if self.mode == BRIDGE:
             self._wire_bridged_pod(pod)
         else:
@@ -303,49 +271,13 @@ class Lab:
         ], netns=pod.netns)
 
     def _wire_routed_pod(self, pod: Pod) -> None:
-        sysctl(self.node_netns, {
-            f"net.ipv4.conf.{pod.host_ifname}.proxy_arp": 1,
-            # Answer proxy ARP at once, not after a random 0-0.8 s delay
-            # (the default), which made a pod's first packet slow to answer.
-            f"net.ipv4.neigh.{pod.host_ifname}.proxy_delay": 0,
-            f"net.ipv6.conf.{pod.host_ifname}.accept_dad": 0,
-            f"net.ipv6.conf.{pod.host_ifname}.disable_ipv6": 0,
-        })
-        ip_batch([
-            f"link set {pod.host_ifname} up",
-            f"addr add {GATEWAY6}/64 dev {pod.host_ifname} nodad",
-            f"route add {pod.ipv4}/32 dev {pod.host_ifname}",
-            f"route add {pod.ipv6}/128 dev {pod.host_ifname}",
-        ], netns=self.node_netns)
-        ip_batch([
-            "link set lo up",  # a pod reaches its own address, as in Kubernetes
-            f"addr add {pod.ipv4}/32 dev eth0",
-            f"addr add {pod.ipv6}/128 dev eth0 nodad",
-            "link set eth0 up",
-            f"route add {GATEWAY4} dev eth0 scope link",
-            f"route add default via {GATEWAY4} dev eth0",
-            f"route add ::/0 via {GATEWAY6} dev eth0",
-        ], netns=pod.netns)
+        wire_routed_pod(self.node_netns, pod)
 
     def _start_server(self, pod: Pod) -> None:
-        cmd = ["ip", "netns", "exec", pod.netns, self.python, "-m", "enforcer.lab.serve",
-               "--name", pod.name, "--addr", str(pod.ipv4), "--addr", str(pod.ipv6)]
-        for port in self.ports:
-            cmd += ["--port", str(port)]
-        # `ip netns exec` execs the command: the pid is the server's own.
-        pod.server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                      start_new_session=True)
+        start_server(pod, self.ports, self.python)
 
     def _wait_servers(self, pods: Sequence[Pod]) -> None:
-        deadline = time.monotonic() + self.server_start_timeout
-        for pod in pods:
-            assert pod.server is not None and pod.server.stdout is not None
-            left = max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([pod.server.stdout], [], [], left)
-            line = pod.server.stdout.readline() if ready else b""
-            if line.strip() != b"ready":
-                raise LabCommandError(f"server in pod {pod.name} did not start "
-                                      f"(exit code {pod.server.poll()}, said {line!r})")
+        wait_servers(pods, self.server_start_timeout)
 
     # -- using -------------------------------------------------------------
     def pod(self, name: str) -> Pod:
@@ -400,7 +332,115 @@ class Lab:
         print(self.format_matrix(port, proto, family, timeout, sources), flush=True)
 
 
-def _stop_process(proc: subprocess.Popen | None) -> None:
+# -- building blocks, shared with the multi-node lab (multinode.py) ------------
+
+def make_node_netns(netns: str) -> None:
+    """A node namespace: forwarding on, no reverse-path filter, no DAD, and
+    dummy0 (up to the caller to give it addresses and routes)."""
+    netns_add(netns)
+    sysctl(netns, {
+        "net.ipv4.ip_forward": 1,
+        "net.ipv6.conf.all.forwarding": 1,
+        "net.ipv4.conf.all.rp_filter": 0,
+        "net.ipv4.conf.default.rp_filter": 0,
+        "net.ipv6.conf.all.accept_dad": 0,
+        "net.ipv6.conf.default.accept_dad": 0,
+    })
+    add_dummy(netns)
+
+
+def add_dummy(netns: str) -> None:
+    """dummy0, the holder of the node's own addresses. Kernels built
+    without the dummy driver get an ifb device instead: it too is
+    NOARP, has carrier and discards what is sent to it."""
+    try:
+        ip_batch(["link add dummy0 type dummy"], netns=netns)
+    except LabCommandError as e:
+        if "Unknown device type" not in str(e):
+            raise
+        ip_batch(["link add dummy0 type ifb"], netns=netns)
+
+
+def disable_bridge_netfilter(netns: str) -> None:
+    """bridge-nf-call-*tables 0 in netns: frames a bridge switches are not
+    handed to iptables. (The sysctls exist, in every namespace, only with
+    br_netfilter loaded; a new namespace starts with them on.)"""
+    sysctl(netns, {f"net.bridge.bridge-nf-call-{t}": 0 for t in ("iptables", "ip6tables", "arptables")
+                   if os.path.exists(f"/proc/sys/net/bridge/bridge-nf-call-{t}")})
+
+
+def make_pod_netns(node_netns: str, pod: Pod) -> None:
+    """The pod's namespace and its veth pair: eth0 in the pod, the host
+    side (pod.host_ifname, down, unaddressed) in the node."""
+    netns_add(pod.netns)
+    # Addresses are usable at once (no DAD), on both ends of the veth.
+    sysctl(pod.netns, {
+        "net.ipv6.conf.all.accept_dad": 0,
+        "net.ipv6.conf.default.accept_dad": 0,
+        "net.ipv4.conf.all.rp_filter": 0,
+        "net.ipv4.conf.default.rp_filter": 0,
+    })
+    ip_batch(["link set lo up",
+              f"link add {pod.host_ifname} type veth peer name eth0 netns {pod.netns}"],
+             netns=node_netns)
+
+
+def wire_routed_pod(node_netns: str, pod: Pod) -> None:
+    """Calico-style: proxy ARP and fe80::1 on the host side, a /32 and a
+    /128 route to the pod; in the pod, default routes via 169.254.1.1 and
+    fe80::1. The node needs a route to 169.254.1.1 out another interface
+    (dummy0) for proxy ARP to answer."""
+    sysctl(node_netns, {
+        f"net.ipv4.conf.{pod.host_ifname}.proxy_arp": 1,
+        # Answer proxy ARP at once, not after a random 0-0.8 s delay
+        # (the default), which made a pod's first packet slow to answer.
+        f"net.ipv4.neigh.{pod.host_ifname}.proxy_delay": 0,
+        f"net.ipv6.conf.{pod.host_ifname}.accept_dad": 0,
+        f"net.ipv6.conf.{pod.host_ifname}.disable_ipv6": 0,
+    })
+    ip_batch([
+        f"link set {pod.host_ifname} up",
+        f"addr add {GATEWAY6}/64 dev {pod.host_ifname} nodad",
+        f"route add {pod.ipv4}/32 dev {pod.host_ifname}",
+        f"route add {pod.ipv6}/128 dev {pod.host_ifname}",
+    ], netns=node_netns)
+    ip_batch([
+        "link set lo up",  # a pod reaches its own address, as in Kubernetes
+        f"addr add {pod.ipv4}/32 dev eth0",
+        f"addr add {pod.ipv6}/128 dev eth0 nodad",
+        "link set eth0 up",
+        f"route add {GATEWAY4} dev eth0 scope link",
+        f"route add default via {GATEWAY4} dev eth0",
+        f"route add ::/0 via {GATEWAY6} dev eth0",
+    ], netns=pod.netns)
+
+
+def start_server(pod: Pod, ports: Sequence[int], python: str = sys.executable,
+                 extra_args: Sequence[str] = ()) -> None:
+    """serve.py in the pod's namespace (pod.server); wait_servers() waits
+    for its "ready"."""
+    cmd = ["ip", "netns", "exec", pod.netns, python, "-m", "enforcer.lab.serve",
+           "--name", pod.name, "--addr", str(pod.ipv4), "--addr", str(pod.ipv6), *extra_args]
+    for port in ports:
+        cmd += ["--port", str(port)]
+    # `ip netns exec` execs the command: the pid is the server's own.
+    pod.server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
+
+
+def wait_servers(pods: Sequence[Pod], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for pod in pods:
+        assert pod.server is not None and pod.server.stdout is not None
+        left = max(0.0, deadline - time.monotonic())
+        ready, _, _ = select.select([pod.server.stdout], [], [], left)
+        line = pod.server.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            raise LabCommandError(f"server in pod {pod.name} did not start "
+                                  f"(exit code {pod.server.poll()}, said {line!r})")
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
     if proc is None or proc.poll() is not None:
         return
     try:
