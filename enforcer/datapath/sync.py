@@ -101,23 +101,21 @@ class MapSync:
         have = self.applied
         report = SyncReport()
 
-        def write(kind: str, key: object, fn: Callable[[], None], record: Callable[[], None]) -> None:
+        def attempt(kind: str, key: object, fn: Callable[[], object], record: Callable[[], None]) -> bool:
+            """Run one map operation; record it as applied only if it worked."""
             try:
                 fn()
             except MapError as e:
                 report.failures.append(f"{describe(kind, key)}: {e}")
-                return
+                return False
             record()
-            report.written += 1
+            return True
+
+        def write(kind: str, key: object, fn: Callable[[], None], record: Callable[[], None]) -> None:
+            report.written += attempt(kind, key, fn, record)
 
         def remove(kind: str, key: object, fn: Callable[[], bool], record: Callable[[], None]) -> None:
-            try:
-                fn()
-            except MapError as e:
-                report.failures.append(f"{describe(kind, key)}: {e}")
-                return
-            record()
-            report.deleted += 1
+            report.deleted += attempt(kind, key, fn, record)
 
         hint = want.changed if want.base is not None and want.base is self._applied_token else None
         policy_writes, policy_gone = _diff(have.policy, want.policy, hint, "policy")
