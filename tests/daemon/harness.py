@@ -40,6 +40,8 @@ from enforcer.lab.probe import Outcome, ProbeSpec, probe_many
 from enforcer.lab.topology import ROUTED, Lab
 from enforcer.sources.directory import directory_revision
 
+from tests.lab.flows import Flow, flows  # one flow table for lab and daemon tests
+
 log = logging.getLogger(__name__)
 
 NODE_NAME = "lab-node"
@@ -96,22 +98,6 @@ def allow_to(pod: str, *port_specs: tuple[str, int]) -> dict[str, Any]:
 
 
 # -- flows -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Flow:
-    src: str  # pod name or "node"
-    dst: str  # pod name
-    port: int
-    proto: str
-    expect: Outcome
-
-    def text(self, family: int) -> str:
-        return f"{self.src} -> {self.dst} {self.proto}/{self.port} IPv{family}"
-
-
-def flows(*rows: tuple[str, str, int, str, Outcome]) -> list[Flow]:
-    return [Flow(*row) for row in rows]
-
 
 # -- the lab with its daemon -------------------------------------------------
 
