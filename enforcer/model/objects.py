@@ -93,6 +93,7 @@ class Pod:
     ports: tuple[ContainerPort, ...]
     phase: str
     resource_version: str = ""
+    host_ips: tuple[IPAddress, ...] = ()  # status.hostIPs: its node's addresses
 
     @property
     def key(self) -> str:
@@ -130,6 +131,15 @@ class Pod:
                 raise InvalidObjectError("Pod", ns, name, f"status.podIPs: invalid address {ip!r}") from e
             if addr not in ips:
                 ips.append(addr)
+        raw_host_ips = [e.get("ip") for e in status.get("hostIPs") or [] if isinstance(e, dict)]
+        if not raw_host_ips and status.get("hostIP"):
+            raw_host_ips = [status["hostIP"]]
+        host_ips: list[IPAddress] = []
+        for ip in raw_host_ips:
+            try:
+                host_ips.append(ipaddress.ip_address(ip))
+            except (ValueError, TypeError) as e:
+                raise InvalidObjectError("Pod", ns, name, f"status.hostIPs: invalid address {ip!r}") from e
         ports: list[ContainerPort] = []
         containers = list(spec.get("containers") or [])
         # Sidecars (restartable init containers) serve ports like containers.
@@ -149,7 +159,7 @@ class Pod:
             namespace=ns, name=name, uid=str((raw.get("metadata") or {}).get("uid") or f"{ns}/{name}"),
             labels=labels, node_name=spec.get("nodeName"), host_network=bool(spec.get("hostNetwork")),
             ips=tuple(ips), ports=tuple(ports), phase=str(status.get("phase") or "Running"),
-            resource_version=_resource_version(raw),
+            resource_version=_resource_version(raw), host_ips=tuple(host_ips),
         )
 
 
