@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import InvalidObjectError
-from .objects import Namespace, NetworkPolicy, Pod, Service, parse_object
+from .objects import EndpointSlice, Namespace, NetworkPolicy, Pod, Service, parse_object
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class ClusterSnapshot:
     revision: int = 0
     source_revision: str = ""
     services: Mapping[str, Service] = field(default_factory=lambda: MappingProxyType({}))
+    endpoint_slices: Mapping[str, EndpointSlice] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ClusterStore:
     policies: dict[str, NetworkPolicy] = field(default_factory=dict)
     errors: dict[str, InvalidObjectError] = field(default_factory=dict)  # by object key
     services: dict[str, Service] = field(default_factory=dict)
+    endpoint_slices: dict[str, EndpointSlice] = field(default_factory=dict)
     revision: int = 0
     source_revision: str = ""
     on_change: Callable[[], None] | None = None
@@ -80,17 +82,19 @@ class ClusterStore:
         pols: dict[str, NetworkPolicy] = {}
         errors: dict[str, InvalidObjectError] = {}
         services: dict[str, Service] = {}
-        into = (ns, pods, pols, errors, services)
+        slices: dict[str, EndpointSlice] = {}
+        into = (ns, pods, pols, errors, services, slices)
         for obj, slot, key in entries:
             into[slot][key] = obj
         for i, e in enumerate(extra_errors):
             errors[f"source:{i}"] = e
         with self._lock:
-            changed = ((ns, pods, pols, errors, services)
-                       != (self.namespaces, self.pods, self.policies, self.errors, self.services))
+            changed = ((ns, pods, pols, errors, services, slices)
+                       != (self.namespaces, self.pods, self.policies, self.errors, self.services,
+                           self.endpoint_slices))
             changed |= bool(source_revision) and source_revision != self.source_revision
             self.namespaces, self.pods, self.policies, self.errors = ns, pods, pols, errors
-            self.services = services
+            self.services, self.endpoint_slices = services, slices
             self.source_revision = source_revision or self.source_revision
             if changed:
                 self.revision += 1
@@ -111,7 +115,7 @@ class ClusterStore:
             elif obj_slot == slot:
                 fresh[key] = obj
         with self._lock:
-            table = (self.namespaces, self.pods, self.policies, None, self.services)[slot]
+            table = (self.namespaces, self.pods, self.policies, None, self.services, self.endpoint_slices)[slot]
             assert table is not None
             prefix = f"{kind}:"
             kept_errors = {k: e for k, e in self.errors.items() if not k.startswith(prefix)}
@@ -159,7 +163,7 @@ class ClusterStore:
                 # The last valid version of the object stays in force.
             else:
                 self.errors.pop(key, None)
-                _file(obj, self.namespaces, self.pods, self.policies, self.services)
+                _file(obj, self.namespaces, self.pods, self.policies, self.services, self.endpoint_slices)
             self.revision += 1
             self.source_revision = source_revision or self.source_revision
         if self.on_change:
@@ -176,6 +180,8 @@ class ClusterStore:
                 self.policies.pop(f"{namespace}/{name}", None)
             elif kind == "Service":
                 self.services.pop(f"{namespace}/{name}", None)
+            elif kind == "EndpointSlice":
+                self.endpoint_slices.pop(f"{namespace}/{name}", None)
             self.errors.pop(f"{kind}:{namespace or ''}/{name}", None)
             self.revision += 1
         if self.on_change:
@@ -191,11 +197,13 @@ class ClusterStore:
                 revision=self.revision,
                 source_revision=self.source_revision,
                 services=MappingProxyType(dict(self.services)),
+                endpoint_slices=MappingProxyType(dict(self.endpoint_slices)),
             )
 
 
-_SLOTS = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2, "Service": 4}
-# (object or its error, slot: 0 namespaces 1 pods 2 policies 3 errors 4 services, key there)
+_SLOTS = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2, "Service": 4, "EndpointSlice": 5}
+# (object or its error, slot: 0 namespaces 1 pods 2 policies 3 errors 4 services
+# 5 endpoint slices, key there)
 ParsedEntry = tuple[Any, int, str]
 
 
@@ -205,9 +213,10 @@ def parse_for_store(raw: Mapping[str, Any]) -> ParsedEntry:
 
 
 def _parse_for_filing(raw: Mapping[str, Any], error_key: Callable[[Mapping[str, Any]], str]
-                      ) -> tuple[Namespace | Pod | NetworkPolicy | InvalidObjectError, int, str]:
-    """(object or its error, which of namespaces/pods/policies/errors it
-    goes in, its key there)."""
+                      ) -> tuple[Namespace | Pod | NetworkPolicy | Service | EndpointSlice | InvalidObjectError,
+                                 int, str]:
+    """(object or its error, which of namespaces/pods/policies/errors/
+    services/endpoint slices it goes in, its key there)."""
     try:
         obj = parse_object(raw)
     except InvalidObjectError as e:
@@ -218,16 +227,20 @@ def _parse_for_filing(raw: Mapping[str, Any], error_key: Callable[[Mapping[str, 
         return obj, 1, obj.key
     if isinstance(obj, Service):
         return obj, 4, obj.key
+    if isinstance(obj, EndpointSlice):
+        return obj, 5, obj.key
     return obj, 2, obj.key
 
 
-def _file(obj: Namespace | Pod | NetworkPolicy | Service, ns: dict, pods: dict, pols: dict,
-          services: dict) -> None:
+def _file(obj: Namespace | Pod | NetworkPolicy | Service | EndpointSlice, ns: dict, pods: dict, pols: dict,
+          services: dict, slices: dict) -> None:
     if isinstance(obj, Namespace):
         ns[obj.name] = obj
     elif isinstance(obj, Pod):
         pods[obj.key] = obj
     elif isinstance(obj, Service):
         services[obj.key] = obj
+    elif isinstance(obj, EndpointSlice):
+        slices[obj.key] = obj
     else:
         pols[obj.key] = obj

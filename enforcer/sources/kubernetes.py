@@ -1,5 +1,6 @@
-"""Namespaces, Pods and NetworkPolicies from the Kubernetes API: list, then
-watch from the list's resourceVersion, per kind (a reflector each).
+"""Namespaces, Pods, NetworkPolicies, Services and EndpointSlices from the
+Kubernetes API: list, then watch from the list's resourceVersion, per kind
+(a reflector each).
 
 - Continuity: every event and bookmark advances the kind's resourceVersion;
   a watch that ends (server timeout, dropped connection, API server
@@ -12,6 +13,10 @@ watch from the list's resourceVersion, per kind (a reflector each).
 - Readiness: the store is marked ready only after every kind has been
   listed once; before that nothing is compiled (a partial view would
   remove entries a previous daemon left).
+- Objects stay the API's JSON: lists are read raw, and watch events are
+  not turned into the client's models (which reject what the model must
+  report itself, e.g. an EndpointSlice whose addresses are not a list: the
+  watch would fail on that event again on every retry and stall the kind).
 List items come without kind/apiVersion (as the API sends them); the
 source puts them back, so the model parses exactly what `kubectl get -o
 json` prints.
@@ -60,10 +65,25 @@ def api_client(kubeconfig: str | None = None) -> Any:
 def kinds(api: Any) -> list[Kind]:
     from kubernetes import client
 
-    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    core, net, discovery = client.CoreV1Api(api), client.NetworkingV1Api(api), client.DiscoveryV1Api(api)
     return [Kind("Namespace", "v1", core.list_namespace),
             Kind("Pod", "v1", core.list_pod_for_all_namespaces),
-            Kind("NetworkPolicy", "networking.k8s.io/v1", net.list_network_policy_for_all_namespaces)]
+            Kind("NetworkPolicy", "networking.k8s.io/v1", net.list_network_policy_for_all_namespaces),
+            Kind("Service", "v1", core.list_service_for_all_namespaces),
+            Kind("EndpointSlice", "discovery.k8s.io/v1", discovery.list_endpoint_slice_for_all_namespaces)]
+
+
+def _raw_watch() -> Any:
+    """A Watch whose events carry the API's JSON only: with no return type
+    the client skips its model deserialisation ('object' is the raw dict),
+    while ERROR events (410 Gone) still raise ApiException as usual."""
+    from kubernetes import watch
+
+    class RawWatch(watch.Watch):
+        def get_return_type(self, func: Any) -> None:
+            return None
+
+    return RawWatch()
 
 
 class Reflector:
@@ -123,9 +143,7 @@ class Reflector:
         self.on_listed()
 
     def _watch_once(self) -> None:
-        from kubernetes import watch
-
-        self._watch = watch.Watch()
+        self._watch = _raw_watch()
         self.watches += 1
         timeout = WATCH_TIMEOUT_S + random.randint(0, 60)
         for event in self._watch.stream(self.kind.list_fn, resource_version=self.resource_version,

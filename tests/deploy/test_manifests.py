@@ -138,6 +138,38 @@ def test_rbac_is_read_only_on_exactly_the_listed_resources():
     assert granted == RBAC_RESOURCES
 
 
+def watched_resources() -> set[tuple[str, str]]:
+    """(API group, resource) of every collection the Kubernetes source lists
+    and watches, from the requests its kinds' list functions make."""
+    import kubernetes
+
+    from enforcer.sources.kubernetes import kinds
+    from tests.kubeapi.fake_apiserver import FakeApiServer
+
+    fake = FakeApiServer().start()
+    try:
+        cfg = kubernetes.client.Configuration()
+        cfg.host = fake.url
+        watched = kinds(kubernetes.client.ApiClient(cfg))
+        for kind in watched:
+            kind.list_fn(_preload_content=False, _request_timeout=10)
+    finally:
+        fake.stop()
+    assert len({path for path, _ in fake.requests}) == len(watched)  # a collection of its own per kind
+    out = set()
+    for path, _ in fake.requests:
+        parts = path.strip("/").split("/")  # api/v1/<resource> or apis/<group>/<version>/<resource>
+        out.add(("", parts[2]) if parts[0] == "api" else (parts[1], parts[3]))
+    return out
+
+
+def test_rbac_grants_exactly_what_the_kubernetes_source_watches():
+    granted = {(group, resource) for rule in one("ClusterRole")["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    watched = watched_resources()
+    assert watched == granted, f"not granted: {watched - granted}; granted, never read: {granted - watched}"
+
+
 def test_binding_ties_the_role_to_the_daemonsets_service_account(pod):
     sa, binding = one("ServiceAccount"), one("ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",

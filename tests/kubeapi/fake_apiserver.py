@@ -12,7 +12,9 @@ where clients go wrong:
 - history is kept until compact(): a watch from before it gets an ERROR
   event with a 410 Status (reason Expired), a list at such a version 410;
 - restart(): connections drop, the port goes away and comes back (with or
-  without history).
+  without history);
+- failing[path] = status: every request to one collection fails (as an
+  aggregated or not yet served API group would), the others keep working.
 Test code drives it in-process: create/update/delete/compact/restart.
 """
 
@@ -100,6 +102,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         kind, api, _ = COLLECTIONS[url.path]
         self.server.fake.requests.append((url.path, q))
+        failing = self.server.fake.failing.get(url.path)
+        if failing is not None:
+            self._json(failing, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": failing,
+                                 "reason": "ServiceUnavailable", "message": f"{url.path} is failing (test)"})
+            return
         if q.get("watch") in ("1", "true"):
             self._watch(kind, q)
         else:
@@ -190,6 +197,7 @@ class FakeApiServer:
         self.bookmark_interval = 1.0
         self.bookmarks_sent = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.failing: dict[str, int] = {}  # collection path -> HTTP status every request to it gets
         self.stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

@@ -1,9 +1,11 @@
 """The Kubernetes source against the fake API server, driven by the real
 `kubernetes` client: list then watch, resourceVersion continuity, bookmarks,
-410 Gone, restarts and outages, readiness."""
+410 Gone, restarts and outages, readiness; every kind it watches (Services
+and EndpointSlices as well as Namespaces, Pods, NetworkPolicies)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import kubernetes
@@ -11,9 +13,9 @@ import pytest
 
 import enforcer.sources.kubernetes as k8s_source
 from enforcer.model.state import ClusterStore
-from enforcer.sources.kubernetes import KubernetesSource
+from enforcer.sources.kubernetes import KubernetesSource, kinds
 
-from .fake_apiserver import FakeApiServer
+from .fake_apiserver import COLLECTIONS, FakeApiServer
 
 
 def ns(name: str, **labels: str) -> dict:
@@ -29,6 +31,19 @@ def pod(namespace: str, name: str, ip: str, **labels: str) -> dict:
 def policy(namespace: str, name: str, **spec) -> dict:  # type: ignore[no-untyped-def]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": name, "namespace": namespace}, "spec": {"podSelector": {}, **spec}}
+
+
+def svc(namespace: str, name: str, *ports: int, **selector: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": selector, "clusterIP": "10.96.0.10",
+                     "ports": [{"name": f"p{p}", "port": p, "targetPort": p} for p in ports]}}
+
+
+def eps(namespace: str, name: str, service: str, *ips: str, port: int = 80, **extra) -> dict:  # type: ignore[no-untyped-def]
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"kubernetes.io/service-name": service}},
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}, "nodeName": "n1"} for ip in ips],
+            "ports": [{"name": f"p{port}", "port": port, "protocol": "TCP"}], **extra}
 
 
 def wait_for(pred, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -87,7 +102,7 @@ def test_list_then_watch_with_continuity(fake, source):
     assert set(snap.pods) == {"x/a"} and set(snap.policies) == {"x/deny"} and snap.namespaces["x"].labels["team"] == "a"
     # Each kind listed once, then watched from the list's resourceVersion with bookmarks.
     watches = [q for _, q in fake.requests if q.get("watch") in ("true", "1")]
-    assert len(watches) == 3 and all(q["resourceVersion"] == str(listed_at) and q["allowWatchBookmarks"] == "true"
+    assert len(watches) == len(COLLECTIONS) == 5 and all(q["resourceVersion"] == str(listed_at) and q["allowWatchBookmarks"] == "true"
                                      for q in watches)
     # Adds, updates (label changes), deletes.
     fake.create(pod("x", "b", "10.0.0.2", app="db"))
@@ -178,3 +193,112 @@ def test_a_field_from_a_newer_api_fails_closed(fake, source):
     pol = store.snapshot().policies["x/p"]
     assert not pol.ingress[0].valid and "Ingress" in pol.policy_types
     assert "futureField" in str(pol.error()) and "x/p" in str(pol.error())
+
+
+def test_every_kind_names_its_collection_and_version(fake):
+    """Each Kind's list function reads the collection of that kind, and the
+    kind/apiVersion the reflector puts back on list items is the one the
+    API server serves it as."""
+    api = client_for(fake)
+    served = {kind: api_version for kind, api_version, _ in COLLECTIONS.values()}
+    assert {k.name for k in kinds(api)} == set(served)
+    for k in kinds(api):
+        body = json.loads(k.list_fn(_preload_content=False).data)
+        assert (body["kind"], body["apiVersion"]) == (f"{k.name}List", k.api_version) == (f"{k.name}List", served[k.name])
+
+
+def slices(store: ClusterStore) -> dict[str, tuple[str, ...]]:
+    return {key: tuple(str(a) for e in s.endpoints for a in e.addresses)
+            for key, s in store.snapshot().endpoint_slices.items()}
+
+
+def test_services_and_endpoint_slices_listed_watched_and_relisted(fake, source):
+    store, src = source
+    fake.create(svc("x", "web", 80, app="web"))
+    fake.create(eps("x", "web-1", "web", "10.0.0.1"))
+    src.start()
+    wait_for(store.ready.is_set)
+    snap = store.snapshot()
+    assert set(snap.services) == {"x/web"} and snap.services["x/web"].ports[0].port == 80
+    assert slices(store) == {"x/web-1": ("10.0.0.1",)}
+    assert snap.endpoint_slices["x/web-1"].service_name == "web"
+    # Watched: adds, modifications, deletes of both kinds.
+    fake.create(svc("x", "db", 5432, app="db"))
+    fake.create(eps("x", "db-1", "db", "10.0.0.7", port=5432))
+    fake.update(svc("x", "web", 80, 443, app="web"))
+    fake.update(eps("x", "web-1", "web", "10.0.0.1", "10.0.0.2"))
+    fake.delete("Service", "x", "db")
+    wait_for(lambda: store.snapshot().source_revision == f"rv:{fake.resource_version}")
+    snap = store.snapshot()
+    assert set(snap.services) == {"x/web"} and [p.port for p in snap.services["x/web"].ports] == [80, 443]
+    assert slices(store) == {"x/web-1": ("10.0.0.1", "10.0.0.2"), "x/db-1": ("10.0.0.7",)}
+    fake.delete("EndpointSlice", "x", "db-1")
+    wait_for(lambda: "x/db-1" not in store.snapshot().endpoint_slices)
+    assert lists(fake, "services") == lists(fake, "endpointslices") == 1
+    # Disconnected while both change; history compacted: 410 Gone, one relist each.
+    fake.stop()
+    fake.delete("Service", "x", "web")
+    fake.create(svc("x", "api", 8080, app="api"))
+    fake.delete("EndpointSlice", "x", "web-1")
+    fake.create(eps("x", "api-1", "api", "10.0.0.9", port=8080))
+    fake.compact()
+    fake.start()
+    wait_for(lambda: set(store.snapshot().services) == {"x/api"} and slices(store) == {"x/api-1": ("10.0.0.9",)})
+    assert lists(fake, "services") == lists(fake, "endpointslices") == 2
+
+
+@pytest.mark.parametrize("bad", [
+    {"endpoints": [{"addresses": ["10.0.0.300"]}]},  # not an address
+    {"endpoints": [{"addresses": "10.0.0.5"}]},  # not a list: the client's own models reject it
+    {"ports": [{"port": "http", "protocol": "TCP"}]},
+    {"ports": [{"port": 80, "protocol": "ICMP"}]},
+    {"addressType": "IPv5"},
+])
+def test_a_malformed_endpoint_slice_is_reported_and_affects_nothing_else(fake, source, bad):
+    store, src = source
+    fake.create(svc("x", "web", 80, app="web"))
+    fake.create(eps("x", "good", "web", "10.0.0.1"))
+    fake.create(eps("x", "bad-at-list", "web", "10.0.0.2", **bad))
+    src.start()
+    wait_for(store.ready.is_set)
+    errors = [str(e) for e in store.snapshot().errors]
+    assert len(errors) == 1 and "EndpointSlice x/bad-at-list" in errors[0], errors
+    assert slices(store) == {"x/good": ("10.0.0.1",)} and set(store.snapshot().services) == {"x/web"}
+    # Through the watch: a valid slice turns malformed; its last valid
+    # version stays, the error names it, and later events still arrive.
+    fake.create(eps("x", "turns-bad", "web", "10.0.0.3"))
+    wait_for(lambda: "x/turns-bad" in store.snapshot().endpoint_slices)
+    fake.update(eps("x", "turns-bad", "web", "10.0.0.4", **bad))
+    fake.create(eps("x", "after", "web", "10.0.0.5"))
+    wait_for(lambda: "x/after" in store.snapshot().endpoint_slices)
+    snap = store.snapshot()
+    assert sorted(str(e).split(":")[0] for e in snap.errors) == ["EndpointSlice x/bad-at-list",
+                                                                 "EndpointSlice x/turns-bad"]
+    assert slices(store)["x/turns-bad"] == ("10.0.0.3",)
+    assert set(snap.services) == {"x/web"} and set(slices(store)) == {"x/good", "x/turns-bad", "x/after"}
+    # Fixed: the error goes. Deleted while malformed: gone with its error.
+    fake.update(eps("x", "turns-bad", "web", "10.0.0.4"))
+    fake.delete("EndpointSlice", "x", "bad-at-list")
+    wait_for(lambda: not store.snapshot().errors and slices(store)["x/turns-bad"] == ("10.0.0.4",))
+    reflector = next(r for r in src.reflectors if r.kind.name == "EndpointSlice")
+    assert reflector.errors == 0 and reflector.lists == 1  # no watch failed on the bad events
+
+
+def test_ready_and_revision_wait_for_services_and_endpoint_slices(fake):
+    fake.create(ns("x"))
+    fake.create(svc("x", "web", 80, app="web"))
+    fake.failing["/apis/discovery.k8s.io/v1/endpointslices"] = 503
+    store = ClusterStore()
+    src = KubernetesSource(store, client_for(fake))
+    src.start()
+    try:
+        by_kind = {r.kind.name: r for r in src.reflectors}
+        wait_for(lambda: all(r.lists for name, r in by_kind.items() if name != "EndpointSlice"))
+        wait_for(lambda: by_kind["EndpointSlice"].errors > 0)
+        assert not store.ready.is_set() and src._revision() == "rv:0"
+        del fake.failing["/apis/discovery.k8s.io/v1/endpointslices"]
+        wait_for(store.ready.is_set)
+        assert "x/web" in store.snapshot().services
+        assert src._revision() == f"rv:{min(int(r.resource_version) for r in src.reflectors)}"
+    finally:
+        src.stop()

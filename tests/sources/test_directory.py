@@ -115,3 +115,58 @@ def test_unparseable_file_keeps_last_content_and_is_reported(tmp_path: Path, mon
         wait_for(lambda: set(store.snapshot().policies) == {"x/fixed"} and not store.snapshot().errors)
     finally:
         src.stop()
+
+
+SVC_YAML = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  selector: {app: web}
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: http}]
+"""
+SLICES_YAML = """
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSliceList
+items:
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-abc, namespace: x, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv4
+  endpoints:
+  - addresses: [10.0.0.1]
+    conditions: {ready: true}
+    nodeName: n1
+    targetRef: {kind: Pod, namespace: x, name: web-0}
+  ports: [{name: http, port: 8080, protocol: TCP}]
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: web-bad, namespace: x, labels: {kubernetes.io/service-name: web}}
+  addressType: IPv4
+  endpoints: [{addresses: [not-an-ip]}]
+"""
+
+
+def test_services_and_endpoint_slices_fill_the_snapshot(tmp_path: Path):
+    from enforcer.model.services import service_backends
+
+    store = ClusterStore()
+    (tmp_path / "ns.json").write_text(json.dumps(NS))
+    (tmp_path / "svc.yaml").write_text(SVC_YAML)
+    (tmp_path / "slices.yaml").write_text(SLICES_YAML)
+    src = DirectorySource(tmp_path, store, interval=0.05)
+    src.start()
+    try:
+        wait_for(store.ready.is_set)
+        snap = store.snapshot()
+        assert set(snap.services) == {"x/web"} and set(snap.endpoint_slices) == {"x/web-abc"}
+        assert [str(e) for e in snap.errors] == ["EndpointSlice x/web-bad: endpoints[0].addresses: "
+                                                 "invalid address 'not-an-ip'"]
+        (b,) = service_backends(snap, snap.services["x/web"])
+        assert (str(b.address), b.ports, b.pod, b.node_name, b.ready) == ("10.0.0.1", (8080,), "x/web-0", "n1", True)
+        (tmp_path / "slices.yaml").unlink()
+        wait_for(lambda: not store.snapshot().endpoint_slices and not store.snapshot().errors)
+        assert set(store.snapshot().services) == {"x/web"}
+    finally:
+        src.stop()
