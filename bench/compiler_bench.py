@@ -654,6 +654,8 @@ def cold(cluster: Cluster, maps: Any) -> tuple[dict[str, Any], Pass]:
         "failures": len(report.failures),
         "local_pods": len(ctx.interfaces),
         "endpoints": len(desired.endpoints),
+        "endpoint_ids": len(desired.endpoint_by_id()),
+        "service_frontends": len(desired.services),
         "ipcache_entries": len(desired.ipcache),
         "policy_entries": len(desired.policy),
         "identities": identities,
@@ -791,6 +793,9 @@ class _NullMap:
     def items(self) -> Iterator[Any]:
         return iter(())
 
+    def keys(self) -> Iterator[Any]:
+        return iter(())
+
 
 class NullMaps:
     """Stands in for DatapathMaps where writing is not what is measured."""
@@ -809,6 +814,12 @@ class NullMaps:
 
     def identities(self) -> dict:  # type: ignore[type-arg]
         return {}
+
+    def set_endpoint_id(self, *_a: Any) -> None:
+        pass
+
+    def delete_endpoint_id(self, *_a: Any) -> bool:
+        return True
 
 
 def daemon_child(directory: Path, n_changes: int, seed: int, interval: float | None) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from enforcer.datapath.layout import (
 )
 from enforcer.datapath.loader import (
     FROM_POD,
+    TO_NETWORK,
     TO_POD,
     LoadedPrograms,
     load_noop_program,
@@ -543,6 +544,21 @@ def run_benchmark(bench: Bench, repeat: int = REPEAT, runs: int = RUNS,
                     m.samples.append(bench.measure(kind, v, repeat))
                 bench.progress(f"  {v.name:13} {kind:11} N={n:<6} runs {m.samples} ns "
                                f"(noop now {noop.samples[-runs:]})")
+    # to_network on a node interface: every packet leaving the node crosses
+    # it, and all but a Service's first packet carry no deferral mark.
+    passthrough = Measurement()
+    frame = bench.variants[0].ack()
+    net_fd = bench.established.fd(TO_NETWORK)
+    before = bench.counter(bench.established, DIR_EGRESS, Reason.ALLOW_SERVICE_DEFERRED)
+    bench.measure_noop(frame, repeat)
+    bench.run(net_fd, frame, repeat)
+    for _ in range(runs):
+        noop.samples.append(bench.measure_noop(frame, repeat))
+        res = bench.run(net_fd, frame, repeat)
+        assert res.retval == TC_ACT_UNSPEC
+        passthrough.samples.append(res.duration_ns)
+    assert bench.counter(bench.established, DIR_EGRESS, Reason.ALLOW_SERVICE_DEFERRED) == before
+    bench.progress(f"  to_network unmarked: runs {passthrough.samples} ns")
     noop_ns = noop.median
     sizes = [str(n) for n in sorted(policy_sizes)]
     lo, hi = sizes[0], sizes[-1]
@@ -578,6 +594,9 @@ def run_benchmark(bench: Bench, repeat: int = REPEAT, runs: int = RUNS,
                      for k, b in variants.items()},
         "samples_ns": {k: {kind: b[f"{kind}_samples_ns"] for kind in KINDS} for k, b in variants.items()},
         "noop_samples_ns": noop.samples,
+        "to_network_unmarked_ns": passthrough.median,
+        "to_network_unmarked_over_noop_ns": passthrough.median - noop_ns,
+        "to_network_unmarked_samples_ns": passthrough.samples,
         "verdicts": verdicts,
         "events": bench.event_stats(),
         "policy_entries_per_direction": [int(s) for s in sizes],
@@ -613,6 +632,8 @@ def format_table(result: dict) -> str:
         f"ipcache: {result['ipcache_entries']:,} entries (IPv4/IPv6 pod /32,/128 and CIDR prefixes); "
         f"policy entries N per direction for the endpoint.",
         f"noop tc program (baseline): {result['noop_ns']:.0f} ns",
+        f"to_network, a node interface's program, on a packet without deferral mark: "
+        f"{result['to_network_unmarked_ns']:.0f} ns ({result['to_network_unmarked_over_noop_ns']:+.0f} over noop)",
         "",
     ]
     head = f"{'variant':28} {'path':12}" + "".join(f"{'N=' + s:>16}" for s in sizes) + f"{'ratio':>8}"

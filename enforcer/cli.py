@@ -63,7 +63,9 @@ def _run(args: argparse.Namespace) -> int:
     from .sources.directory import DirectorySource
 
     store = ClusterStore()
-    config = DaemonConfig(node_name=args.node, datapath=DatapathConfig(pin_dir=Path(args.pin_dir)),
+    config = DaemonConfig(node_name=args.node,
+                          datapath=DatapathConfig(pin_dir=Path(args.pin_dir), mark_shift=args.mark_shift),
+                          node_devices=tuple(args.node_device) if args.node_device else None,
                           revoke_established=not args.keep_established,
                           status_file=Path(args.status_file) if args.status_file else None)
     flows = logging.getLogger("enforcer.flows")
@@ -220,6 +222,10 @@ def _api(args: argparse.Namespace) -> int:
         req = pb.ExplainRequest(source=args.source, destination=args.destination, protocol=args.protocol,
                                 port=args.port)
         print(client.show_explain(stub, args.json, req))
+    elif args.command == "diagnose":
+        text, code = client.show_diagnose(stub, args.json)
+        print(text)
+        return code
     return 0
 
 
@@ -240,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--kubeconfig", help="kubeconfig for --source kubernetes outside a cluster")
     run_p.add_argument("--node", required=True, help="this node's name (spec.nodeName of local pods)")
     run_p.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
+    run_p.add_argument("--node-device", action="append", metavar="IFNAME",
+                       help="a node interface (uplink, overlay, bridge) where a pod's packet to a Service "
+                            "leaves after DNAT; repeatable (default: every interface but loopback and the pods')")
+    run_p.add_argument("--mark-shift", type=int, default=20,
+                       help="skb->mark bits [N, N+10) carry a Service packet's sender until it is judged "
+                            "after DNAT; no other component may use them (default 20: 0x3ff00000)")
     run_p.add_argument("--keep-established", action="store_true",
                        help="do not cut tracked connections that policy no longer allows")
     run_p.add_argument("--ready-file", help="write this file after the first sync")
@@ -291,6 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("destination", help="IP or namespace/pod")
     explain_cmd.add_argument("--protocol", default="TCP")
     explain_cmd.add_argument("--port", type=int, default=0)
+
+    diagnose_cmd = sub.add_parser(
+        "diagnose", help="configurations that cannot do what they seem to mean (the NodePort SNAT trap)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Report what the daemon's objects configure that cannot work as meant. snat-trap: a\n"
+        "NodePort/LoadBalancer Service with externalTrafficPolicy Cluster whose backends a NetworkPolicy\n"
+        "admits by ipBlock. kube-proxy SNATs external clients to the node's address, so the ipBlock\n"
+        "denies the clients it allows (it holds no node address) or admits every client through any\n"
+        "node (it holds them). Fix: externalTrafficPolicy: Local on the Service.",
+        epilog="exit status: 0 no problems found; 3 problems found (printed); 1 the daemon could not be\n"
+        "asked (as for every command); 2 usage error.")
+    diagnose_cmd.add_argument("--socket", default=str(DEFAULT_SOCKET))
+    diagnose_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    diagnose_cmd.set_defaults(func=_api)
 
     lab = sub.add_parser("lab", help="a lab cluster in network namespaces")
     lsub = lab.add_subparsers(dest="lab_command", required=True)

@@ -41,6 +41,12 @@
 #ifndef CT_TIMEOUT_OTHER
 #define CT_TIMEOUT_OTHER 60
 #endif
+/* Connectionless flows to a Service address: below netfilter's shortest
+ * UDP timeout (30 s), so kube-proxy's backend choice outlives our entry
+ * (services.h). */
+#ifndef CT_TIMEOUT_SERVICE_OTHER
+#define CT_TIMEOUT_SERVICE_OTHER 25
+#endif
 /* Refresh an entry's expiry only when it moved by this much: most packets
  * of a busy flow then read the entry without dirtying its cache line. */
 #define CT_REFRESH_GRANULARITY_NS (1ULL * NSEC_PER_SEC)
@@ -49,6 +55,7 @@
 #define CT_F_FIN_ORIGIN 0x2 /* FIN seen in the origin direction */
 #define CT_F_FIN_REPLY 0x4  /* FIN seen in the reply direction */
 #define CT_F_CLOSING 0x8    /* RST, or FIN both ways: short lifetime */
+#define CT_F_SERVICE 0x10   /* keyed by a Service address (services.h) */
 
 struct ct_key {
 	__u8 pod[ADDR_LEN];
@@ -128,7 +135,8 @@ static __always_inline int ct_key_for_icmp_error(struct ct_key *key,
 static __always_inline __u64 ct_lifetime_ns(const struct flow *f, __u8 flags)
 {
 	if (f->proto != IPPROTO_TCP)
-		return CT_TIMEOUT_OTHER * NSEC_PER_SEC;
+		return (flags & CT_F_SERVICE ? CT_TIMEOUT_SERVICE_OTHER : CT_TIMEOUT_OTHER) *
+		       NSEC_PER_SEC;
 	if (flags & CT_F_CLOSING)
 		return CT_TIMEOUT_CLOSE * NSEC_PER_SEC;
 	if (flags & CT_F_SEEN_REPLY)
@@ -188,22 +196,24 @@ static __always_inline int ct_is_new_connection(const struct ct_entry *e, int di
 	return (e->flags & CT_F_CLOSING) || dir != e->origin;
 }
 
+/* flags: CT_F_SERVICE or 0. */
 static __always_inline void ct_create(const struct ct_key *key, int dir,
 				      const struct flow *f, __u16 endpoint_id,
-				      __u32 rule_id, __u8 reason, __u64 now)
+				      __u32 rule_id, __u8 reason, __u8 flags, __u64 now)
 {
 	struct ct_entry e = {
 		.origin = dir,
 		.endpoint_id = endpoint_id,
 		.rule_id = rule_id,
 		.reason = reason,
+		.flags = flags,
 	};
 	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_RST))
-		e.flags = CT_F_CLOSING;
+		e.flags |= CT_F_CLOSING;
 	else if (f->proto == IPPROTO_TCP && !(f->tcp_flags & TCP_FLAG_SYN))
 		/* Mid-stream (tracked before a restart or before enforcement
 		 * began): treat as established. */
-		e.flags = CT_F_SEEN_REPLY;
+		e.flags |= CT_F_SEEN_REPLY;
 	e.expires_ns = now + ct_lifetime_ns(f, e.flags);
 	conntrack.update((struct ct_key *)key, &e);
 }

@@ -39,6 +39,19 @@ struct endpoint_info {
 BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info,
 		 endpoints, ENDPOINTS_MAX, PIN_DIR "/endpoints_v1");
 
+/* The same endpoints by id: the hook that judges a Service packet after
+ * DNAT knows the sender only by the id from_pod left in the mark
+ * (services.h). A hash rather than an array so a released id has no entry
+ * at all instead of a zeroed one. */
+BPF_TABLE_PINNED("hash", __u32, struct endpoint_info, endpoint_ids,
+		 MAX_ENDPOINT_ID, PIN_DIR "/endpoint_ids_v1");
+
+static __always_inline struct endpoint_info *endpoint_by_id(__u16 id)
+{
+	__u32 key = id;
+	return endpoint_ids.lookup(&key);
+}
+
 static __always_inline struct endpoint_info *
 endpoint_lookup(__u8 family, const __u8 *addr)
 {

@@ -3,10 +3,21 @@
  *
  * Order, cheapest and most common first:
  *   parse (fast path, else full) -> IPv6 link control -> fragments
+ *   -> [to_pod: a sender's egress deferred to here, services.h]
  *   -> conntrack (established/reply: done, no other lookup)
  *   -> endpoint + anti-spoofing -> ICMP error of a tracked flow
+ *   -> [from_pod: to a Service frontend? defer, services.h]
  *   -> peer identity (ipcache) -> own node -> isolation -> policy
  *   -> track the new connection.
+ *
+ * "Own node" is the node's addresses as the source of a packet the node
+ * itself sent (skb->ingress_ifindex 0: kubelet probes, host-network pods)
+ * or as the destination of what a pod sends. A packet that only carries a
+ * node address because netfilter masqueraded it on the way through
+ * (NodePort with externalTrafficPolicy=Cluster, hairpin) came from
+ * somewhere else: it is judged as that address, by ipBlock, like the same
+ * packet SNATed by another node. Otherwise any client, bar or the world,
+ * would pass as "the node" through a NodePort on the backend's own node.
  */
 #ifndef ENFORCER_ENFORCE_H
 #define ENFORCER_ENFORCE_H
@@ -22,6 +33,7 @@
 #include "metrics.h"
 #include "events.h"
 #include "clock.h"
+#include "services.h"
 
 /* Pass means "no objection": TC_ACT_UNSPEC lets a later tc filter (a CNI's
  * own program) still run; with none, the packet continues. */
@@ -74,6 +86,43 @@ endpoint_of(struct __sk_buff *skb, const struct flow *f, int dir)
 	return ep;
 }
 
+/* The egress verdict from_pod deferred for a packet to a Service, now that
+ * DNAT has chosen its destination (services.h). VERDICT_PASS or
+ * VERDICT_DROP; the packet must carry a deferral mark. */
+static __always_inline int judge_deferred(struct __sk_buff *skb, struct flow *f,
+					  __u64 now)
+{
+	__u16 sender_id = svc_deferred_sender(skb);
+	svc_clear_mark(skb);
+	struct endpoint_info *sender = endpoint_by_id(sender_id);
+	if (!sender) /* gone since from_pod: nobody's policy can allow it */
+		return drop(skb, f, DIR_EGRESS, 0, DROP_UNKNOWN_ENDPOINT, IDENTITY_ANY, now);
+	__u16 ep_id = sender->id;
+
+	__u32 peer_id = ipcache_identity(f->family, f->daddr);
+	__u32 rule_id = 0;
+	int reason = ALLOW_NOT_ISOLATED;
+	if (peer_id == IDENTITY_HOST) {
+		reason = ALLOW_HOST;
+	} else if (endpoint_isolated(sender, DIR_EGRESS)) {
+		struct policy_entry *pe = policy_lookup(
+			ep_id, DIR_EGRESS, peer_id, f->proto, f->has_ports ? f->dport : 0);
+		if (!pe)
+			return drop(skb, f, DIR_EGRESS, ep_id, DROP_POLICY, peer_id, now);
+		rule_id = pe->rule_id;
+		reason = ALLOW_POLICY;
+	}
+
+	/* Track it as from_pod sees it (to the Service address) when the
+	 * packet still says which client it is. */
+	struct endpoint_info *src = endpoint_lookup(f->family, f->saddr);
+	struct ct_key key = {};
+	if (src && src->id == ep_id && svc_take_pending(&key, sender->ifindex, f))
+		ct_create(&key, DIR_EGRESS, f, ep_id, rule_id, reason, CT_F_SERVICE, now);
+	event_emit(skb, f, EVENT_ALLOW, reason, DIR_EGRESS, ep_id, peer_id, rule_id, now);
+	return pass(f, DIR_EGRESS, ep_id, reason);
+}
+
 static __always_inline int enforce(struct __sk_buff *skb, int dir)
 {
 	struct flow f = {};
@@ -93,6 +142,13 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 			return drop(skb, &f, dir, owner ? owner->id : 0, ret, IDENTITY_ANY, now);
 		}
 	}
+
+	/* A local pod's packet to a Service, delivered to a local backend:
+	 * the sender's egress first, then this pod's ingress as for any
+	 * packet. */
+	if (dir == DIR_INGRESS && svc_deferred_sender(skb) &&
+	    judge_deferred(skb, &f, now) == VERDICT_DROP)
+		return VERDICT_DROP;
 
 	struct ct_key key = {};
 	ct_key_for(&key, skb->ifindex, dir, &f);
@@ -120,10 +176,18 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 			return pass(&f, dir, ep_id, ALLOW_RELATED);
 	}
 
+	if (dir == DIR_EGRESS && is_service_frontend(&f)) {
+		svc_defer(skb, &f, ep_id);
+		return pass(&f, dir, ep_id, ALLOW_SERVICE_DEFERRED);
+	}
+
 	const __u8 *peer_addr = dir == DIR_EGRESS ? f.daddr : f.saddr;
 	__u32 peer_id = ipcache_identity(f.family, peer_addr);
-	if (peer_id == IDENTITY_HOST)
-		return pass(&f, dir, ep_id, ALLOW_HOST);
+	if (peer_id == IDENTITY_HOST) {
+		if (dir == DIR_EGRESS || skb->ingress_ifindex == 0)
+			return pass(&f, dir, ep_id, ALLOW_HOST);
+		peer_id = ipcache_cidr_identity(f.family, peer_addr);
+	}
 
 	__u32 rule_id = 0;
 	int reason = ALLOW_NOT_ISOLATED;
@@ -138,9 +202,33 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 
 	/* ICMP errors are not connections: nothing to track. */
 	if (!f.icmp_error)
-		ct_create(&key, dir, &f, ep_id, rule_id, reason, now);
+		ct_create(&key, dir, &f, ep_id, rule_id, reason, 0, now);
 	event_emit(skb, &f, EVENT_ALLOW, reason, dir, ep_id, peer_id, rule_id, now);
 	return pass(&f, dir, ep_id, reason);
+}
+
+/* tc egress of a node interface that is not a pod's: only packets whose
+ * egress verdict from_pod deferred are looked at (a test of the mark);
+ * everything else passes untouched. */
+static __always_inline int enforce_node_egress(struct __sk_buff *skb)
+{
+	if (!svc_deferred_sender(skb))
+		return VERDICT_PASS;
+	struct flow f = {};
+	__u64 now = datapath_now_ns();
+	if (!parse_fast(skb, &f)) {
+		int ret = parse_packet(skb, &f);
+		if (ret) { /* it parsed at from_pod: fail closed */
+			__u16 sender_id = svc_deferred_sender(skb);
+			svc_clear_mark(skb);
+			return drop(skb, &f, DIR_EGRESS, sender_id, ret, IDENTITY_ANY, now);
+		}
+		/* A later fragment (netfilter refragmented after NAT): the
+		 * first fragment carries the verdict. */
+		if (f.frag == FRAG_LATER)
+			return VERDICT_PASS;
+	}
+	return judge_deferred(skb, &f, now);
 }
 
 #endif

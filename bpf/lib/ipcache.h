@@ -58,6 +58,21 @@ BPF_TABLE_PINNED7("hash", struct ipcache_host_key, struct ipcache_value,
 		  ipcache_hosts, IPCACHE_HOSTS_MAX, PIN_DIR "/ipcache_hosts_v1",
 		  BPF_F_NO_PREALLOC);
 
+/* The identity of addr among the CIDR prefixes only, host entries left
+ * out. enforce.h uses it for an address of this node that a packet only
+ * carries because NAT put it there: such a source is a plain address,
+ * matched by ipBlock like any other, not the node itself. */
+static __always_inline __u32 ipcache_cidr_identity(__u8 family, const __u8 *addr)
+{
+	struct ipcache_key key = {
+		.prefixlen = IPCACHE_PREFIX_BASE + (family == FAMILY_V4 ? 32 : 128),
+		.family = family,
+	};
+	addr_copy(key.addr, addr);
+	struct ipcache_value *v = ipcache.lookup(&key);
+	return v ? v->identity : IDENTITY_WORLD;
+}
+
 static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 {
 	struct ipcache_host_key host = { .family = family };
@@ -65,13 +80,7 @@ static __always_inline __u32 ipcache_identity(__u8 family, const __u8 *addr)
 	struct ipcache_value *v = ipcache_hosts.lookup(&host);
 	if (v)
 		return v->identity;
-	struct ipcache_key key = {
-		.prefixlen = IPCACHE_PREFIX_BASE + (family == FAMILY_V4 ? 32 : 128),
-		.family = family,
-	};
-	addr_copy(key.addr, addr);
-	v = ipcache.lookup(&key);
-	return v ? v->identity : IDENTITY_WORLD;
+	return ipcache_cidr_identity(family, addr);
 }
 
 #endif

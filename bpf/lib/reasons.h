@@ -28,7 +28,8 @@ enum verdict_reason {
 	DROP_MALFORMED = 12,          /* truncated or invalid headers */
 	DROP_FRAGMENT_UNKNOWN = 13,   /* non-first fragment, first one never seen */
 	DROP_EXT_HEADERS = 14,        /* IPv6 extension header chain too long */
-	__REASON_MAX = 15,
+	ALLOW_SERVICE_DEFERRED = 15,  /* to a Service frontend: judged after DNAT (services.h) */
+	__REASON_MAX = 16,
 };
 
 /* Counter slots per endpoint and direction; leaves room to append. */

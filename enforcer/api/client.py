@@ -1,9 +1,10 @@
-"""CLI side of the API: `enforcer status|endpoints|policies|counters|flows|explain`.
+"""CLI side of the API: `enforcer status|endpoints|policies|counters|flows|explain|diagnose`.
 Human tables by default, --json for machines."""
 
 from __future__ import annotations
 
 import json
+import textwrap
 
 import time
 from pathlib import Path
@@ -79,6 +80,10 @@ def show_status(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
         lines += [f"  {o.kind} {o.namespace + '/' if o.namespace else ''}{o.name}: {o.error}" for o in st.invalid_objects]
     if st.sync_failures:
         lines += ["", "map writes failing:"] + [f"  {f}" for f in st.sync_failures]
+    if st.diagnostics:
+        lines += ["", "configuration problems (`enforcer diagnose` for details and fixes):"]
+        lines += [f"  {d.severity}: {d.code} ({d.effect}): Service {d.service}, NetworkPolicy {d.policy}"
+                  for d in st.diagnostics]
     return "\n".join(lines)
 
 
@@ -148,5 +153,27 @@ def show_explain(stub: pb_grpc.EnforcerStub, as_machine: bool, req: pb.ExplainRe
     return "\n".join(lines)
 
 
+# `enforcer diagnose` exit status when it found problems (0: none found;
+# 1, as every command: the daemon could not be asked).
+EXIT_PROBLEMS = 3
 
 
+def show_diagnose(stub: pb_grpc.EnforcerStub, as_machine: bool) -> tuple[str, int]:
+    """The text to print and the exit status."""
+    resp = call(stub.Diagnose, pb.DiagnoseRequest())
+    code = EXIT_PROBLEMS if resp.diagnostics else 0
+    if as_machine:
+        # Every field, so that "no problems" is an explicit empty list.
+        doc = {"source_revision": resp.source_revision,
+               "diagnostics": [MessageToDict(d, preserving_proto_field_name=True) for d in resp.diagnostics]}
+        return json.dumps(doc, indent=1), code
+    if not resp.diagnostics:
+        return f"no problems found (source revision {resp.source_revision})", code
+    lines = []
+    for d in resp.diagnostics:  # the message ends with the fix
+        lines += [f"{d.severity.upper()} {d.code} ({d.effect}): Service {d.service}, NetworkPolicy {d.policy}",
+                  textwrap.fill(d.message, 100, initial_indent="  ", subsequent_indent="  ",
+                                break_on_hyphens=False, break_long_words=False), ""]
+    lines.append(f"{len(resp.diagnostics)} problem{'s' if len(resp.diagnostics) > 1 else ''} found "
+                 f"(source revision {resp.source_revision})")
+    return "\n".join(lines), code

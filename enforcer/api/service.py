@@ -8,6 +8,7 @@ from typing import Iterator
 import grpc
 
 from .. import __version__
+from ..compiler.diagnose import Diagnostic
 from ..datapath.layout import DIR_INGRESS, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED
 from ..datapath.reasons import is_drop
 from ..v1 import enforcer_pb2 as pb
@@ -43,6 +44,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             for e in view.desired.errors:
                 resp.invalid_objects.append(pb.InvalidObject(kind=e.kind, namespace=e.namespace or "",
                                                              name=e.name, error=e.reason))
+            resp.diagnostics.extend(diagnostic_messages(view.diagnostics))
         for name, (entries, capacity) in self.daemon.map_occupancy().items():
             resp.maps.append(pb.MapOccupancy(name=name, entries=entries, capacity=capacity))
         return resp
@@ -95,6 +97,11 @@ class EnforcerService(pb_grpc.EnforcerServicer):
     def StreamFlows(self, request: pb.StreamFlowsRequest, context: grpc.ServicerContext) -> Iterator[pb.Flow]:
         yield from self.flows.subscribe(request, context.is_active)
 
+    def Diagnose(self, request: pb.DiagnoseRequest, context: grpc.ServicerContext) -> pb.DiagnoseResponse:
+        view = self._view(context)
+        return pb.DiagnoseResponse(diagnostics=diagnostic_messages(view.diagnostics),
+                                   source_revision=view.snapshot.source_revision)
+
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:
         view = self._view(context)
         try:
@@ -104,4 +111,5 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             raise  # unreachable: abort raises
 
 
-
+def diagnostic_messages(diagnostics: tuple[Diagnostic, ...]) -> list[pb.Diagnostic]:
+    return [pb.Diagnostic(**d.as_dict()) for d in diagnostics]

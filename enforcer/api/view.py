@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..compiler.compile import CidrIdentity, DesiredState, EndpointSpec, PodIdentity
+from ..compiler.diagnose import Diagnostic, diagnose
 from ..datapath.layout import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD
 from ..model.objects import IPAddress, Pod
 from ..model.state import ClusterSnapshot
@@ -31,6 +32,11 @@ class StateView:
                 for ip in pod.ips:
                     out.setdefault(ip, pod)
         return out
+
+    @cached_property
+    def diagnostics(self) -> tuple[Diagnostic, ...]:
+        """Problems of the snapshot's configuration (compiler.diagnose)."""
+        return diagnose(self.snapshot)
 
     @cached_property
     def endpoint_by_id(self) -> dict[int, EndpointSpec]:

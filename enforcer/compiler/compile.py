@@ -45,6 +45,7 @@ from ..model.selectors import LabelSelector
 from ..model.state import ClusterSnapshot
 from .ids import EndpointIds, StableIds
 from .prefixes import PrefixIndex
+from .services import Frontend, service_frontends
 
 DIRECTIONS = ((INGRESS, DIR_INGRESS), (EGRESS, DIR_EGRESS))
 
@@ -100,6 +101,7 @@ class DesiredState:
     ipcache: dict[IPNetwork, int] = field(default_factory=dict)
     endpoints: dict[IPAddress, EndpointSpec] = field(default_factory=dict)
     policy: dict[PolicyEntry, int] = field(default_factory=dict)  # -> rule id
+    services: dict[Frontend, str] = field(default_factory=dict)  # -> Service "ns/name"
     # Read-side context (API, explain): not written to maps.
     rules: dict[int, RuleRef] = field(default_factory=dict)
     identities: dict[int, IdentityKey] = field(default_factory=dict)
@@ -117,6 +119,8 @@ class DesiredState:
             ipcache=dict(self.ipcache),
             endpoints={ip: (e.endpoint_id, e.ifindex, e.identity, e.flags) for ip, e in self.endpoints.items()},
             policy=dict(self.policy),
+            endpoint_ids={e.endpoint_id: (e.ifindex, e.identity, e.flags) for e in self.endpoints.values()},
+            services=set(self.services),
             token=self._token, base=self._base, changed=self._changed,
         )
 
@@ -130,6 +134,9 @@ class DesiredState:
             return f"NetworkPolicy {ref.policy} ({ref.direction.lower()} rule {ref.index})" if ref else f"policy entry {key}"
         if kind == "endpoint" and key in self.endpoints:
             return f"Pod {self.endpoints[key].pod} (address {key})"
+        if kind == "service" and key in self.services:
+            ip, proto, port = key  # type: ignore[misc]
+            return f"Service {self.services[key]} (frontend {ip} {proto}/{port})"
         if kind == "ipcache":
             ident = self.ipcache.get(key)
             what = self.identities.get(ident) if ident is not None else None
@@ -371,6 +378,7 @@ class _Incremental:
         identities.update(self.cidr_keys)
         out.identities = identities
 
+        out.services = service_frontends(snap.services, node.addresses)
         changed_peers = self._refresh_peers(flips, ns_changed, bool(delta))
         self._endpoints_and_policy(out, node, changed_peers, bool(flips))
         self._forget_ids(out)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..compiler.compile import Compiler, DesiredState, NodeContext
+from ..compiler.diagnose import Diagnostic, diagnostic_changes
 from ..compiler.evaluate import connection_still_allowed
 from ..datapath import bpfsys
-from ..datapath.attach import TcAttacher
+from ..datapath.attach import NODE_HOOKS, TcAttacher
 from ..datapath.events import EventReader, Verdict
 from ..datapath.layout import Counter
 from ..datapath.loader import LoadedPrograms, load_pod_programs
@@ -40,6 +41,10 @@ class DaemonConfig:
     revoke_established: bool = True  # cut tracked connections policy no longer allows
     resync_interval: float = 30.0
     status_file: Path | None = None  # JSON status written after every pass
+    # Node interfaces that get to_network (tc egress): where a local pod's
+    # packet to a Service leaves after DNAT sent it to another node
+    # (bpf/lib/services.h). None: every interface but loopback and the pods'.
+    node_devices: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -53,7 +58,9 @@ class Status:
     errors: list[str] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)
     attached: set[int] = field(default_factory=set)
+    node_devices: set[int] = field(default_factory=set)  # ifindexes with to_network
     revoked_connections: int = 0
+    diagnostics: tuple[Diagnostic, ...] = ()  # of the last pass (compiler.diagnose)
     # Map writes of the last pass, and since this process started (a
     # restarted daemon that found the maps right writes nothing).
     last_pass: dict[str, int] = field(default_factory=lambda: {"written": 0, "deleted": 0, "revoked": 0})
@@ -84,6 +91,7 @@ class Daemon:
         self.maps: DatapathMaps | None = None
         self.sync: MapSync | None = None
         self._events_thread: threading.Thread | None = None
+        self._missing_devices: list[str] = []
 
     # -- lifecycle --
 
@@ -143,7 +151,7 @@ class Daemon:
         self._reset_counters(report.removed_endpoint_ids)
         with self._lock:
             self.desired = desired
-            self._view = StateView(snap, desired)
+            self._view = view = StateView(snap, desired)
             st = self.status
             st.revision, st.source_revision = snap.revision, snap.source_revision
             st.last_sync, st.last_sync_duration = time.time(), time.monotonic() - started
@@ -156,6 +164,7 @@ class Daemon:
             for k, v in st.last_pass.items():
                 st.since_start[k] += v
             st.ready = True
+        self._note_diagnostics(view)
         for failure in report.failures:
             log.error("map write failed: %s", failure)
         if self.config.status_file:
@@ -206,6 +215,22 @@ class Daemon:
         with IPRoute() as ipr:
             return {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
+    def _note_diagnostics(self, view: StateView) -> None:
+        """Keep the pass's diagnostics for the status; log each one once when
+        it appears (WARNING) and once when it goes (INFO). They only report:
+        a failure here must not fail the pass."""
+        try:
+            current = view.diagnostics
+        except Exception:  # noqa: BLE001 - a bug in diagnose; enforcement is unaffected
+            log.exception("diagnose failed; the diagnostics of the previous pass are kept")
+            return
+        appeared, gone = diagnostic_changes(self.status.diagnostics, current)
+        self.status.diagnostics = current
+        for d in appeared:
+            log.warning("%s (%s, %s): %s", d.code, d.effect, d.severity, d.message)
+        for d in gone:
+            log.info("resolved %s (%s): Service %s, NetworkPolicy %s", d.code, d.effect, d.service, d.policy)
+
     def _write_status_file(self, desired: DesiredState) -> None:
         st = self.status
         doc = {
@@ -216,6 +241,7 @@ class Daemon:
             "policy_entries": len(desired.policy), "ipcache_entries": len(desired.ipcache),
             "unplaced": st.unplaced, "errors": st.errors,
             "last_pass": dict(st.last_pass), "since_start": dict(st.since_start),
+            "diagnostics": [d.as_dict() for d in st.diagnostics],
         }
         path = Path(self.config.status_file)  # type: ignore[arg-type]
         tmp = path.with_suffix(".tmp")
@@ -250,20 +276,51 @@ class Daemon:
         self._seeded = True
 
     def _attach(self, desired: DesiredState) -> None:
+        """from_pod/to_pod on every local pod's interface, to_network on the
+        node's other interfaces; our filters go from everything else."""
         assert self.loaded is not None
         want = {e.ifindex for e in desired.endpoints.values()}
-        have = self.status.attached
+        want_node = self._node_devices(want)
+        have, have_node = self.status.attached, self.status.node_devices
         for ifindex in sorted(want - have):
             try:
-                self.attacher.attach(ifindex, self.loaded.fds)
+                self.attacher.attach(ifindex, self.loaded.fds)  # replaces a to_network in place
                 have.add(ifindex)
+                have_node.discard(ifindex)
             except AttachError as e:
                 log.error("%s", e)
-        stale = (have | self._previous_attachments) - want
+        # Neither any more, or a pod's that became a node interface (its
+        # from_pod must go; to_network is attached again below).
+        stale = ((have | have_node | self._previous_attachments) - want - want_node) | ((have - want) & want_node)
         for ifindex in sorted(stale):
             try:
                 self.attacher.detach(ifindex)
             except AttachError as e:
                 log.warning("%s", e)
             have.discard(ifindex)
+            have_node.discard(ifindex)
+        for ifindex in sorted(want_node - have_node):
+            try:
+                self.attacher.attach(ifindex, self.loaded.fds, NODE_HOOKS)
+                have_node.add(ifindex)
+            except AttachError as e:
+                log.error("node interface: %s", e)
         self._previous_attachments = set()
+
+    def _node_devices(self, pod_interfaces: set[int]) -> set[int]:
+        """Interfaces to_network goes on: the configured ones, or every one
+        that is neither loopback nor a pod's."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
+                     if not link["flags"] & 0x8}  # IFF_LOOPBACK
+        if self.config.node_devices is None:
+            return set(links) - pod_interfaces
+        by_name = {name: idx for idx, name in links.items()}
+        missing = sorted(set(self.config.node_devices) - by_name.keys())
+        if missing and missing != self._missing_devices:
+            log.error("node interfaces not found: %s; a local pod's egress to a Service whose backend "
+                      "is elsewhere is not judged through them", ", ".join(missing))
+        self._missing_devices = missing
+        return {by_name[n] for n in self.config.node_devices if n in by_name} - pod_interfaces

@@ -17,13 +17,15 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import AttachError
-from .loader import FROM_POD, TO_POD
+from .loader import FROM_POD, TO_NETWORK, TO_POD
 
 PARENT_INGRESS = "ffff:fff2"  # tc ingress: from the pod
 PARENT_EGRESS = "ffff:fff3"   # tc egress: to the pod
 FILTER_PRIO = 1
 FILTER_HANDLE = 0xE4F
 HOOKS = ((FROM_POD, PARENT_INGRESS), (TO_POD, PARENT_EGRESS))
+# The node's other interfaces: only what leaves through them (services.h).
+NODE_HOOKS = ((TO_NETWORK, PARENT_EGRESS),)
 
 
 @dataclass(frozen=True)
@@ -50,15 +52,17 @@ class TcAttacher:
             raise AttachError(f"no interface {ifname}" + (f" in netns {self.netns}" if self.netns else ""))
         return int(found[0])
 
-    def attach(self, ifindex: int, fds: dict[str, int]) -> None:
-        """Attach (or atomically replace) both programs on ifindex."""
+    def attach(self, ifindex: int, fds: dict[str, int],
+               hooks: tuple[tuple[str, str], ...] = HOOKS) -> None:
+        """Attach (or atomically replace) the programs of `hooks` (a pod
+        interface's two by default) on ifindex."""
         with self._ipr() as ipr:
             try:
                 ipr.tc("add", "clsact", ifindex)
             except NetlinkError as e:
                 if e.code != errno.EEXIST:
                     raise AttachError(f"ifindex {ifindex}: adding clsact failed: {e}") from e
-            for program, parent in HOOKS:
+            for program, parent in hooks:
                 try:
                     ipr.tc("replace-filter", "bpf", ifindex, FILTER_HANDLE, fd=fds[program],
                            name=f"enforcer_{program}", parent=parent, classid=1,

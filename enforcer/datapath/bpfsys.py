@@ -214,23 +214,31 @@ def map_next_key(fd: int, key: ctypes.Array | ctypes.Structure | None, next_key:
 
 
 class TestRunResult:
-    __slots__ = ("retval", "duration_ns", "data_out")
+    __slots__ = ("retval", "duration_ns", "data_out", "mark")
 
-    def __init__(self, retval: int, duration_ns: int, data_out: bytes) -> None:
+    def __init__(self, retval: int, duration_ns: int, data_out: bytes, mark: int = 0) -> None:
         self.retval = retval
         self.duration_ns = duration_ns
         self.data_out = data_out
+        self.mark = mark  # skb->mark as the program left it
 
 
-def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int = 0) -> TestRunResult:
+def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int = 0,
+                  mark: int = 0, ingress_ifindex: int = 0) -> TestRunResult:
     """Run a sched_cls program on one frame (BPF_PROG_TEST_RUN). duration_ns
     is the kernel's mean per repetition. ifindex, when > 1, sets the device
-    the skb appears on (skb->ifindex); otherwise it is loopback."""
+    the skb appears on (skb->ifindex); otherwise it is loopback. mark and
+    ingress_ifindex set skb->mark and skb->ingress_ifindex (the device a
+    forwarded packet came in on; 0 for one the host sent)."""
     buf_in = ctypes.create_string_buffer(data, len(data))
     buf_out = ctypes.create_string_buffer(len(data) + 256)
     ctx = SkBuffCtx()
+    # The kernel copies all of its struct __sk_buff out: room for a newer one.
+    ctx_out = ctypes.create_string_buffer(512)
     if ifindex > 1:
         ctx.ifindex = ifindex
+    ctx.mark = mark
+    ctx.ingress_ifindex = ingress_ifindex
     attr = _TestRunAttr(
         prog_fd=prog_fd,
         data_size_in=len(data),
@@ -240,10 +248,13 @@ def prog_test_run(prog_fd: int, data: bytes, repeat: int = 1, ifindex: int = 0) 
         repeat=repeat,
         ctx_size_in=ctypes.sizeof(ctx),
         ctx_in=ctypes.addressof(ctx),
+        ctx_size_out=len(ctx_out),
+        ctx_out=ctypes.addressof(ctx_out),
     )
     _bpf(BPF_PROG_TEST_RUN, attr)
     retval = ctypes.c_int32(attr.retval).value
-    return TestRunResult(retval, attr.duration, buf_out.raw[: attr.data_size_out])
+    return TestRunResult(retval, attr.duration, buf_out.raw[: attr.data_size_out],
+                         SkBuffCtx.from_buffer_copy(ctx_out.raw[: ctypes.sizeof(SkBuffCtx)]).mark)
 
 
 @lru_cache(maxsize=1)

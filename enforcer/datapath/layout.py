@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import socket
 from typing import Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -39,6 +40,10 @@ CT_F_SEEN_REPLY = 0x1
 CT_F_FIN_ORIGIN = 0x2
 CT_F_FIN_REPLY = 0x4
 CT_F_CLOSING = 0x8
+CT_F_SERVICE = 0x10
+# services.h
+MARK_EP_BITS = 10
+SVC_PENDING_F_AMBIGUOUS = 0x1
 # events.h
 EVENT_ALLOW = 1
 EVENT_DROP = 2
@@ -172,6 +177,45 @@ class CtEntry(ctypes.Structure):
     ]
 
 
+class ServiceKey(ctypes.Structure):
+    """A Service frontend kube-proxy DNATs on this node (services.h)."""
+
+    _fields_ = [
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+        ("port", ctypes.c_uint16),  # big-endian
+        ("addr", Addr),
+    ]
+
+    @classmethod
+    def of(cls, ip: IPAddress, proto: int, port: int) -> "ServiceKey":
+        return cls(family=family_of(ip), proto=proto, port=socket.htons(port), addr=addr_bytes(ip))
+
+    def frontend(self) -> tuple[IPAddress, int, int]:
+        return addr_from_bytes(self.family, self.addr), self.proto, socket.ntohs(self.port)
+
+
+class ServiceValue(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint32)]
+
+
+class SvcPendingKey(ctypes.Structure):
+    _fields_ = [
+        ("client", Addr),
+        ("client_port", ctypes.c_uint16),  # big-endian
+        ("family", ctypes.c_uint8),
+        ("proto", ctypes.c_uint8),
+    ]
+
+
+class SvcPendingValue(ctypes.Structure):
+    _fields_ = [
+        ("service_addr", Addr),
+        ("service_port", ctypes.c_uint16),  # big-endian
+        ("flags", ctypes.c_uint16),
+    ]
+
+
 class FragKey(ctypes.Structure):
     _fields_ = [
         ("saddr", Addr),
@@ -226,9 +270,12 @@ MAP_LAYOUTS: dict[str, tuple[type[ctypes.Structure] | type[ctypes._SimpleCData],
     "ipcache": (IpcacheKey, IpcacheValue),
     "ipcache_hosts": (IpcacheHostKey, IpcacheValue),
     "endpoints": (EndpointKey, EndpointInfo),
+    "endpoint_ids": (ctypes.c_uint32, EndpointInfo),
     "policy": (PolicyKey, PolicyEntry),
     "conntrack": (CtKey, CtEntry),
     "fragments": (FragKey, FragPorts),
+    "services": (ServiceKey, ServiceValue),
+    "svc_pending": (SvcPendingKey, SvcPendingValue),
     "metrics": (ctypes.c_uint32, Counter),
     "event_limit": (ctypes.c_uint32, EventBucket),
 }

@@ -26,11 +26,14 @@ from .source import BPF_DIR, DatapathConfig, amalgamate
 
 log = logging.getLogger(__name__)
 
-POD_PROGRAM_SOURCE = BPF_DIR / "pod_tc.c"
+# Every program in one unit (bpf/datapath.c): they share maps and the ring buffer.
+DATAPATH_SOURCE = BPF_DIR / "datapath.c"
+POD_PROGRAM_SOURCE = DATAPATH_SOURCE
 PARSE_EQUIV_SOURCE = BPF_DIR / "tests" / "parse_equiv.c"
 NOOP_PROGRAM_SOURCE = BPF_DIR / "noop.c"
 FROM_POD = "from_pod"
 TO_POD = "to_pod"
+TO_NETWORK = "to_network"
 
 
 def ensure_bpffs(path: Path = Path("/sys/fs/bpf")) -> None:
@@ -126,12 +129,13 @@ def kernel_hz() -> int:
 
 
 def load_pod_programs(config: DatapathConfig) -> LoadedPrograms:
-    """Compile and load from_pod/to_pod, creating or reusing the pins."""
+    """Compile and load from_pod/to_pod/to_network, creating or reusing
+    the pins."""
     config.validate()
     ensure_bpffs()
     config.pin_dir.mkdir(parents=True, exist_ok=True)
     reused = check_pins(config)
-    loaded = _compile(POD_PROGRAM_SOURCE, config.cflags(kernel_hz()), (FROM_POD, TO_POD))
+    loaded = _compile(DATAPATH_SOURCE, config.cflags(kernel_hz()), (FROM_POD, TO_POD, TO_NETWORK))
     loaded.reused_pins = reused
     log.info("datapath loaded: pins in %s (%s)", config.pin_dir,
              f"reused {', '.join(reused)}" if reused else "new")

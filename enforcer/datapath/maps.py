@@ -39,6 +39,8 @@ from .layout import (
     IpcacheValue,
     PolicyEntry,
     PolicyKey,
+    ServiceKey,
+    ServiceValue,
     addr_from_bytes,
     is_host,
 )
@@ -265,6 +267,26 @@ class DatapathMaps:
 
     def endpoints(self) -> dict[IPAddress, EndpointInfo]:
         return {k.ip(): v for k, v in self._maps["endpoints"].items()}
+
+    # endpoints by id (the deferred sender of a Service packet)
+    def set_endpoint_id(self, endpoint_id: int, ifindex: int, identity: int, flags: int) -> None:
+        self._maps["endpoint_ids"].update(
+            ctypes.c_uint32(endpoint_id), EndpointInfo(ifindex=ifindex, identity=identity, id=endpoint_id, flags=flags))
+
+    def delete_endpoint_id(self, endpoint_id: int) -> bool:
+        return self._maps["endpoint_ids"].delete(ctypes.c_uint32(endpoint_id))
+
+    # Service frontends: (address, protocol number, port)
+    def set_service(self, ip: IPAddress | str, proto: int, port: int) -> None:
+        ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+        self._maps["services"].update(ServiceKey.of(ip, proto, port), ServiceValue())
+
+    def delete_service(self, ip: IPAddress | str, proto: int, port: int) -> bool:
+        ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+        return self._maps["services"].delete(ServiceKey.of(ip, proto, port))
+
+    def services(self) -> set[tuple[IPAddress, int, int]]:
+        return {k.frontend() for k in self._maps["services"].keys()}
 
     # policy
     def add_rule(self, rule: PolicyRule) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..errors import ConfigError
+from .layout import MARK_EP_BITS
 
 def _bpf_dir() -> Path:
     """bpf/ of a checkout (editable install), else the copy an installed
@@ -65,10 +66,16 @@ class DatapathConfig:
     policy_max: int = 262144
     ct_max: int = 131072
     fragments_max: int = 8192
+    services_max: int = 65536
+    svc_pending_max: int = 16384
+    # skb->mark bits [mark_shift, mark_shift + 10) carry a deferred sender's
+    # endpoint id (bpf/lib/services.h); nothing else on the node may use them.
+    mark_shift: int = 20
     ct_timeout_syn: int = 60
     ct_timeout_tcp: int = 21600
     ct_timeout_close: int = 10
     ct_timeout_other: int = 60
+    ct_timeout_service_other: int = 25
     events_per_sec: int = 1000
     events_burst: int = 200
     events_ring_pages: int = 256
@@ -79,12 +86,18 @@ class DatapathConfig:
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or f.name == "pin_dir":
+            if isinstance(value, bool) or f.name in ("pin_dir", "mark_shift"):
                 continue
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"datapath config {f.name}: must be a positive integer, got {value!r}")
-        if self.max_endpoint_id > 65535:
-            raise ConfigError("datapath config max_endpoint_id: endpoint ids are 16-bit (<= 65535)")
+        if self.max_endpoint_id > 1 << MARK_EP_BITS:
+            raise ConfigError(f"datapath config max_endpoint_id: at most {1 << MARK_EP_BITS} "
+                              "(endpoint ids travel in skb->mark, bpf/lib/services.h)")
+        if not isinstance(self.mark_shift, int) or not 0 <= self.mark_shift <= 32 - MARK_EP_BITS:
+            raise ConfigError(f"datapath config mark_shift: 0..{32 - MARK_EP_BITS}, got {self.mark_shift!r}")
+        if self.ct_timeout_service_other >= 30:
+            raise ConfigError("datapath config ct_timeout_service_other: must stay below netfilter's "
+                              "30 s UDP timeout (bpf/lib/services.h)")
         pages = self.events_ring_pages
         if pages & (pages - 1):
             raise ConfigError(f"datapath config events_ring_pages: must be a power of two, got {pages}")
@@ -102,6 +115,10 @@ class DatapathConfig:
             f"-DPOLICY_MAX={self.policy_max}",
             f"-DCT_MAX={self.ct_max}",
             f"-DFRAGMENTS_MAX={self.fragments_max}",
+            f"-DSERVICES_MAX={self.services_max}",
+            f"-DSVC_PENDING_MAX={self.svc_pending_max}",
+            f"-DMARK_EP_SHIFT={self.mark_shift}",
+            f"-DCT_TIMEOUT_SERVICE_OTHER={self.ct_timeout_service_other}",
             f"-DCT_TIMEOUT_SYN={self.ct_timeout_syn}",
             f"-DCT_TIMEOUT_TCP={self.ct_timeout_tcp}",
             f"-DCT_TIMEOUT_CLOSE={self.ct_timeout_close}",
@@ -125,6 +142,9 @@ class DatapathConfig:
             "policy": self.policy_max,
             "conntrack": self.ct_max,
             "fragments": self.fragments_max,
+            "endpoint_ids": self.max_endpoint_id,
+            "services": self.services_max,
+            "svc_pending": self.svc_pending_max,
             "metrics": self.max_endpoint_id * 2 * _reason_slots(),
             "event_limit": 1,
         }

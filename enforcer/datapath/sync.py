@@ -4,10 +4,14 @@ order no packet can see half-applied:
   1. policy entries added or changed   (allows exist before they are needed)
   2. ipcache entries added or changed  (a new identity's allows are in place)
   3. endpoints added or changed        (isolation turns on after its allows,
-                                        and off before they go)
-  4. endpoints removed
-  5. ipcache entries removed
-  6. policy entries removed            (after nothing can reach them)
+                                        and off before they go), by id first:
+                                        a sender must be known by id (services.h)
+                                        before its packets can be deferred
+  4. Service frontends added, then removed (either way a packet is judged:
+                                        before DNAT, or after it)
+  5. endpoints removed, then by id
+  6. ipcache entries removed
+  7. policy entries removed            (after nothing can reach them)
 
 A failed write (a full map, say) is reported with what it was for and not
 recorded as applied, so the next pass retries it; the order above means a
@@ -31,6 +35,8 @@ from .layout import (
     IPNetwork,
     PolicyEntry,
     PolicyKey,
+    ServiceKey,
+    ServiceValue,
     addr_from_bytes,
 )
 from .maps import DatapathMaps
@@ -41,6 +47,10 @@ log = logging.getLogger(__name__)
 PolicyTuple = tuple[int, int, int, int, int, int]
 # (endpoint_id, ifindex, identity, flags)
 EndpointTuple = tuple[int, int, int, int]
+# endpoint_id -> (ifindex, identity, flags)
+EndpointIdTuple = tuple[int, int, int]
+# (address, protocol number, port)
+FrontendTuple = tuple[IPAddress, int, int]
 
 
 @dataclass
@@ -48,6 +58,8 @@ class MapContents:
     ipcache: dict[IPNetwork, int] = field(default_factory=dict)
     endpoints: dict[IPAddress, EndpointTuple] = field(default_factory=dict)
     policy: dict[PolicyTuple, int] = field(default_factory=dict)
+    endpoint_ids: dict[int, EndpointIdTuple] = field(default_factory=dict)
+    services: set[FrontendTuple] = field(default_factory=set)
     # Optional hint from a producer that knows what it changed: this content
     # (`token`) equals the content `base` except, at most, at the keys in
     # `changed[kind]` (a kind not named may differ anywhere). MapSync.apply
@@ -95,6 +107,8 @@ class MapSync:
             ipcache=m.identities(),
             endpoints={k.ip(): (v.id, v.ifindex, v.identity, v.flags) for k, v in m["endpoints"].items()},
             policy={policy_tuple(k): v.rule_id for k, v in m["policy"].items()},
+            endpoint_ids={int(k.value): (v.ifindex, v.identity, v.flags) for k, v in m["endpoint_ids"].items()},
+            services={k.frontend() for k in m["services"].keys()},
         )
 
     def apply(self, want: MapContents, describe: Callable[[str, object], str] = lambda kind, key: f"{kind} {key}") -> SyncReport:
@@ -121,6 +135,9 @@ class MapSync:
         policy_writes, policy_gone = _diff(have.policy, want.policy, hint, "policy")
         ipcache_writes, ipcache_gone = _diff(have.ipcache, want.ipcache, hint, "ipcache")
         endpoint_writes, endpoints_gone = _diff(have.endpoints, want.endpoints, hint, "endpoints")
+        id_writes, ids_gone = _diff(have.endpoint_ids, want.endpoint_ids, None, "endpoint_ids")
+        services_new = [f for f in want.services if f not in have.services]
+        services_gone = [f for f in have.services if f not in want.services]
 
         pol, eps, m = self.maps["policy"], self.maps["endpoints"], self.maps
         for t, rule in policy_writes:
@@ -129,10 +146,20 @@ class MapSync:
         for net, ident in ipcache_writes:
             write("ipcache", net, lambda net=net, ident=ident: m.set_identity(net, ident),
                   lambda net=net, ident=ident: have.ipcache.__setitem__(net, ident))
+        for ep_id, info in id_writes:
+            write("endpoint", ep_id, lambda ep_id=ep_id, info=info: m.set_endpoint_id(ep_id, *info),
+                  lambda ep_id=ep_id, info=info: have.endpoint_ids.__setitem__(ep_id, info))
         for ip, ep in endpoint_writes:
             write("endpoint", ip, lambda ip=ip, ep=ep: eps.update(
                 EndpointKey.of(ip), EndpointInfo(id=ep[0], ifindex=ep[1], identity=ep[2], flags=ep[3])),
                 lambda ip=ip, ep=ep: have.endpoints.__setitem__(ip, ep))
+        svc = self.maps["services"]
+        for fe in services_new:
+            write("service", fe, lambda fe=fe: svc.update(ServiceKey.of(*fe), ServiceValue()),
+                  lambda fe=fe: have.services.add(fe))
+        for fe in services_gone:
+            remove("service", fe, lambda fe=fe: svc.delete(ServiceKey.of(*fe)),
+                   lambda fe=fe: have.services.discard(fe))
         if endpoints_gone:
             live_ids = {ep[0] for ep in want.endpoints.values()}
             for ip in endpoints_gone:
@@ -140,6 +167,9 @@ class MapSync:
                     report.removed_endpoint_ids.add(have.endpoints[ip][0])
                 remove("endpoint", ip, lambda ip=ip: eps.delete(EndpointKey.of(ip)),
                        lambda ip=ip: have.endpoints.pop(ip))
+        for ep_id in ids_gone:
+            remove("endpoint", ep_id, lambda ep_id=ep_id: m.delete_endpoint_id(ep_id),
+                   lambda ep_id=ep_id: have.endpoint_ids.pop(ep_id))
         for net in ipcache_gone:
             remove("ipcache", net, lambda net=net: m.delete_identity(net), lambda net=net: have.ipcache.pop(net))
         for t in policy_gone:

@@ -56,7 +56,8 @@ def test_main_prints_json_last(cb, capsys):
     for n in sizes:
         cold, change = r["sizes"][n]["cold"], r["sizes"][n]["change"]
         assert cold["failures"] == 0 and cold["written"] > 0 and cold["local_pods"] > 0
-        assert cold["written"] == cold["policy_entries"] + cold["ipcache_entries"] + cold["endpoints"]
+        assert cold["written"] == (cold["policy_entries"] + cold["ipcache_entries"] + cold["endpoints"]
+                                   + cold["endpoint_ids"] + cold["service_frontends"])
         assert change["count"] == 42 and change["failures"] == 0
         assert set(change["by_kind_p50_ms"]) == set(cb.CHANGE_KINDS)
         # What the passes wrote, change by change, is what a fresh compile makes of the end state.

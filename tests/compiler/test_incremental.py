@@ -220,12 +220,15 @@ class _FakeMap:
     def items(self):  # type: ignore[no-untyped-def]
         return iter(())
 
+    def keys(self):  # type: ignore[no-untyped-def]
+        return iter(())
+
 
 class FakeMaps:
     """In-memory stand-in for DatapathMaps: what MapSync writes, as bytes."""
 
     def __init__(self) -> None:
-        self.m = {"policy": _FakeMap(), "endpoints": _FakeMap()}
+        self.m = {"policy": _FakeMap(), "endpoints": _FakeMap(), "endpoint_ids": _FakeMap(), "services": _FakeMap()}
         self.ipcache: dict = {}
 
     def __getitem__(self, name: str) -> _FakeMap:
@@ -240,10 +243,17 @@ class FakeMaps:
     def identities(self) -> dict:
         return {}
 
+    def set_endpoint_id(self, ep_id, ifindex, identity, flags) -> None:  # type: ignore[no-untyped-def]
+        self.m["endpoint_ids"].d[ep_id] = (ifindex, identity, flags)
+
+    def delete_endpoint_id(self, ep_id) -> bool:  # type: ignore[no-untyped-def]
+        return self.m["endpoint_ids"].d.pop(ep_id, None) is not None
+
 
 def written_by_fresh_sync(want: MapContents) -> FakeMaps:
     maps = FakeMaps()
-    MapSync(maps).apply(MapContents(dict(want.ipcache), dict(want.endpoints), dict(want.policy)))  # type: ignore[arg-type]
+    MapSync(maps).apply(MapContents(dict(want.ipcache), dict(want.endpoints), dict(want.policy),  # type: ignore[arg-type]
+                                    dict(want.endpoint_ids), set(want.services)))
     return maps
 
 

@@ -31,7 +31,7 @@ import yaml
 
 from enforcer.datapath.attach import TcAttacher
 from enforcer.datapath.layout import CtEntry, CtKey, EndpointInfo, addr_from_bytes
-from enforcer.datapath.loader import remove_pins
+from enforcer.datapath.loader import FROM_POD, TO_NETWORK, TO_POD, remove_pins
 from enforcer.datapath.maps import DatapathMaps
 from enforcer.datapath.source import DatapathConfig
 from enforcer.lab.loader import DaemonProcess
@@ -100,6 +100,10 @@ def allow_to(pod: str, *port_specs: tuple[str, int]) -> dict[str, Any]:
 # -- flows -------------------------------------------------------------------
 
 # -- the lab with its daemon -------------------------------------------------
+
+POD_PROGRAMS = (f"enforcer_{FROM_POD}", f"enforcer_{TO_POD}")
+NODE_PROGRAMS = (f"enforcer_{TO_NETWORK}",)
+
 
 class DaemonLab:
     def __init__(self, prefix: str, pods: Sequence[str], pin_dir: Path, mode: str = ROUTED,
@@ -274,13 +278,22 @@ class DaemonLab:
             self._maps = DatapathMaps(self.pin_dir)
         return self._maps
 
-    def attachments(self) -> dict[int, set[str]]:
-        """ifindex -> hooks carrying our programs, in the node namespace."""
+    def attachments(self, programs: tuple[str, ...] = POD_PROGRAMS) -> dict[int, set[str]]:
+        """ifindex -> hooks carrying our `programs` (by default a pod
+        interface's two), in the node namespace."""
         out: dict[int, set[str]] = {}
         with entered(self.lab.node_netns):  # no pyroute2 fork (see LabSession)
             for a in TcAttacher().attachments():
-                out.setdefault(a.ifindex, set()).add(a.hook)
+                if a.program in programs:
+                    out.setdefault(a.ifindex, set()).add(a.hook)
         return out
+
+    def node_attachments(self) -> dict[int, set[str]]:
+        """ifindex -> hooks carrying to_network (the node's interfaces)."""
+        return self.attachments(NODE_PROGRAMS)
+
+    def all_attachments(self) -> dict[int, set[str]]:
+        return self.attachments(POD_PROGRAMS + NODE_PROGRAMS)
 
     def attached_programs(self) -> dict[tuple[int, str], int]:
         with entered(self.lab.node_netns):

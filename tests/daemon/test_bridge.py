@@ -141,6 +141,10 @@ def test_daemon_attaches_to_each_pods_veth_not_the_bridge(env: DaemonLab) -> Non
     assert set(env.attachments()) == veths
     assert all(hooks == {"ingress", "egress"} for hooks in env.attachments().values())
     assert links[BRIDGE_IFNAME]["ifindex"] not in env.attachments()
+    # The bridge is a node interface: to_network on its egress, for a pod's
+    # packet to a Service that DNAT sends to a pod behind the bridge.
+    assert env.node_attachments().get(links[BRIDGE_IFNAME]["ifindex"]) == {"egress"}
+    assert not set(env.node_attachments()) & veths
     eps = env.endpoints()
     for p in lab.pods.values():
         assert eps[p.ipv4].ifindex == eps[p.ipv6].ifindex == p.host_ifindex

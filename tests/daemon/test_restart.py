@@ -150,7 +150,9 @@ def test_kill_9_and_restart_under_traffic(env: DaemonLab) -> None:
     assert daemon is not None
     programs = env.attached_programs()
     veths = {p.host_ifindex for p in env.lab.pods.values()}
-    assert {ifindex for ifindex, _ in programs} == veths
+    node_ifs = set(env.node_attachments())  # to_network: the node's own interfaces
+    assert node_ifs and not node_ifs & veths
+    assert {ifindex for ifindex, _ in programs} == veths | node_ifs
     endpoints_before, ipcache_before = endpoint_table(env), env.ipcache()
     log_offset = len(daemon.log_text())
 
@@ -231,7 +233,7 @@ def test_cleanup_removes_filters_and_pins(env: DaemonLab) -> None:
 
     res = env.node_cli("cleanup", "--pin-dir", str(env.pin_dir))
     assert res.returncode == 0, res.stderr
-    assert env.attachments() == {}, "our filters are still attached"
+    assert env.all_attachments() == {}, "our filters are still attached"
     assert not env.pin_dir.exists(), list(env.pin_dir.iterdir())
     foreign = run(["tc", "-n", lab.node_netns, "filter", "show", "dev", a, "ingress"])
     assert "u32" in foreign and "flowid 1:1" in foreign

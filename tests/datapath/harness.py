@@ -17,7 +17,7 @@ from enforcer.datapath.layout import (
     EP_F_INGRESS_ISOLATED,
     IDENTITY_HOST,
 )
-from enforcer.datapath.loader import FROM_POD, TO_POD, LoadedPrograms, load_pod_programs, remove_pins
+from enforcer.datapath.loader import FROM_POD, TO_NETWORK, TO_POD, LoadedPrograms, load_pod_programs, remove_pins
 from enforcer.datapath.maps import DatapathMaps, PolicyRule
 from enforcer.datapath.reasons import Reason
 from enforcer.datapath.source import DatapathConfig
@@ -54,6 +54,7 @@ class Outcome:
     retval: int
     reasons: dict[tuple[int, int, Reason], int]  # (endpoint, direction, reason) -> packets
     events: list[Verdict] = field(default_factory=list)
+    mark: int = 0  # skb->mark as the program left it
 
     @property
     def passed(self) -> bool:
@@ -80,7 +81,8 @@ class Harness:
 
     def reset(self) -> None:
         """Standard world: pods A and B, not isolated, no policy."""
-        for name in ("endpoints", "policy", "conntrack", "fragments"):
+        for name in ("endpoints", "endpoint_ids", "policy", "conntrack", "fragments", "services",
+                     "svc_pending"):
             self.maps[name].clear()
         self.maps.clear_identities()
         for cidr, ident in IPCACHE.items():
@@ -94,6 +96,7 @@ class Harness:
         flags = (EP_F_INGRESS_ISOLATED if ingress else 0) | (EP_F_EGRESS_ISOLATED if egress else 0)
         for fam in ("v4", "v6"):
             self.maps.set_endpoint(pod[fam], pod["id"], ifindex, pod["identity"], flags)
+        self.maps.set_endpoint_id(pod["id"], ifindex, pod["identity"], flags)
 
     def allow(self, pod: dict, direction: int, identity: int, protocol: int | None = None,
               port: int | None = None, end_port: int | None = None, rule_id: int = 77) -> None:
@@ -106,21 +109,24 @@ class Harness:
                 out[(ep, d, r)] = pkts
         return out
 
-    def run(self, hook: str, frame: bytes) -> Outcome:
+    def run(self, hook: str, frame: bytes, mark: int = 0, ingress_ifindex: int = 0) -> Outcome:
         before = self._all_counters()
-        res = bpfsys.prog_test_run(self.loaded.fd(hook), frame)
+        res = bpfsys.prog_test_run(self.loaded.fd(hook), frame, mark=mark, ingress_ifindex=ingress_ifindex)
         after = self._all_counters()
         moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
         self.reader.drain()
         events = list(self._events)
         self._events.clear()
-        return Outcome(res.retval, moved, events)
+        return Outcome(res.retval, moved, events, res.mark)
 
-    def egress(self, frame: bytes) -> Outcome:
-        return self.run(FROM_POD, frame)
+    def egress(self, frame: bytes, mark: int = 0) -> Outcome:
+        return self.run(FROM_POD, frame, mark=mark)
 
-    def ingress(self, frame: bytes) -> Outcome:
-        return self.run(TO_POD, frame)
+    def ingress(self, frame: bytes, mark: int = 0, ingress_ifindex: int = 0) -> Outcome:
+        return self.run(TO_POD, frame, mark=mark, ingress_ifindex=ingress_ifindex)
+
+    def to_network(self, frame: bytes, mark: int = 0) -> Outcome:
+        return self.run(TO_NETWORK, frame, mark=mark)
 
 
 def new_harness(tag: str, **overrides: object) -> Harness:
@@ -131,4 +137,4 @@ def new_harness(tag: str, **overrides: object) -> Harness:
 
 
 __all__ = ["Harness", "Outcome", "new_harness", "POD_A", "POD_B", "PEERS", "DIR_INGRESS", "DIR_EGRESS",
-           "TC_ACT_SHOT", "TC_ACT_UNSPEC", "FROM_POD", "TO_POD"]
+           "TC_ACT_SHOT", "TC_ACT_UNSPEC", "FROM_POD", "TO_POD", "TO_NETWORK"]

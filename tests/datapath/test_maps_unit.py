@@ -66,7 +66,9 @@ def test_policy_rule_keys():
 @pytest.mark.parametrize("change,message", [
     (dict(ct_max=0), "ct_max"),
     (dict(events_ring_pages=3), "power of two"),
-    (dict(max_endpoint_id=70000), "16-bit"),
+    (dict(max_endpoint_id=1025), "at most 1024"),
+    (dict(mark_shift=23), "mark_shift"),
+    (dict(ct_timeout_service_other=30), "below netfilter"),
     (dict(pin_dir=Path("/tmp/x")), "not under /sys/fs/bpf"),
 ])
 def test_config_validation(change, message):

@@ -14,9 +14,8 @@ Services (ClusterIPs 10.96.0.x and fd00:96::x, dual-stack):
 
 The daemon tests run their own lab (prefix enm<tag>p, Services to-c and
 to-d) with `enforcer run` in each node, on one manifest directory, pins in
-/sys/fs/bpf/enforcer-mn-<prefix>-<node>. One of them is an expected
-failure: egress policy is evaluated before kube-proxy's DNAT, so a pod
-allowed to reach d is denied d's ClusterIP.
+/sys/fs/bpf/enforcer-mn-<prefix>-<node>. Egress to a ClusterIP is judged
+on the backend kube-proxy picked, after DNAT (bpf/lib/services.h).
 """
 
 from __future__ import annotations
@@ -308,7 +307,7 @@ class Daemons:
 
 @pytest.fixture(scope="module")
 def daemons(request: pytest.FixtureRequest) -> Daemons:
-    env = Daemons(MultiNodeLab(f"{PREFIX}p", NODES, services=[TO_C, TO_D]))
+    env = Daemons(MultiNodeLab(f"{PREFIX}p", NODES, services=[TO_C, TO_D, TO_A]))
     request.addfinalizer(env.close)
     env.lab.up()
     return env.start()
@@ -332,6 +331,7 @@ def check(lab: MultiNodeLab, table: list[tuple[str, str, int, str, Outcome, str]
 
 TO_C = Service("to-c", "10.96.1.2", (ServicePort(8080, 80),), ("c",), cluster_ipv6="fd00:96::102")
 TO_D = Service("to-d", "10.96.1.1", (ServicePort(8080, 80),), ("d",), cluster_ipv6="fd00:96::101")
+TO_A = Service("to-a", "10.96.1.3", (ServicePort(8080, 80),), ("a",), cluster_ipv6="fd00:96::103")
 
 
 def write_policies(daemons: Daemons) -> None:
@@ -387,23 +387,31 @@ def test_policy_on_cluster_ip_traffic_sees_the_backend_at_ingress(daemons: Daemo
     ])
 
 
-class DeniedAtSender(AssertionError):
-    """The known gap: b's egress program dropped a connection to a ClusterIP."""
-
-
 @pytest.mark.lab
-@pytest.mark.xfail(strict=True, raises=DeniedAtSender,
-                   reason="egress is enforced at the sender's veth (tc ingress), before kube-proxy's DNAT in "
-                   "PREROUTING: the program sees the ClusterIP, which no policy names, not the backend pod")
 @pytest.mark.parametrize("family", FAMILIES)
-def test_egress_policy_to_a_pod_through_its_cluster_ip(daemons: Daemons, family: int) -> None:
-    """b may send to d on TCP 80; to-d's ClusterIP leads there (8080 -> 80).
-    Expected to fail, and only in the known way (DeniedAtSender: dropped by
-    b's egress policy on n1), until the enforcer handles Services."""
+def test_egress_policy_through_cluster_ips_is_judged_on_the_backend(daemons: Daemons, family: int) -> None:
+    """b may send only to d, on TCP 80. Through ClusterIPs (8080 -> 80) the
+    verdict is the backend's: d (n2) through to-d is allowed, judged on
+    n1's eth0 after DNAT; c (n2) through to-c is denied there; a (n1, same
+    node) through to-a is denied at a's veth. Replies come back from the
+    ClusterIP and pass (the probes that answer prove it). a is not
+    egress-isolated: every Service works for it."""
     write_policies(daemons)
-    before = daemons.counters("b").get((DIR_EGRESS, Reason.DROP_POLICY), 0)
-    r = daemons.lab.probe_result("b", vip(TO_D, family), 8080, "tcp", PASS_TIMEOUT)
-    dropped = daemons.counters("b").get((DIR_EGRESS, Reason.DROP_POLICY), 0) - before
-    if r.outcome is Outcome.TIMEOUT and dropped:
-        raise DeniedAtSender(f"b -> {vip(TO_D, family)}:8080 dropped {dropped} times by b's egress policy")
-    assert (r.outcome, r.answered_by) == (Outcome.OK, "d"), describe(r)
+    before = {p: daemons.counters(p) for p in ("a", "b")}
+    check(daemons.lab, [
+        ("b", vip(TO_D, family), 8080, "tcp", Outcome.OK, "d"),
+        ("b", vip(TO_C, family), 8080, "tcp", Outcome.TIMEOUT, ""),
+        ("b", vip(TO_A, family), 8080, "tcp", Outcome.TIMEOUT, ""),
+        ("a", vip(TO_D, family), 8080, "tcp", Outcome.OK, "d"),
+        ("b", daemons.lab.pod("d").ip(family), 80, "tcp", Outcome.OK, "d"),
+    ])
+    after = {p: daemons.counters(p) for p in ("a", "b")}
+
+    def delta(pod: str, reason: Reason) -> int:
+        return after[pod].get((DIR_EGRESS, reason), 0) - before[pod].get((DIR_EGRESS, reason), 0)
+
+    assert delta("b", Reason.ALLOW_SERVICE_DEFERRED) >= 3  # each ClusterIP SYN passed on from b's veth
+    assert delta("b", Reason.DROP_POLICY) >= 2             # to-c on eth0, to-a at a's veth (SYN retries: more)
+    assert delta("b", Reason.ALLOW_POLICY) >= 2            # to-d after DNAT, d directly
+    assert delta("b", Reason.ALLOW_REPLY) == 0             # replies are counted on ingress, not here
+    assert delta("a", Reason.ALLOW_NOT_ISOLATED) >= 1      # a's to-d, judged after DNAT
