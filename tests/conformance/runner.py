@@ -51,49 +51,46 @@ class Mismatch:
 
 
 @dataclass
-class ConformanceLab:
+class ConformanceBase:
+    """What every topology shares: the model's labels, the manifest
+    directory the daemons read, the steps and the truth-table check.
+    A topology supplies pod_ips, node_of, sync, observe (and diagnostics,
+    shown with a mismatch)."""
+
     prefix: str
     family: int = 4
-    pin_dir: Path = field(init=False)
     source: Path = field(init=False)
-    lab: Lab = field(init=False)
-    daemon: DaemonProcess = field(init=False)
     ns_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     pod_labels: dict[str, dict[str, str]] = field(default_factory=dict)
-    _sport: int = 30000
+    #: None: a probe that mismatches raises at once (as upstream's
+    #: ValidateOrFail). A list: its report is appended and the case goes
+    #: on, so one run shows every probe's table (run_case raises at the end).
+    mismatch_reports: list[str] | None = field(default=None, init=False)
 
-    def start(self) -> "ConformanceLab":
-        Lab.cleanup_stale(self.prefix)
-        self.pin_dir = Path(f"/sys/fs/bpf/enforcer-conf-{self.prefix}")
-        shutil.rmtree(self.pin_dir, ignore_errors=True)
-        self.source = Path(tempfile.mkdtemp(prefix=f"enforcer-conf-{self.prefix}-"))
-        (self.source / "policies").mkdir()
-        self.lab = Lab(self.prefix, [lab_name(p) for p in M.ALL_PODS])
-        self.lab.up()
-        self._reset_labels()
-        self._write_cluster()
-        self.daemon = DaemonProcess(self.lab.node_netns, self.pin_dir, self.source, NODE_NAME)
-        self.daemon.start()
-        self.sync()
-        return self
+    # -- the topology's part --
 
-    def close(self) -> None:
-        for step in (lambda: self.daemon.close(), lambda: self.lab.down(),
-                     lambda: _cleanup_pins(self.pin_dir), lambda: shutil.rmtree(self.source, ignore_errors=True)):
-            try:
-                step()
-            except Exception as e:  # keep tearing down
-                print(f"conformance teardown: {e}", file=sys.stderr)
+    def pod_ips(self) -> dict[str, list[str]]:
+        """ "x/a" -> its addresses, this lab's family first."""
+        raise NotImplementedError
+
+    def node_of(self, pod: str) -> str:
+        raise NotImplementedError
+
+    def sync(self) -> Any:
+        """Wait until every daemon has applied the directory's content."""
+        raise NotImplementedError
+
+    def observe(self, protocol: str, port: int, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        raise NotImplementedError
+
+    def diagnostics(self) -> str:
+        return ""
 
     # -- cluster state as files --
 
-    def pod_ips(self) -> dict[str, list[str]]:
-        out = {}
-        for pod in M.ALL_PODS:
-            lp = self.lab.pod(lab_name(pod))
-            v4, v6 = str(lp.ipv4), str(lp.ipv6)
-            out[pod] = [v4, v6] if self.family == 4 else [v6, v4]
-        return out
+    def _make_source(self) -> None:
+        self.source = Path(tempfile.mkdtemp(prefix=f"enforcer-conf-{self.prefix}-"))
+        (self.source / "policies").mkdir()
 
     def _reset_labels(self) -> None:
         self.ns_labels = {ns: M.namespace_labels(ns) for ns in M.NAMESPACES}
@@ -108,14 +105,8 @@ class ConformanceLab:
     def _write_cluster(self) -> None:
         ips = self.pod_ips()
         self._write("namespaces.yaml", [M.render_namespace(ns, labels=self.ns_labels[ns]) for ns in M.NAMESPACES])
-        self._write("pods.yaml", [M.render_pod(p, node_name=NODE_NAME, pod_ips=ips, labels=self.pod_labels[p])
+        self._write("pods.yaml", [M.render_pod(p, node_name=self.node_of(p), pod_ips=ips, labels=self.pod_labels[p])
                                   for p in M.ALL_PODS])
-
-    def sync(self) -> dict[str, Any]:
-        status = self.daemon.wait_synced(directory_revision(self.source))
-        if status.get("unplaced"):
-            raise AssertionError(f"pods without interface: {status['unplaced']}")
-        return status
 
     def reset(self) -> None:
         for f in (self.source / "policies").iterdir():
@@ -162,6 +153,80 @@ class ConformanceLab:
 
     # -- probes --
 
+    def check(self, probe: C.Probe) -> None:
+        self.sync()
+        pairs = [(f, t) for f, t, _ in probe.checked_pairs()]
+        expected = {(f, t): v for f, t, v in probe.checked_pairs()}
+        observed = self.observe(probe.protocol, probe.port, pairs)
+        # A probe is retried before it counts as a mismatch, as upstream does.
+        for _ in range(2):
+            wrong = [p for p in pairs if observed[p] != expected[p]]
+            if not wrong:
+                return
+            observed.update(self.observe(probe.protocol, probe.port, wrong))
+        mismatches = [Mismatch(f, t, expected[(f, t)], observed[(f, t)]) for f, t in pairs
+                      if observed[(f, t)] != expected[(f, t)]]
+        if not mismatches:
+            return
+        report = (f"{probe.protocol}/{probe.port}: {len(mismatches)} of {len(pairs)} pairs differ\n"
+                  + format_table(expected, observed))
+        if self.mismatch_reports is not None:
+            self.mismatch_reports.append(report)
+            return
+        raise AssertionError(report + "\n" + self.diagnostics())
+
+
+@dataclass
+class ConformanceLab(ConformanceBase):
+    """The nine pods in a one-node lab (lab.topology.Lab), one daemon."""
+
+    pin_dir: Path = field(init=False)
+    lab: Lab = field(init=False)
+    daemon: DaemonProcess = field(init=False)
+    _sport: int = 30000
+
+    def start(self) -> "ConformanceLab":
+        Lab.cleanup_stale(self.prefix)
+        self.pin_dir = Path(f"/sys/fs/bpf/enforcer-conf-{self.prefix}")
+        shutil.rmtree(self.pin_dir, ignore_errors=True)
+        self._make_source()
+        self.lab = Lab(self.prefix, [lab_name(p) for p in M.ALL_PODS])
+        self.lab.up()
+        self._reset_labels()
+        self._write_cluster()
+        self.daemon = DaemonProcess(self.lab.node_netns, self.pin_dir, self.source, NODE_NAME)
+        self.daemon.start()
+        self.sync()
+        return self
+
+    def close(self) -> None:
+        for step in (lambda: self.daemon.close(), lambda: self.lab.down(),
+                     lambda: _cleanup_pins(self.pin_dir), lambda: shutil.rmtree(self.source, ignore_errors=True)):
+            try:
+                step()
+            except Exception as e:  # keep tearing down
+                print(f"conformance teardown: {e}", file=sys.stderr)
+
+    def pod_ips(self) -> dict[str, list[str]]:
+        out = {}
+        for pod in M.ALL_PODS:
+            lp = self.lab.pod(lab_name(pod))
+            v4, v6 = str(lp.ipv4), str(lp.ipv6)
+            out[pod] = [v4, v6] if self.family == 4 else [v6, v4]
+        return out
+
+    def node_of(self, pod: str) -> str:
+        return NODE_NAME
+
+    def sync(self) -> dict[str, Any]:
+        status = self.daemon.wait_synced(directory_revision(self.source))
+        if status.get("unplaced"):
+            raise AssertionError(f"pods without interface: {status['unplaced']}")
+        return status
+
+    def diagnostics(self) -> str:
+        return "daemon log:\n" + self.daemon.log_tail(15)
+
     def observe(self, protocol: str, port: int, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
         ips = self.pod_ips()
         if protocol == "SCTP":
@@ -183,23 +248,6 @@ class ConformanceLab:
         if proc.returncode:
             raise RuntimeError(f"packet_verdict failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return {pair: r["allowed"] for pair, r in zip(pairs, json.loads(proc.stdout))}
-
-    def check(self, probe: C.Probe) -> None:
-        self.sync()
-        pairs = [(f, t) for f, t, _ in probe.checked_pairs()]
-        expected = {(f, t): v for f, t, v in probe.checked_pairs()}
-        observed = self.observe(probe.protocol, probe.port, pairs)
-        # A probe is retried before it counts as a mismatch, as upstream does.
-        for _ in range(2):
-            wrong = [p for p in pairs if observed[p] != expected[p]]
-            if not wrong:
-                return
-            observed.update(self.observe(probe.protocol, probe.port, wrong))
-        mismatches = [Mismatch(f, t, expected[(f, t)], observed[(f, t)]) for f, t in pairs
-                      if observed[(f, t)] != expected[(f, t)]]
-        if mismatches:
-            raise AssertionError(f"{probe.protocol}/{probe.port}: {len(mismatches)} of {len(pairs)} pairs differ\n"
-                                 + format_table(expected, observed) + "\ndaemon log:\n" + self.daemon.log_tail(15))
 
 
 def format_table(expected: dict[tuple[str, str], bool], observed: dict[tuple[str, str], bool]) -> str:
@@ -224,14 +272,21 @@ def _cleanup_pins(pin_dir: Path) -> None:
     shutil.rmtree(pin_dir, ignore_errors=True)
 
 
-def run_case(lab: ConformanceLab, case: C.Case) -> None:
+def run_case(lab: ConformanceBase, case: C.Case, *, keep_going: bool = False) -> None:
+    """Run a case from a clean state. keep_going: a probe that mismatches
+    does not stop the case; every mismatching probe's table is in the
+    AssertionError raised at the end."""
     lab.reset()
+    lab.mismatch_reports = [] if keep_going else None
     try:
         for step in case.steps:
             lab.apply(step)
     finally:
+        reports, lab.mismatch_reports = lab.mismatch_reports, None
         for step in case.cleanup:
             lab.apply(step)
+    if reports:
+        raise AssertionError("\n\n".join(reports) + "\n" + lab.diagnostics())
 
 
-__all__ = ["ConformanceLab", "run_case", "lab_name", "os"]
+__all__ = ["ConformanceBase", "ConformanceLab", "Mismatch", "format_table", "run_case", "lab_name", "os"]
