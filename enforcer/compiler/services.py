@@ -1,9 +1,10 @@
 """Service frontends this node's kube-proxy DNATs: where a pod's egress
 verdict has to wait until after DNAT (bpf/lib/services.h).
 
-A frontend is (address, protocol number, port): every ClusterIP port of a
-Service, and every NodePort on each of this node's addresses (kube-proxy
-answers NodePorts on all of them by default). Headless and ExternalName
+A frontend is (address, protocol number, port): every port of a Service on
+its ClusterIPs, externalIPs and load-balancer IPs, and every NodePort on
+each of this node's addresses (kube-proxy answers NodePorts on all of them
+by default). Headless and ExternalName
 Services have no frontend: nothing translates their traffic.
 """
 
@@ -27,7 +28,7 @@ def service_frontends(services: Mapping[str, Service], node_addresses: Iterable[
             continue
         for port in svc.ports:
             proto = PROTOCOLS[port.protocol]
-            for ip in svc.cluster_ips:
+            for ip in (*svc.cluster_ips, *svc.external_ips, *svc.load_balancer_ips):
                 out.setdefault((ip, proto, port.port), key)
             if svc.external and port.node_port:
                 for ip in node:

@@ -412,6 +412,11 @@ class Service:
     external_traffic_policy: str  # Cluster or Local
     cluster_ips: tuple[IPAddress, ...] = ()
     resource_version: str = ""
+    # Addresses kube-proxy also answers the ports on, on every node:
+    # spec.externalIPs, and status.loadBalancer.ingress IPs (those with
+    # ipMode Proxy excepted: the load balancer proxies, nothing is DNATed).
+    external_ips: tuple[IPAddress, ...] = ()
+    load_balancer_ips: tuple[IPAddress, ...] = ()
 
     @property
     def key(self) -> str:
@@ -458,8 +463,30 @@ class Service:
                 except ValueError as e:
                     raise InvalidObjectError("Service", ns, name, f"spec.clusterIPs: invalid address {ip!r}") from e
         etp = spec.get("externalTrafficPolicy") or "Cluster"
+        status = raw.get("status") or {}
+        lb = (status.get("loadBalancer") or {}) if isinstance(status, dict) else {}
+        lb_ips = [e.get("ip") for e in (lb.get("ingress") or []) if isinstance(lb, dict)
+                  and isinstance(e, dict) and e.get("ip") and e.get("ipMode") != "Proxy"]
         return cls(ns, name, kind, dict(selector) if selector is not None else None, tuple(ports),
-                   "Local" if etp == "Local" else "Cluster", tuple(ips), _resource_version(raw))
+                   "Local" if etp == "Local" else "Cluster", tuple(ips), _resource_version(raw),
+                   _addresses(spec.get("externalIPs"), "Service", ns, name, "spec.externalIPs"),
+                   _addresses(lb_ips, "Service", ns, name, "status.loadBalancer.ingress"))
+
+
+def _addresses(raw: Any, kind: str, ns: str | None, name: str, field: str) -> tuple[IPAddress, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise InvalidObjectError(kind, ns, name, f"{field}: must be a list")
+    out: list[IPAddress] = []
+    for ip in raw:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except (ValueError, TypeError) as e:
+            raise InvalidObjectError(kind, ns, name, f"{field}: invalid address {ip!r}") from e
+        if addr not in out:
+            out.append(addr)
+    return tuple(out)
 
 
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
