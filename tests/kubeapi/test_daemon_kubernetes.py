@@ -159,3 +159,38 @@ def test_converges_through_changes_expiry_and_restarts(world):
     fake.create(pols["default-deny-ingress"])
     converge(world)
     check(world, {("bar/client", "foo/web", 80): False, ("lb", "foo/web", 80): False, ("foo/web", "foo/api", 81): False})
+
+
+def test_services_from_the_api_become_frontends(world):
+    """A Service created, changed and deleted through the API server: its
+    ClusterIP ports (and NodePorts on the node's addresses) appear in and
+    leave the datapath's services map, where pods' egress waits for DNAT."""
+    import ipaddress
+    import time
+
+    from enforcer.datapath.maps import DatapathMaps
+
+    fake, daemon = world["fake"], world["daemon"]
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api-web", "namespace": "foo"},
+           "spec": {"type": "ClusterIP", "clusterIPs": ["10.96.7.7"], "selector": {"app": "web"},
+                    "ports": [{"port": 80, "targetPort": "http", "protocol": "TCP"}]}}
+    vip = ipaddress.ip_address("10.96.7.7")
+
+    def frontends_become(want: set) -> None:  # type: ignore[type-arg]
+        deadline = time.monotonic() + 15
+        with DatapathMaps(daemon.pin_dir) as maps:
+            while True:
+                got = {f for f in maps.services() if f[0] == vip}
+                if got == want or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        assert got == want, daemon.log_tail(20)
+
+    fake.create(copy.deepcopy(svc))
+    frontends_become({(vip, 6, 80)})
+    changed = copy.deepcopy(svc)
+    changed["spec"]["ports"].append({"port": 53, "protocol": "UDP"})
+    fake.update(changed)
+    frontends_become({(vip, 6, 80), (vip, 17, 53)})
+    fake.delete("Service", "foo", "api-web")
+    frontends_become(set())
