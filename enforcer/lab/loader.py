@@ -11,17 +11,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .netns import netns_path
 
 log = logging.getLogger(__name__)
+
+
+def remove_pin_dirs(pin_dirs: Iterable[Path]) -> None:
+    """Remove the datapath pins under each directory, and the directory."""
+    from ..datapath.loader import remove_pins
+    from ..datapath.source import DatapathConfig
+
+    for pin_dir in pin_dirs:
+        if pin_dir.exists():
+            remove_pins(DatapathConfig(pin_dir=pin_dir))
+            shutil.rmtree(pin_dir, ignore_errors=True)
 
 
 class LoaderError(RuntimeError):

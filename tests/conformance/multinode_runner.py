@@ -41,14 +41,12 @@ import argparse
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enforcer.datapath.loader import remove_pins
-from enforcer.datapath.source import DatapathConfig
 from enforcer.lab.kubeproxy import Service, ServicePort
-from enforcer.lab.loader import DaemonProcess
+from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
 from enforcer.lab.multinode import MultiNodeLab
 from enforcer.lab.probe import ProbeSpec, probe_many
 from enforcer.sources.directory import directory_revision
@@ -133,20 +131,9 @@ class MultiNodeConformanceLab(ConformanceBase):
                 print(f"conformance teardown: {e}", file=sys.stderr)
 
     def _remove_pins(self) -> None:
-        for pin_dir in self.pin_dirs.values():
-            if pin_dir.exists():
-                remove_pins(DatapathConfig(pin_dir=pin_dir))
-                shutil.rmtree(pin_dir, ignore_errors=True)
+        remove_pin_dirs(self.pin_dirs.values())
 
     # -- the topology's part --
-
-    def pod_ips(self) -> dict[str, list[str]]:
-        out = {}
-        for pod in M.ALL_PODS:
-            lp = self.lab.pod(lab_name(pod))
-            v4, v6 = str(lp.ipv4), str(lp.ipv6)
-            out[pod] = [v4, v6] if self.family == 4 else [v6, v4]
-        return out
 
     def node_of(self, pod: str) -> str:
         return next(node for node, pods in PLACEMENT.items() if pod in pods)

@@ -70,8 +70,14 @@ class ConformanceBase:
     # -- the topology's part --
 
     def pod_ips(self) -> dict[str, list[str]]:
-        """ "x/a" -> its addresses, this lab's family first."""
-        raise NotImplementedError
+        """ "x/a" -> its addresses, this lab's family first. Every
+        topology's lab names the model's pods lab_name(pod)."""
+        out = {}
+        for pod in M.ALL_PODS:
+            lp = self.lab.pod(lab_name(pod))  # type: ignore[attr-defined]
+            v4, v6 = str(lp.ipv4), str(lp.ipv6)
+            out[pod] = [v4, v6] if self.family == 4 else [v6, v4]
+        return out
 
     def node_of(self, pod: str) -> str:
         raise NotImplementedError
@@ -206,14 +212,6 @@ class ConformanceLab(ConformanceBase):
                 step()
             except Exception as e:  # keep tearing down
                 print(f"conformance teardown: {e}", file=sys.stderr)
-
-    def pod_ips(self) -> dict[str, list[str]]:
-        out = {}
-        for pod in M.ALL_PODS:
-            lp = self.lab.pod(lab_name(pod))
-            v4, v6 = str(lp.ipv4), str(lp.ipv6)
-            out[pod] = [v4, v6] if self.family == 4 else [v6, v4]
-        return out
 
     def node_of(self, pod: str) -> str:
         return NODE_NAME

@@ -16,10 +16,8 @@ from typing import Any
 
 import yaml
 
-from enforcer.datapath.loader import remove_pins
-from enforcer.datapath.source import DatapathConfig
 from enforcer.lab.kubeproxy import Service
-from enforcer.lab.loader import DaemonProcess
+from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
 from enforcer.lab.multinode import MultiNodeLab
 from enforcer.lab.probe import Outcome, ProbeSpec, probe_many
 from enforcer.sources.directory import directory_revision
@@ -105,7 +103,4 @@ class NodePortCluster:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _remove_pins(self) -> None:
-        for pin_dir in self.pin_dirs.values():
-            if pin_dir.exists():
-                remove_pins(DatapathConfig(pin_dir=pin_dir))
-                shutil.rmtree(pin_dir, ignore_errors=True)
+        remove_pin_dirs(self.pin_dirs.values())

@@ -31,14 +31,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from enforcer.datapath.loader import remove_pins
 from enforcer.datapath.maps import DatapathMaps
 from enforcer.datapath.reasons import Reason
 from enforcer.datapath.layout import DIR_EGRESS, DIR_INGRESS
-from enforcer.datapath.source import DatapathConfig
 from enforcer.lab import kubeproxy
 from enforcer.lab.kubeproxy import LOCAL, Endpoint, Service, ServicePort
-from enforcer.lab.loader import DaemonProcess
+from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
 from enforcer.lab.multinode import EXT, EXT_IPV4, EXT_IPV6, MultiNodeLab
 from enforcer.lab.netns import ip_json
 from enforcer.lab.probe import Outcome, ProbeResult, ProbeSpec, probe_many
@@ -299,10 +297,7 @@ class Daemons:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _remove_pins(self) -> None:
-        for pin_dir in self.pin_dirs.values():
-            if pin_dir.exists():
-                remove_pins(DatapathConfig(pin_dir=pin_dir))
-                shutil.rmtree(pin_dir, ignore_errors=True)
+        remove_pin_dirs(self.pin_dirs.values())
 
 
 @pytest.fixture(scope="module")
