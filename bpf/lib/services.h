@@ -88,8 +88,9 @@ struct svc_pending_value {
 	__u16 flags; /* SVC_PENDING_F_* */
 };
 
-BPF_TABLE_PINNED("hash", struct service_key, struct service_value, services,
-		 SERVICES_MAX, PIN_DIR "/services_v1");
+/* Not preallocated: sized for a large cluster, filled by its Service count. */
+BPF_TABLE_PINNED7("hash", struct service_key, struct service_value, services,
+		  SERVICES_MAX, PIN_DIR "/services_v1", BPF_F_NO_PREALLOC);
 /* LRU: an entry whose packet never reached a hook after DNAT (dropped by
  * netfilter, say) must not hold a slot for ever. */
 BPF_TABLE_PINNED("lru_hash", struct svc_pending_key, struct svc_pending_value,
