@@ -18,6 +18,8 @@ traffic detector"):
                                  -> KUBE-SVL-<h> (only if the node has local endpoints)
         KUBE-SVL-<h>    like KUBE-SVC-<h>, local endpoints only
         KUBE-SEP-<e>    -s <endpoint> -> KUBE-MARK-MASQ (hairpin), DNAT --to-destination ep:targetPort
+                        (the endpoint's own port: a named targetPort is resolved per
+                        backend pod, as its EndpointSlice carries it)
         KUBE-MARK-MASQ  MARK --or-mark 0x4000
         POSTROUTING -> KUBE-POSTROUTING: unmarked RETURN, clear the mark, MASQUERADE --random-fully
   filter INPUT/FORWARD (ctstate NEW) -> KUBE-EXTERNAL-SERVICES:
@@ -30,6 +32,14 @@ traffic detector"):
 Chain names are kube-proxy's: KUBE-SVC-/SVL-/EXT-/FW- + base32(sha256(
 "ns/name[:portname]" + protocol))[:16], KUBE-SEP- + the same over
 "... + protocol + ip:port".
+
+Named targetPorts: a ServicePort with target_name ("http") has no number
+of its own. The EndpointSlice controller resolves the name per backend pod
+(its container port of that name and protocol; a pod without one is left
+out of that port's endpoints) and kube-proxy only ever sees the numbers:
+an Endpoint carries them (port, or ports per Service port name), and each
+KUBE-SEP chain DNATs to its own endpoint's ip:port. resolve_target() is the
+controller's lookup (Kubernetes' FindPort).
 
 install_jumps() once on a fresh namespace (kube-proxy's EnsureRule of its
 jump rules), then sync() as often as the Services change: like kube-proxy,
@@ -81,10 +91,53 @@ class ServicePort:
     protocol: str = "TCP"
     node_port: int | None = None    # set: the Service is of type NodePort
     name: str = ""                  # the port's name (needed when a Service has several)
+    target_name: str | None = None  # set: targetPort is this container port name, resolved per endpoint
+
+    def __post_init__(self) -> None:
+        if self.target_name is not None and not self.target_name:
+            raise ValueError(f"port {self.port}: empty targetPort name")
+        if self.target_name is not None and self.target_port is not None:
+            raise ValueError(f"port {self.port}: targetPort is a number or a name ({self.target_name!r}), not both")
 
     @property
     def target(self) -> int:
+        """The numeric targetPort (a named one has none: see Endpoint.target)."""
+        if self.target_name is not None:
+            raise ValueError(f"port {self.port}: targetPort {self.target_name!r} is named, "
+                             "resolved per endpoint")
         return self.port if self.target_port is None else self.target_port
+
+    @property
+    def target_ref(self) -> int | str:
+        """targetPort as the Service spec writes it: a number or a name."""
+        return self.target_name if self.target_name is not None else self.target
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    """A pod's container port (spec.containers[].ports[]): what a named
+    targetPort (or a named NetworkPolicy port) resolves to."""
+
+    name: str
+    port: int
+    protocol: str = "TCP"
+
+    def manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "containerPort": self.port, "protocol": self.protocol}
+
+
+def resolve_target(port: ServicePort, container_ports: Sequence[ContainerPort] = ()) -> int | None:
+    """The target port of `port` on a backend pod with these container
+    ports, as the EndpointSlice controller resolves it (FindPort): a number
+    is itself, declared or not; a name is the container port of that name
+    and protocol, None if the pod has none (it then serves no traffic of
+    this Service port)."""
+    if port.target_name is None:
+        return port.target
+    for cp in container_ports:
+        if cp.name == port.target_name and cp.protocol == port.protocol:
+            return cp.port
+    return None
 
 
 @dataclass(frozen=True)
@@ -137,7 +190,7 @@ class Service:
             "ipFamilies": ["IPv4", "IPv6"][:len(ips)],
             "ipFamilyPolicy": "RequireDualStack" if len(ips) > 1 else "SingleStack",
             "ports": [{**({"name": p.name} if p.name else {}), "protocol": p.protocol, "port": p.port,
-                       "targetPort": p.target, **({"nodePort": p.node_port} if p.node_port else {})}
+                       "targetPort": p.target_ref, **({"nodePort": p.node_port} if p.node_port else {})}
                       for p in self.ports],
         }
         if self.is_node_port:
@@ -150,8 +203,27 @@ class Service:
 
 @dataclass(frozen=True)
 class Endpoint:
+    """A backend address, on a node. Its target port, per Service port, as
+    its EndpointSlice carries it: `ports` ((Service port name, number), ...)
+    when set, else `port` for every Service port, else the ServicePort's
+    numeric target."""
+
     ip: str
     node: str
+    port: int | None = None
+    ports: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ports", tuple((str(n), int(p)) for n, p in self.ports))
+
+    def target(self, port: ServicePort) -> int | None:
+        """Where kube-proxy DNATs `port`'s traffic picked for this endpoint;
+        None: the endpoint does not serve `port` (left out of its chains)."""
+        if self.ports:
+            return dict(self.ports).get(port.name)
+        if self.port is not None:
+            return self.port
+        return None if port.target_name is not None else port.target
 
 
 @dataclass
@@ -185,9 +257,10 @@ def endpoint_string(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ipaddress.ip_address(ip).version == 6 else f"{ip}:{port}"
 
 
-def endpoint_chain_name(svc: Service, port: ServicePort, ip: str) -> str:
+def endpoint_chain_name(svc: Service, port: ServicePort, ip: str, target: int | None = None) -> str:
+    """target: the endpoint's own port (default: the ServicePort's numeric target)."""
     return "KUBE-SEP-" + _hash(service_port_name(svc, port) + port.protocol.lower()
-                               + endpoint_string(ip, port.target))
+                               + endpoint_string(ip, port.target if target is None else target))
 
 
 def probability(n: int) -> str:
@@ -236,6 +309,11 @@ def _render_port(r: Rules, sep_rules: list[str], node: str, cluster_cidr: str, s
                  port: ServicePort, vip: str, endpoints: Sequence[Endpoint]) -> None:
     proto = port.protocol.lower()
     name = service_port_name(svc, port)
+    # This port's endpoints, each with its own target port (kube-proxy's
+    # endpoints map is per service port: one that does not serve it is not
+    # among them).
+    served = [(e, t) for e in endpoints if (t := e.target(port)) is not None]
+    endpoints = [Endpoint(e.ip, e.node, t) for e, t in served]
     local_eps = [e for e in endpoints if e.node == node]
     policy_local = svc.external_traffic_policy == LOCAL
     external_eps = local_eps if policy_local else list(endpoints)
@@ -287,24 +365,26 @@ def _render_port(r: Rules, sep_rules: list[str], node: str, cluster_cidr: str, s
     # One KUBE-SEP per endpoint reachable from here (all of them: ClusterIP
     # traffic uses the Cluster policy whatever externalTrafficPolicy says).
     for ep in endpoints:
-        sep = endpoint_chain_name(svc, port, ep.ip)
+        sep = endpoint_chain_name(svc, port, ep.ip, ep.port)
         r.nat_chains.append(sep)
         sep_rules += [
             f"-A {sep} -m comment --comment {name} -s {ep.ip} -j KUBE-MARK-MASQ",
             f"-A {sep} -m comment --comment {name} -m {proto} -p {proto} "
-            f"-j DNAT --to-destination {endpoint_string(ep.ip, port.target)}",
+            f"-j DNAT --to-destination {endpoint_string(ep.ip, ep.port)}",
         ]
 
 
 def _spread(r: Rules, svc: Service, port: ServicePort, chain: str, endpoints: Sequence[Endpoint]) -> None:
     """kube-proxy's load balancing: rule i matches with probability 1/(n-i),
-    the last always; each endpoint is picked with probability 1/n."""
+    the last always; each endpoint is picked with probability 1/n.
+    endpoints: resolved (each with its port set)."""
     name = service_port_name(svc, port)
     n = len(endpoints)
     for i, ep in enumerate(endpoints):
+        assert ep.port is not None
         stat = f" -m statistic --mode random --probability {probability(n - i)}" if i < n - 1 else ""
-        r.nat.append(f"-A {chain} -m comment --comment {_q(f'{name} -> {endpoint_string(ep.ip, port.target)}')}"
-                     f"{stat} -j {endpoint_chain_name(svc, port, ep.ip)}")
+        r.nat.append(f"-A {chain} -m comment --comment {_q(f'{name} -> {endpoint_string(ep.ip, ep.port)}')}"
+                     f"{stat} -j {endpoint_chain_name(svc, port, ep.ip, ep.port)}")
 
 
 # -- applying ------------------------------------------------------------------
@@ -320,11 +400,30 @@ def restore(netns: str, text: str, family: int = 4, iptables: str = "iptables") 
     run(["ip", "netns", "exec", netns, _tool(iptables, family, "restore"), "-w", "5", "--noflush"], input=text)
 
 
-def save(netns: str, family: int = 4, table: str | None = None, iptables: str = "iptables") -> str:
+def save(netns: str, family: int = 4, table: str | None = None, iptables: str = "iptables",
+         counters: bool = False) -> str:
+    """iptables-save (counters: with each rule's [packets:bytes])."""
     cmd = ["ip", "netns", "exec", netns, _tool(iptables, family, "save")]
+    if counters:
+        cmd.append("-c")
     if table:
         cmd += ["-t", table]
     return run(cmd)
+
+
+def dnat_counts(saved: str) -> dict[str, int]:
+    """KUBE-SEP chain -> packets its DNAT rule translated, from an
+    `iptables-save -c -t nat`. nat sees only a connection's first packet,
+    so this counts the connections kube-proxy sent to that endpoint."""
+    out: dict[str, int] = {}
+    for line in saved.splitlines():
+        if not line.startswith("[") or " -j DNAT " not in line:
+            continue
+        count, _, rule = line.partition(" ")
+        parts = rule.split()
+        if len(parts) > 1 and parts[0] == "-A" and parts[1].startswith("KUBE-SEP-"):
+            out[parts[1]] = out.get(parts[1], 0) + int(count[1:].split(":")[0])
+    return out
 
 
 def install_jumps(netns: str, family: int = 4, iptables: str = "iptables") -> None:

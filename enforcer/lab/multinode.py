@@ -32,6 +32,15 @@ Every node runs the same Services through kube-proxy's rules (nat table
 for ClusterIP and NodePort, filter table for the rejects/drops and
 KUBE-FORWARD), rewritten by update_services().
 
+Pods may declare named container ports (container_ports: pod ->
+ContainerPort list; every pod serves the lab's ports whatever it declares).
+A Service port with a named target (ServicePort(8080, target_name="http"))
+is resolved per backend pod, as the EndpointSlice controller does: each
+endpoint is DNATed to its own pod's port of that name, and a pod without it
+is not an endpoint of that port. cluster_manifest() writes the declared
+ports into the Pods and, on request, the EndpointSlices with the resolved
+numbers.
+
     with MultiNodeLab("enm7", {"n1": ["a", "b"], "n2": ["c"]},
                       services=[Service("web", "10.96.0.10", (ServicePort(80),), ("a", "c"))]) as lab:
         lab.probe_result("b", "10.96.0.10", 80).answered_by   # "a" or "c"
@@ -49,7 +58,7 @@ from types import TracebackType
 from typing import Any
 
 from . import kubeproxy
-from .kubeproxy import Endpoint, Service, ServicePort
+from .kubeproxy import ContainerPort, Endpoint, Service, ServicePort
 from .netns import ip_batch, ip_json, netns_add, netns_delete, netns_list, sysctl
 from .probe import ProbeResult, ProbeSpec, probe, probe_many
 from .topology import (DEFAULT_PORTS, GATEWAY4, IFNAMSIZ, Pod, disable_bridge_netfilter, make_node_netns,
@@ -108,7 +117,8 @@ class MultiNodeLab:
 
     def __init__(self, prefix: str, nodes: Mapping[str, Sequence[str]], services: Sequence[Service] = (),
                  ports: Sequence[int] = DEFAULT_PORTS, python: str = sys.executable,
-                 server_start_timeout: float = 15.0, iptables: str = "iptables") -> None:
+                 server_start_timeout: float = 15.0, iptables: str = "iptables",
+                 container_ports: Mapping[str, Sequence[ContainerPort]] | None = None) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9]{0,11}", prefix):
             raise ValueError(f"lab prefix {prefix!r}: 1-12 lowercase letters/digits, starting with a letter")
         if not nodes or len(nodes) > MAX_NODES:
@@ -137,6 +147,15 @@ class MultiNodeLab:
                     name=pod_name, netns=f"{prefix}-{pod_name}",
                     ipv4=node.pod_cidr4.network_address + 2 + k, ipv6=node.pod_cidr6.network_address + 2 + k,
                     host_ifname=f"lxc{pod_name}", node=node_name, node_netns=node.netns)
+        self.container_ports: dict[str, tuple[ContainerPort, ...]] = {}
+        for pod_name, declared in (container_ports or {}).items():
+            if pod_name not in self.pods:
+                raise ValueError(f"container_ports: {pod_name!r} is not a pod of lab {prefix}")
+            declared = tuple(declared)
+            names = [cp.name for cp in declared]
+            if len(set(names)) != len(names):
+                raise ValueError(f"pod {pod_name}: container port names not unique: {names}")
+            self.container_ports[pod_name] = declared
         self.services: list[Service] = []
         self._check_services(services)
         self._initial_services = list(services)
@@ -292,7 +311,18 @@ class MultiNodeLab:
                 raise ValueError(f"service {s.key}: backends {unknown} are not pods of lab {self.prefix}")
 
     def endpoints(self, svc: Service, family: int = 4) -> list[Endpoint]:
-        return [Endpoint(self.pods[b].ip(family), self.pods[b].node) for b in svc.backends]
+        """The Service's endpoints in one family. With a named target port,
+        each carries its own pod's numbers (those it serves)."""
+        if all(p.target_name is None for p in svc.ports):
+            return [Endpoint(self.pods[b].ip(family), self.pods[b].node) for b in svc.backends]
+        return [Endpoint(self.pods[b].ip(family), self.pods[b].node, ports=self.endpoint_ports(svc, b))
+                for b in svc.backends]
+
+    def endpoint_ports(self, svc: Service, pod: str) -> tuple[tuple[str, int], ...]:
+        """(Service port name, target port on `pod`) for each port of the
+        Service that pod serves."""
+        declared = self.container_ports.get(pod, ())
+        return tuple((p.name, t) for p in svc.ports if (t := kubeproxy.resolve_target(p, declared)) is not None)
 
     def rules(self, node: str, family: int = 4, services: Sequence[Service] | None = None) -> kubeproxy.Rules:
         """What kube-proxy on `node` writes for the services (default: the lab's)."""
@@ -318,28 +348,73 @@ class MultiNodeLab:
 
     # -- as Kubernetes objects ----------------------------------------------
     def cluster_manifest(self, namespace: str = "default", labels: Mapping[str, Mapping[str, str]] | None = None,
-                         services: bool = False) -> dict[str, Any]:
+                         services: bool = False, endpoint_slices: bool = False) -> dict[str, Any]:
         """A List with the Namespace and one Running Pod per lab pod, each
-        with its node as spec.nodeName and its addresses (what a daemon
-        per node, on a shared manifest directory, needs). labels: pod name
-        -> labels (default {"pod": <name>}). services: add the lab's
-        Services (v1 objects without selector)."""
+        with its node as spec.nodeName, its addresses and its declared
+        container ports (what a daemon per node, on a shared manifest
+        directory, needs). labels: pod name -> labels (default {"pod":
+        <name>}). services: add the lab's Services (v1 objects without
+        selector); endpoint_slices: and their EndpointSlices."""
         items: list[dict[str, Any]] = [{
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": namespace, "labels": {"kubernetes.io/metadata.name": namespace}}}]
         for pod in self.pods.values():
+            container: dict[str, Any] = {"name": "serve", "image": "lab"}
+            if self.container_ports.get(pod.name):
+                container["ports"] = [cp.manifest() for cp in self.container_ports[pod.name]]
             items.append({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod.name, "namespace": namespace, "uid": f"{self.prefix}-{pod.name}",
                              "labels": dict(labels[pod.name]) if labels and pod.name in labels
                              else {"pod": pod.name}},
-                "spec": {"nodeName": pod.node, "containers": [{"name": "serve", "image": "lab"}]},
+                "spec": {"nodeName": pod.node, "containers": [container]},
                 "status": {"phase": "Running", "podIP": str(pod.ipv4),
                            "podIPs": [{"ip": str(pod.ipv4)}, {"ip": str(pod.ipv6)}]},
             })
         if services:
             items += [svc.manifest() for svc in self.services]
+        if endpoint_slices:
+            items += [s for svc in self.services for s in self.endpoint_slice_manifests(svc, namespace)]
         return {"apiVersion": "v1", "kind": "List", "items": items}
+
+    def endpoint_slice_manifests(self, svc: Service, namespace: str = "default") -> list[dict[str, Any]]:
+        """The Service's discovery.k8s.io/v1 EndpointSlices, as the
+        controller writes them: per address family, one slice per set of
+        resolved ports (a named target port makes backends differ), each
+        endpoint with its node and pod."""
+        groups: dict[tuple[int, tuple[tuple[str, int], ...]], list[NodePod]] = {}
+        for b in svc.backends:
+            for family in (4, 6):
+                if svc.cluster_ip_of(family) is not None:
+                    groups.setdefault((family, self.endpoint_ports(svc, b)), []).append(self.pods[b])
+        protocols = {p.name: p.protocol for p in svc.ports}
+        out = []
+        for i, ((family, ports), pods) in enumerate(groups.items()):
+            out.append({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": f"{svc.name}-{i}", "namespace": namespace,
+                             "labels": {"kubernetes.io/service-name": svc.name}},
+                "addressType": f"IPv{family}",
+                "endpoints": [{"addresses": [p.ip(family)], "conditions": {"ready": True}, "nodeName": p.node,
+                               "targetRef": {"kind": "Pod", "name": p.name, "namespace": namespace}}
+                              for p in pods],
+                "ports": [{"name": n, "port": t, "protocol": protocols[n]} for n, t in ports],
+            })
+        return out
+
+    def dnat_counts(self, node: str, svc: Service, family: int = 4, port: int = 0) -> dict[str, int]:
+        """Backend pod -> connections kube-proxy on `node` DNATed to it for
+        the Service's port (index `port` in svc.ports), from its KUBE-SEP
+        counters (nat sees a connection's first packet only)."""
+        sp = svc.ports[port]
+        counts = kubeproxy.dnat_counts(kubeproxy.save(self.node(node).netns, family, "nat", self.iptables,
+                                                      counters=True))
+        out = {}
+        for b, ep in zip(svc.backends, self.endpoints(svc, family)):
+            target = ep.target(sp)
+            if target is not None:
+                out[b] = counts.get(kubeproxy.endpoint_chain_name(svc, sp, ep.ip, target), 0)
+        return out
 
     # -- using -------------------------------------------------------------
     def pod(self, name: str) -> NodePod:
@@ -381,4 +456,5 @@ class MultiNodeLab:
         return probe_many([ProbeSpec(self.netns_of(s), str(d), p, proto) for s, d, p, proto in probes], timeout)
 
 
-__all__ = ["EXT", "EXT_IPV4", "EXT_IPV6", "MultiNodeLab", "Node", "NodePod", "Service", "ServicePort"]
+__all__ = ["EXT", "EXT_IPV4", "EXT_IPV6", "ContainerPort", "MultiNodeLab", "Node", "NodePod", "Service",
+           "ServicePort"]
