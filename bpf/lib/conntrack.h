@@ -56,6 +56,11 @@
 #define CT_F_FIN_REPLY 0x4  /* FIN seen in the reply direction */
 #define CT_F_CLOSING 0x8    /* RST, or FIN both ways: short lifetime */
 #define CT_F_SERVICE 0x10   /* keyed by a Service address (services.h) */
+/* A Service connection to judge again after DNAT: the daemon cannot tell
+ * from the entry which backend it reached, so when policy changes it asks
+ * for a new verdict instead of cutting the connection. Its replies pass
+ * meanwhile; its next packet out is deferred and judged (enforce.h). */
+#define CT_F_RECHECK 0x20
 
 struct ct_key {
 	__u8 pod[ADDR_LEN];

@@ -3,7 +3,8 @@
  *
  * Order, cheapest and most common first:
  *   parse (fast path, else full) -> IPv6 link control -> fragments
- *   -> [to_pod: a sender's egress deferred to here, services.h]
+ *   -> [to_pod: a sender's egress deferred to here, services.h;
+ *       the pod's own packet back through a Service: passes]
  *   -> conntrack (established/reply: done, no other lookup)
  *   -> endpoint + anti-spoofing -> ICMP error of a tracked flow
  *   -> [from_pod: to a Service frontend? defer, services.h]
@@ -117,10 +118,30 @@ static __always_inline int judge_deferred(struct __sk_buff *skb, struct flow *f,
 	 * packet still says which client it is. */
 	struct endpoint_info *src = endpoint_lookup(f->family, f->saddr);
 	struct ct_key key = {};
-	if (src && src->id == ep_id && svc_take_pending(&key, sender->ifindex, f))
+	if (src && src->id == ep_id && svc_take_pending(&key, sender->ifindex, f, f->saddr))
 		ct_create(&key, DIR_EGRESS, f, ep_id, rule_id, reason, CT_F_SERVICE, now);
 	event_emit(skb, f, EVENT_ALLOW, reason, DIR_EGRESS, ep_id, peer_id, rule_id, now);
 	return pass(f, DIR_EGRESS, ep_id, reason);
+}
+
+/* A pod's packet to a Service that DNAT sent back to the pod itself
+ * (hairpin; kube-proxy masquerades it, so the source is a node address).
+ * A pod's traffic to itself is no policy's business, through a Service or
+ * not. Tracked under the masqueraded source, so the pod's answers pass
+ * (and get marked, so they pass again once un-NATed); and, when
+ * masquerade kept the client port, under the Service address too. */
+static __always_inline int pass_hairpin(struct __sk_buff *skb, struct flow *f,
+					struct endpoint_info *ep, __u64 now)
+{
+	svc_clear_mark(skb);
+	struct ct_key key = {};
+	if (svc_take_pending(&key, skb->ifindex, f, f->daddr))
+		ct_create(&key, DIR_EGRESS, f, ep->id, 0, ALLOW_SELF, CT_F_SERVICE, now);
+	struct ct_key back = {};
+	ct_key_for(&back, skb->ifindex, DIR_INGRESS, f);
+	ct_create(&back, DIR_INGRESS, f, ep->id, 0, ALLOW_SELF, 0, now);
+	event_emit(skb, f, EVENT_ALLOW, ALLOW_SELF, DIR_INGRESS, ep->id, ep->identity, 0, now);
+	return pass(f, DIR_INGRESS, ep->id, ALLOW_SELF);
 }
 
 static __always_inline int enforce(struct __sk_buff *skb, int dir)
@@ -146,16 +167,38 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 	/* A local pod's packet to a Service, delivered to a local backend:
 	 * the sender's egress first, then this pod's ingress as for any
 	 * packet. */
-	if (dir == DIR_INGRESS && svc_deferred_sender(skb) &&
-	    judge_deferred(skb, &f, now) == VERDICT_DROP)
-		return VERDICT_DROP;
+	if (dir == DIR_INGRESS && svc_deferred_sender(skb)) {
+		struct endpoint_info *self = endpoint_of(skb, &f, dir);
+		if (self && self->id == svc_deferred_sender(skb)) {
+			/* Hairpin: marked by this very pod, and masqueraded to
+			 * a node address as kube-proxy does ... */
+			if (ipcache_identity(f.family, f.saddr) == IDENTITY_HOST)
+				return pass_hairpin(skb, &f, self, now);
+			/* ... or the pod's answer to it, un-NATed back to the
+			 * Service address (marked by from_pod, below). */
+			if (svc_is_frontend(&f, f.saddr, f.sport)) {
+				svc_clear_mark(skb);
+				return pass(&f, dir, self->id, ALLOW_SELF);
+			}
+		}
+		if (judge_deferred(skb, &f, now) == VERDICT_DROP)
+			return VERDICT_DROP;
+	}
 
 	struct ct_key key = {};
 	ct_key_for(&key, skb->ifindex, dir, &f);
 	struct ct_entry *ct = ct_lookup(&key, now);
 #ifndef BENCH_IGNORE_CONNTRACK_HITS
-	if (ct && !ct_is_new_connection(ct, dir, &f))
+	if (ct && !ct_is_new_connection(ct, dir, &f) &&
+	    !(dir == DIR_EGRESS && (ct->flags & CT_F_RECHECK))) {
+		/* The pod answering its own hairpin: the answer comes back to
+		 * it un-NATed from the Service address; the mark says whose it
+		 * is (masquerade may have changed the port, so conntrack under
+		 * the Service address cannot). */
+		if (dir == DIR_EGRESS && ct->reason == ALLOW_SELF && ct->origin == DIR_INGRESS)
+			svc_mark(skb, ct->endpoint_id);
 		return pass(&f, dir, ct->endpoint_id, ct_update(ct, dir, &f, now));
+	}
 #else
 	/* Benchmark build only: every packet takes the new-flow path below,
 	 * after paying for the conntrack lookup it would have made. */

@@ -29,7 +29,8 @@ enum verdict_reason {
 	DROP_FRAGMENT_UNKNOWN = 13,   /* non-first fragment, first one never seen */
 	DROP_EXT_HEADERS = 14,        /* IPv6 extension header chain too long */
 	ALLOW_SERVICE_DEFERRED = 15,  /* to a Service frontend: judged after DNAT (services.h) */
-	__REASON_MAX = 16,
+	ALLOW_SELF = 16,              /* the pod's own packet back to it through a Service */
+	__REASON_MAX = 17,
 };
 
 /* Counter slots per endpoint and direction; leaves room to append. */

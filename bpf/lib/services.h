@@ -20,7 +20,9 @@
  * SNAT the packet no longer says who it is. The field is MARK_EP_BITS wide
  * at MARK_EP_SHIFT (configurable: a CNI or kube-proxy must not use those
  * bits; kube-proxy uses 0x4000 and 0x8000, Calico 0xffff0000 by default).
- * A mark another component sets in those bits only ever adds a check.
+ * A mark another component sets in those bits only adds a check, with one
+ * exception: a packet from this node's address carrying the receiving
+ * pod's own id passes as that pod's hairpin (enforce.h).
  *
  * Replies come back un-DNATed (source: the Service address), so once the
  * sender's egress is allowed the conntrack entry is written keyed by the
@@ -96,17 +98,30 @@ BPF_TABLE_PINNED7("hash", struct service_key, struct service_value, services,
 BPF_TABLE_PINNED("lru_hash", struct svc_pending_key, struct svc_pending_value,
 		 svc_pending, SVC_PENDING_MAX, PIN_DIR "/svc_pending_v1");
 
-static __always_inline int is_service_frontend(const struct flow *f)
+static __always_inline int svc_is_frontend(const struct flow *f, const __u8 *addr,
+					   __be16 port)
 {
 	if (!f->has_ports)
 		return 0;
 	struct service_key key = {
 		.family = f->family,
 		.proto = f->proto,
-		.port = f->dport,
+		.port = port,
 	};
-	addr_copy(key.addr, f->daddr);
+	addr_copy(key.addr, addr);
 	return services.lookup(&key) != NULL;
+}
+
+static __always_inline int is_service_frontend(const struct flow *f)
+{
+	return svc_is_frontend(f, f->daddr, f->dport);
+}
+
+/* Leave the sender's endpoint id in the mark (only our bits change). */
+static __always_inline void svc_mark(struct __sk_buff *skb, __u16 endpoint_id)
+{
+	skb->mark = (skb->mark & ~MARK_EP_MASK) |
+		    (((__u32)endpoint_id << MARK_EP_SHIFT) & MARK_EP_MASK);
 }
 
 /* from_pod: hand the verdict on to the hook after DNAT. */
@@ -128,8 +143,7 @@ static __always_inline void svc_defer(struct __sk_buff *skb, const struct flow *
 		addr_copy(v.service_addr, f->daddr);
 		svc_pending.update(&key, &v);
 	}
-	skb->mark = (skb->mark & ~MARK_EP_MASK) |
-		    (((__u32)endpoint_id << MARK_EP_SHIFT) & MARK_EP_MASK);
+	svc_mark(skb, endpoint_id);
 }
 
 /* The endpoint id from_pod left in the mark, 0 if none. */
@@ -145,23 +159,25 @@ static __always_inline void svc_clear_mark(struct __sk_buff *skb)
 
 /* The Service address a judged packet was sent to, if it can be known:
  * fills key with the sender-side conntrack key of the connection as
- * from_pod sees it (pod -> Service address) and returns 1. */
+ * from_pod sees it (client -> Service address) and returns 1. client is
+ * the sender's address: the packet's source, or, for a pod's packet back
+ * to itself (hairpin, source masqueraded), its destination. */
 static __always_inline int svc_take_pending(struct ct_key *key, __u32 ifindex,
-					    const struct flow *f)
+					    const struct flow *f, const __u8 *client)
 {
 	struct svc_pending_key pk = {
 		.client_port = f->sport,
 		.family = f->family,
 		.proto = f->proto,
 	};
-	addr_copy(pk.client, f->saddr);
+	addr_copy(pk.client, client);
 	struct svc_pending_value *v = svc_pending.lookup(&pk);
 	if (!v || (v->flags & SVC_PENDING_F_AMBIGUOUS))
 		return 0;
 	key->ifindex = ifindex;
 	key->family = f->family;
 	key->proto = f->proto;
-	addr_copy(key->pod, f->saddr);
+	addr_copy(key->pod, client);
 	addr_copy(key->peer, v->service_addr);
 	key->pod_port = f->sport;
 	key->peer_port = v->service_port;

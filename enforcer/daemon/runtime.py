@@ -145,7 +145,7 @@ class Daemon:
         if report.changed and self.config.revoke_established:
             by_id = desired.endpoint_by_id()
             revoked = revoke_connections(self.maps, lambda c: connection_still_allowed(desired, by_id, c),
-                                         report.removed_endpoint_ids)
+                                         report.removed_endpoint_ids, recheck_services=True)
         elif report.removed_endpoint_ids:
             revoked = revoke_connections(self.maps, lambda c: True, report.removed_endpoint_ids)
         self._reset_counters(report.removed_endpoint_ids)

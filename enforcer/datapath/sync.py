@@ -26,7 +26,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import MapError
+from . import bpfsys
 from .layout import (
+    CT_F_RECHECK,
+    CT_F_SERVICE,
+    CtEntry,
     CtKey,
     DIR_EGRESS,
     EndpointInfo,
@@ -207,24 +211,37 @@ class TrackedConnection:
     origin_egress: bool
 
 
+def _tracked(k: CtKey, v: CtEntry) -> TrackedConnection:
+    return TrackedConnection(v.endpoint_id, addr_from_bytes(k.family, k.pod), addr_from_bytes(k.family, k.peer),
+                             k.proto, socket.ntohs(k.pod_port), socket.ntohs(k.peer_port), v.origin == DIR_EGRESS)
+
+
 def tracked_connections(maps: DatapathMaps) -> list[tuple[CtKey, TrackedConnection]]:
-    out = []
-    for k, v in maps["conntrack"].items():
-        out.append((k, TrackedConnection(v.endpoint_id, addr_from_bytes(k.family, k.pod),
-                                         addr_from_bytes(k.family, k.peer), k.proto,
-                                         socket.ntohs(k.pod_port), socket.ntohs(k.peer_port),
-                                         v.origin == DIR_EGRESS)))
-    return out
+    return [(k, _tracked(k, v)) for k, v in maps["conntrack"].items()]
 
 
 def revoke_connections(maps: DatapathMaps, still_allowed: Callable[[TrackedConnection], bool],
-                       endpoint_ids_gone: set[int]) -> int:
+                       endpoint_ids_gone: set[int], recheck_services: bool = False) -> int:
     """Delete conntrack entries of endpoints that are gone (their ids will be
-    reused) and of connections policy no longer allows. Returns how many."""
+    reused) and of connections policy no longer allows. Returns how many.
+
+    An entry kept under a Service address (CT_F_SERVICE) says nothing of the
+    backend kube-proxy chose, so policy cannot be evaluated on it here: with
+    recheck_services it is flagged CT_F_RECHECK instead, and the datapath
+    judges the connection's next packet again after DNAT."""
     ct = maps["conntrack"]
     n = 0
-    for key, conn in tracked_connections(maps):
-        if conn.endpoint_id in endpoint_ids_gone or not still_allowed(conn):
+    for key, entry in list(ct.items()):
+        conn = _tracked(key, entry)
+        if conn.endpoint_id in endpoint_ids_gone:
+            n += ct.delete(key)
+        elif entry.flags & CT_F_SERVICE:
+            if recheck_services and not entry.flags & CT_F_RECHECK:
+                entry.flags |= CT_F_RECHECK
+                try:
+                    ct.update(key, entry, bpfsys.BPF_EXIST)
+                except MapError:
+                    pass  # expired or evicted meanwhile: nothing to recheck
+        elif not still_allowed(conn):
             n += ct.delete(key)
     return n
-

@@ -255,3 +255,110 @@ def test_pending_entry_is_consumed(svc):
     svc.ingress(frame(TCP_, a, b, sp, 8080), mark=m)
     assert svc.maps["svc_pending"].lookup(pk) is None
     assert ctypes.sizeof(pk) == 20
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("proto", [TCP_, UDP_], ids=["tcp", "udp"])
+def test_hairpin_to_itself_through_a_service_passes_and_is_tracked(dp, fam, proto):
+    """A isolated both ways, no policy at all: A -> its own Service, DNATed
+    back to A and masqueraded to the node's address. A's traffic to itself
+    is no policy's business; the rest of it and the replies are
+    established."""
+    dp.set_pod(POD_A, ingress=True, egress=True)
+    dp.maps.set_service(VIP[fam], proto, 80)
+    a, node, vip, sp = POD_A[fam], peer("host", fam), VIP[fam], next(_sports)
+    m = dp.egress(frame(proto, a, vip, sp, 80)).mark
+    assert m == mark_of(POD_A)
+    out = dp.ingress(frame(proto, node, a, sp, 8080), mark=m, ingress_ifindex=5)
+    assert out.retval == TC_ACT_UNSPEC
+    assert counters(out) == {(POD_A["id"], DIR_INGRESS, Reason.ALLOW_SELF): 1}
+    assert service_ct(dp, fam, proto, a, sp, vip, 80) is not None
+    # A answers the masqueraded source (marked: its own answer); the
+    # un-NATed answer reaches A from the VIP.
+    out = dp.egress(frame(proto, a, node, 8080, sp, flags="SA"))
+    assert counters(out) == {(POD_A["id"], DIR_EGRESS, Reason.ALLOW_REPLY): 1}
+    assert out.mark == mark_of(POD_A)
+    out = dp.ingress(frame(proto, vip, a, 80, sp, flags="SA"), mark=out.mark)
+    assert counters(out) == {(POD_A["id"], DIR_INGRESS, Reason.ALLOW_SELF): 1}
+    # Masquerade kept the port here: tracked under the VIP as well.
+    out = dp.ingress(frame(proto, vip, a, 80, sp, flags="A"))
+    assert counters(out) == {(POD_A["id"], DIR_INGRESS, Reason.ALLOW_REPLY): 1}
+    # More of it: established at from_pod (no mark) and at to_pod.
+    out = dp.egress(frame(proto, a, vip, sp, 80, flags="A"))
+    assert counters(out) == {(POD_A["id"], DIR_EGRESS, Reason.ALLOW_ESTABLISHED): 1} and out.mark == 0
+    out = dp.ingress(frame(proto, node, a, sp, 8080, flags="A"), ingress_ifindex=5)
+    assert counters(out) == {(POD_A["id"], DIR_INGRESS, Reason.ALLOW_ESTABLISHED): 1}
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_hairpin_with_a_masquerade_that_changed_the_port(dp, fam):
+    """kube-proxy masquerades with --random-fully: the client port changes,
+    so nothing can be tracked under the Service address; the answer is
+    still the pod's own, known by the mark from_pod put on it."""
+    dp.set_pod(POD_A, ingress=True, egress=True)
+    dp.maps.set_service(VIP[fam], TCP_, 80)
+    a, node, vip, sp = POD_A[fam], peer("host", fam), VIP[fam], next(_sports)
+    m = dp.egress(frame(TCP_, a, vip, sp, 80)).mark
+    out = dp.ingress(frame(TCP_, node, a, 61000, 8080), mark=m, ingress_ifindex=5)
+    assert counters(out) == {(POD_A["id"], DIR_INGRESS, Reason.ALLOW_SELF): 1}
+    assert service_ct(dp, fam, TCP_, a, sp, vip, 80) is None
+    out = dp.egress(frame(TCP_, a, node, 8080, 61000, flags="SA"))
+    assert out.mark == mark_of(POD_A)
+    out = dp.ingress(frame(TCP_, vip, a, 80, sp, flags="SA"), mark=out.mark)
+    assert counters(out) == {(POD_A["id"], DIR_INGRESS, Reason.ALLOW_SELF): 1}
+    # Without the mark, the same packet is a stranger from the VIP.
+    out = dp.ingress(frame(TCP_, vip, a, 80, sp + 1, flags="SA"))
+    assert out.retval == TC_ACT_SHOT
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_own_mark_from_a_non_node_source_is_not_hairpin(dp, fam):
+    """The hairpin pass needs the masqueraded node address as source: the
+    same mark on a packet from elsewhere is judged as the sender's egress
+    and then the receiver's ingress."""
+    dp.set_pod(POD_A, ingress=True, egress=True)
+    out = dp.ingress(frame(TCP_, peer("cidr", fam), POD_A[fam], next(_sports), 80), mark=mark_of(POD_A))
+    assert out.retval == TC_ACT_SHOT
+    assert counters(out) == {(POD_A["id"], DIR_EGRESS, Reason.DROP_POLICY): 1}
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_policy_change_rechecks_service_connections_instead_of_cutting_them(svc, fam):
+    """On a policy change the daemon cannot tell which backend a Service
+    connection reached: it flags the entry, replies keep passing, and the
+    next packet out is judged again after DNAT (then tracked afresh)."""
+    from enforcer.datapath.layout import CT_F_RECHECK
+    from enforcer.datapath.sync import revoke_connections
+
+    a, b, vip, sp = POD_A[fam], POD_B[fam], VIP[fam], next(_sports)
+    m = svc.egress(frame(TCP_, a, vip, sp, 80)).mark
+    svc.ingress(frame(TCP_, a, b, sp, 8080), mark=m)
+    svc.egress(frame(TCP_, a, peer("cidr", fam), sp, 80))  # a direct flow: denied, untracked
+    assert service_ct(svc, fam, TCP_, a, sp, vip, 80) is not None
+
+    revoke_connections(svc.maps, lambda c: False, set(), recheck_services=True)  # B's ingress entry goes
+    entry = service_ct(svc, fam, TCP_, a, sp, vip, 80)
+    assert entry is not None and entry.flags & CT_F_RECHECK
+
+    out = svc.ingress(frame(TCP_, vip, a, 80, sp, flags="A"))
+    assert counters(out) == {(POD_A["id"], DIR_INGRESS, Reason.ALLOW_REPLY): 1}
+    out = svc.egress(frame(TCP_, a, vip, sp, 80, flags="A"))
+    assert counters(out) == {(POD_A["id"], DIR_EGRESS, Reason.ALLOW_SERVICE_DEFERRED): 1}
+    assert out.mark == mark_of(POD_A)
+    out = svc.ingress(frame(TCP_, a, b, sp, 8080, flags="A"), mark=out.mark)
+    assert (POD_A["id"], DIR_EGRESS, Reason.ALLOW_POLICY) in counters(out)
+    entry = service_ct(svc, fam, TCP_, a, sp, vip, 80)
+    assert entry is not None and not entry.flags & CT_F_RECHECK
+
+
+def test_without_recheck_service_entries_stay_and_others_are_judged(svc):
+    from enforcer.datapath.sync import revoke_connections
+
+    a, b, vip, sp = POD_A["v4"], POD_B["v4"], VIP["v4"], next(_sports)
+    m = svc.egress(frame(TCP_, a, vip, sp, 80)).mark
+    svc.ingress(frame(TCP_, a, b, sp, 8080), mark=m)
+    svc.egress(frame(TCP_, a, b, sp + 1, 8080))  # direct, allowed by rule 21: tracked
+    revoked = revoke_connections(svc.maps, lambda c: False, set())
+    assert revoked >= 1
+    assert service_ct(svc, "v4", TCP_, a, sp, vip, 80) is not None
+    assert service_ct(svc, "v4", TCP_, a, sp + 1, b, 8080) is None
