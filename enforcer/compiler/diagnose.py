@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 from ..model.objects import INGRESS, IPAddress, IPBlock, NetworkPolicy, Pod, PolicyRule, Service, ServicePort
+from ..model.services import service_backends, slices_by_service
 from ..model.state import ClusterSnapshot
 
 SNAT_TRAP = "snat-trap"
@@ -69,7 +70,7 @@ class Diagnostic:
 def diagnose(snap: ClusterSnapshot) -> tuple[Diagnostic, ...]:
     """Every problem found in the snapshot, sorted by (service, policy, code)."""
     services = [s for s in snap.services.values()
-                if s.external and s.external_traffic_policy == "Cluster" and s.selector is not None]
+                if s.external and s.external_traffic_policy == "Cluster"]
     if not services:
         return ()  # the common case, at the cost of a look at each Service
     namespaces = {s.namespace for s in services}
@@ -86,8 +87,12 @@ def diagnose(snap: ClusterSnapshot) -> tuple[Diagnostic, ...]:
             pods_by_ns[pod.namespace].append(pod)
     nodes = sorted(node_addresses, key=lambda a: (a.version, a))
     out = []
+    slices = slices_by_service(snap)
     for svc in services:
-        backends = sorted((p for p in pods_by_ns.get(svc.namespace, ()) if svc.selects(p)), key=lambda p: p.key)
+        # The backends kube-proxy sends to: its EndpointSlices' pods (a
+        # Service without selector included), else the selector's.
+        in_slices = {b.pod for b in service_backends(snap, svc, slices.get(svc.key, [])) if b.pod}
+        backends = sorted((p for p in pods_by_ns.get(svc.namespace, ()) if p.key in in_slices), key=lambda p: p.key)
         if not backends:
             continue
         families = {ip.version for ip in svc.cluster_ips} or {4, 6}

@@ -48,6 +48,16 @@ def service(name: str = "web", ns: str = "foo", *, type: str = "NodePort", etp: 
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec}
 
 
+def endpoint_slice(pod_key: str, ip: str, service_name: str = "web") -> dict[str, Any]:
+    ns, name = pod_key.split("/")
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{service_name}-manual", "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "targetRef": {"kind": "Pod", "namespace": ns, "name": name}}],
+            "ports": [{"port": 8080, "protocol": "TCP"}]}
+
+
 def ip_block(cidr: str, *excepts: str) -> dict[str, Any]:
     return {"ipBlock": {"cidr": cidr, **({"except": list(excepts)} if excepts else {})}}
 
@@ -96,6 +106,10 @@ CASES = [
     ("a: ipBlock misses the node addresses", cluster(service(), allow()), A),
     ("a: default ETP is Cluster, LoadBalancer too", cluster(service(type="LoadBalancer"), allow()), A),
     ("a: explicit ETP Cluster", cluster(service(etp="Cluster"), allow()), A),
+    ("a: no selector, backends from a manual EndpointSlice",
+     cluster(service(no_selector=True), endpoint_slice("foo/web-1", "10.244.1.2"), allow()), A),
+    ("EndpointSlices win over the selector: the slice's pod is not selected by the policy",
+     cluster(service(), endpoint_slice("foo/db", "10.244.2.3"), allow()), NONE),
     ("a: except carves the nodes out", cluster(service(), allow(peers=[ip_block("0.0.0.0/0", "192.168.56.0/24")])), A),
     ("b: 0.0.0.0/0 holds every node", cluster(service(), allow(peers=[ip_block("0.0.0.0/0")])), B),
     ("b: the node subnet", cluster(service(), allow(peers=[ip_block("192.168.56.0/24")])), B),
@@ -119,7 +133,7 @@ CASES = [
     ("service port is not the backend port", cluster(service(), allow(ports=[tcp(80)])), NONE),
     ("named policy port of another number", cluster(service(target=5432), allow(ports=[tcp("http")])), NONE),
     ("egress-only policy", cluster(service(), allow(egress=True, types=["Egress"])), NONE),
-    ("service without selector (manual endpoints)", cluster(service(no_selector=True), allow()), NONE),
+    ("service without selector nor EndpointSlice", cluster(service(no_selector=True), allow()), NONE),
     ("service selecting no pod", cluster(service(selector={"app": "none"}), allow()), NONE),
     ("backends not running", cluster(service(), allow(), web_phase="Succeeded"), NONE),
     ("IPv6 ipBlock, IPv4-only Service", cluster(service(), allow(peers=[ip_block("::/0")])), NONE),
