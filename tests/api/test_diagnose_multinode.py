@@ -23,10 +23,10 @@ from typing import Iterator
 import pytest
 
 from enforcer.lab.kubeproxy import LOCAL, Service, ServicePort
-from enforcer.lab.multinode import EXT, EXT_IPV4
+from enforcer.lab.multinode import EXT, EXT_IPV4, MultiNodeLab
 from enforcer.lab.probe import Outcome, ProbeSpec, probe_many
 
-from tests.lab.nodeport_cluster import DENIED, OK, NodePortCluster
+from tests.lab.multinode_daemons import DENIED, OK, MultiNodeDaemons, node_port_manifest
 
 pytestmark = pytest.mark.lab
 
@@ -37,24 +37,25 @@ NP_LOCAL = Service("np-local", "10.96.0.31", (ServicePort(8081, 80, node_port=30
                    external_traffic_policy=LOCAL)
 
 
-def admit_to_c(cluster: NodePortCluster, cidr: str) -> None:
+def admit_to_c(cluster: MultiNodeDaemons, cidr: str) -> None:
     cluster.apply_policy("default", "c-from-block", {
         "podSelector": {"matchLabels": {"pod": "c"}}, "policyTypes": ["Ingress"],
         "ingress": [{"from": [{"ipBlock": {"cidr": cidr}}], "ports": [{"protocol": "TCP", "port": 80}]}]})
 
 
 @pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest) -> Iterator[NodePortCluster]:
-    env = NodePortCluster(PREFIX, NODES, [NP, NP_LOCAL], {"np": "c", "np-local": "c"})
+def cluster(request: pytest.FixtureRequest) -> Iterator[MultiNodeDaemons]:
+    env = MultiNodeDaemons(MultiNodeLab(PREFIX, NODES, services=[NP, NP_LOCAL]), "diag")
     request.addfinalizer(env.close)
-    yield env.start()
+    env.lab.up()
+    yield env.start(node_port_manifest(env.lab, {"np": "c", "np-local": "c"}))
 
 
-def check(cluster: NodePortCluster, table: list[tuple[str, str, int, Outcome]]) -> None:
-    cluster.check(table, backend="c")
+def check(cluster: MultiNodeDaemons, table: list[tuple[str, str, int, Outcome]]) -> None:
+    cluster.check_node_ports(table, backend="c")
 
 
-def test_case_a_the_allowed_client_is_denied_through_cluster_mode(cluster: NodePortCluster) -> None:
+def test_case_a_the_allowed_client_is_denied_through_cluster_mode(cluster: MultiNodeDaemons) -> None:
     admit_to_c(cluster, f"{EXT_IPV4}/32")
     check(cluster, [
         (EXT, "n1", 30090, DENIED),  # SNATed to n1's address
@@ -69,7 +70,7 @@ def test_case_a_the_allowed_client_is_denied_through_cluster_mode(cluster: NodeP
         assert "set spec.externalTrafficPolicy: Local on Service default/np" in found[0]["message"]
 
 
-def test_case_b_every_client_is_admitted_through_cluster_mode(cluster: NodePortCluster) -> None:
+def test_case_b_every_client_is_admitted_through_cluster_mode(cluster: MultiNodeDaemons) -> None:
     admit_to_c(cluster, "100.64.0.0/24")  # the nodes' subnet
     lab = cluster.lab
     direct = probe_many([ProbeSpec(lab.netns_of("b"), str(lab.pod("c").ipv4), 80, "tcp", timeout=1.0)])[0]

@@ -21,26 +21,20 @@ on the backend kube-proxy picked, after DNAT (bpf/lib/services.h).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
-import yaml
 
-from enforcer.datapath.maps import DatapathMaps
 from enforcer.datapath.reasons import Reason
 from enforcer.datapath.layout import DIR_EGRESS, DIR_INGRESS
 from enforcer.lab import kubeproxy
 from enforcer.lab.kubeproxy import LOCAL, Endpoint, Service, ServicePort
-from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
 from enforcer.lab.multinode import EXT, EXT_IPV4, EXT_IPV6, MultiNodeLab
 from enforcer.lab.netns import ip_json
 from enforcer.lab.probe import Outcome, ProbeResult, ProbeSpec, probe_many
-from enforcer.sources.directory import directory_revision
+
+from .multinode_daemons import MultiNodeDaemons
 
 TAG = os.getpid() % 1000
 PREFIX = f"enm{TAG}"
@@ -238,74 +232,12 @@ def test_update_services_rewrites_every_node(lab: MultiNodeLab) -> None:
 
 # -- the enforcer, one daemon per node -----------------------------------------
 
-class Daemons:
-    """`enforcer run` in every node of a lab, on one manifest directory."""
-
-    def __init__(self, lab: MultiNodeLab) -> None:
-        self.lab = lab
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"enforcer-mn-{lab.prefix}-"))
-        self.source = self.workdir / "manifests"
-        self.pin_dirs = {n: Path(f"/sys/fs/bpf/enforcer-mn-{lab.prefix}-{n}") for n in lab.nodes}
-        self.daemons: dict[str, DaemonProcess] = {}
-        self._maps: dict[str, DatapathMaps] = {}
-
-    def start(self) -> "Daemons":
-        self._remove_pins()  # a crashed run's
-        (self.source / "policies").mkdir(parents=True)
-        (self.source / "cluster.yaml").write_text(yaml.safe_dump(self.lab.cluster_manifest(services=True)))
-        for node in self.lab.nodes.values():
-            self.daemons[node.name] = DaemonProcess(node.netns, self.pin_dirs[node.name], self.source, node.name,
-                                                    workdir=self.workdir / node.name)
-        for d in self.daemons.values():
-            d.start()
-        self.sync()
-        return self
-
-    def write_policy(self, name: str, spec: dict) -> None:  # type: ignore[type-arg]
-        obj = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-               "metadata": {"name": name, "namespace": "default"}, "spec": spec}
-        tmp = self.source / "policies" / f".{name}.yaml"
-        tmp.write_text(yaml.safe_dump(obj))
-        tmp.replace(self.source / "policies" / f"{name}.yaml")
-
-    def sync(self) -> None:
-        revision = directory_revision(self.source)
-        for d in self.daemons.values():
-            status = d.wait_synced(revision)
-            deadline = time.monotonic() + 5
-            while status.get("unplaced") and time.monotonic() < deadline:
-                time.sleep(0.05)
-                status = d.status()
-            assert not status.get("unplaced"), f"{d.node_name}: unplaced {status.get('unplaced')}"
-
-    def counters(self, pod: str) -> dict[tuple[int, Reason], int]:
-        """The verdict counters of the pod, on its own node."""
-        node = self.lab.node_of(pod)
-        if node not in self._maps:
-            self._maps[node] = DatapathMaps(self.pin_dirs[node])
-        maps = self._maps[node]
-        ep = maps.endpoints()[self.lab.pod(pod).ipv4].id
-        return {k: pkts for k, (pkts, _b) in maps.counters(ep).items()}
-
-    def close(self) -> None:
-        for m in self._maps.values():
-            m.close()
-        for d in self.daemons.values():
-            d.close()
-        self.lab.down()
-        self._remove_pins()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def _remove_pins(self) -> None:
-        remove_pin_dirs(self.pin_dirs.values())
-
-
 @pytest.fixture(scope="module")
-def daemons(request: pytest.FixtureRequest) -> Daemons:
-    env = Daemons(MultiNodeLab(f"{PREFIX}p", NODES, services=[TO_C, TO_D, TO_A]))
+def daemons(request: pytest.FixtureRequest) -> MultiNodeDaemons:
+    env = MultiNodeDaemons(MultiNodeLab(f"{PREFIX}p", NODES, services=[TO_C, TO_D, TO_A]))
     request.addfinalizer(env.close)
     env.lab.up()
-    return env.start()
+    return env.start(env.lab.cluster_manifest(services=True))
 
 
 def peer(name: str) -> dict:  # type: ignore[type-arg]
@@ -329,18 +261,18 @@ TO_D = Service("to-d", "10.96.1.1", (ServicePort(8080, 80),), ("d",), cluster_ip
 TO_A = Service("to-a", "10.96.1.3", (ServicePort(8080, 80),), ("a",), cluster_ipv6="fd00:96::103")
 
 
-def write_policies(daemons: Daemons) -> None:
+def write_policies(daemons: MultiNodeDaemons) -> None:
     """c admits only a, on TCP 80; b sends only to d, on TCP 80."""
-    daemons.write_policy("c-ingress", {"podSelector": {"matchLabels": {"pod": "c"}}, "policyTypes": ["Ingress"],
+    daemons.write_policy("default", "c-ingress", {"podSelector": {"matchLabels": {"pod": "c"}}, "policyTypes": ["Ingress"],
                                        "ingress": [{"from": [peer("a")], "ports": [{"protocol": "TCP", "port": 80}]}]})
-    daemons.write_policy("b-egress", {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+    daemons.write_policy("default", "b-egress", {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
                                       "egress": [{"to": [peer("d")], "ports": [{"protocol": "TCP", "port": 80}]}]})
     daemons.sync()
 
 
 @pytest.mark.lab
 @pytest.mark.parametrize("family", FAMILIES)
-def test_policy_across_nodes(daemons: Daemons, family: int) -> None:
+def test_policy_across_nodes(daemons: MultiNodeDaemons, family: int) -> None:
     """c (n2) admits only a (n1) on TCP 80: enforced by n2's daemon at c's
     veth. b (n1) may send only to d (n2) on TCP 80: enforced by n1's daemon
     at b's veth. Each node knows the other node's pods by their addresses."""
@@ -371,7 +303,7 @@ def test_policy_across_nodes(daemons: Daemons, family: int) -> None:
 
 @pytest.mark.lab
 @pytest.mark.parametrize("family", FAMILIES)
-def test_policy_on_cluster_ip_traffic_sees_the_backend_at_ingress(daemons: Daemons, family: int) -> None:
+def test_policy_on_cluster_ip_traffic_sees_the_backend_at_ingress(daemons: MultiNodeDaemons, family: int) -> None:
     """The receiving side of a Service connection is enforced on what the
     backend gets: the sending node has already DNATed it (PREROUTING), so
     the tc program at c's veth sees the client pod and c itself."""
@@ -387,7 +319,7 @@ def test_policy_on_cluster_ip_traffic_sees_the_backend_at_ingress(daemons: Daemo
 
 @pytest.mark.lab
 @pytest.mark.parametrize("family", FAMILIES)
-def test_egress_policy_through_cluster_ips_is_judged_on_the_backend(daemons: Daemons, family: int) -> None:
+def test_egress_policy_through_cluster_ips_is_judged_on_the_backend(daemons: MultiNodeDaemons, family: int) -> None:
     """b may send only to d, on TCP 80. Through ClusterIPs (8080 -> 80) the
     verdict is the backend's: d (n2) through to-d is allowed, judged on
     n1's eth0 after DNAT; c (n2) through to-c is denied there; a (n1, same

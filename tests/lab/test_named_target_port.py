@@ -26,26 +26,20 @@ grew by at least as many.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from enforcer.datapath.layout import DIR_EGRESS
-from enforcer.datapath.maps import DatapathMaps
 from enforcer.datapath.reasons import Reason
 from enforcer.lab import kubeproxy
 from enforcer.lab.kubeproxy import ContainerPort, Endpoint, Service, ServicePort
-from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
 from enforcer.lab.multinode import MultiNodeLab
 from enforcer.lab.probe import Outcome, ProbeResult, ProbeSpec, probe_many
-from enforcer.sources.directory import directory_revision
+
+from .multinode_daemons import MultiNodeDaemons
 
 TAG = os.getpid() % 1000
 PREFIX = f"ntp{TAG}"
@@ -142,81 +136,29 @@ def test_manifests_carry_the_name_and_the_resolved_numbers() -> None:
 
 # -- on the wire, one enforcer daemon per node ----------------------------------
 
-class Cluster:
+class Cluster(MultiNodeDaemons):
     """The lab with `enforcer run` in each node, on one manifest directory
     holding the Pods (with their named ports), the Service and its
     EndpointSlices, and one NetworkPolicy at a time."""
 
-    def __init__(self) -> None:
-        self.lab = MultiNodeLab(PREFIX, NODES, services=[NAMED], container_ports=CONTAINER_PORTS)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"enforcer-np-{PREFIX}-"))
-        self.source = self.workdir / "manifests"
-        self.pin_dirs = {n: Path(f"/sys/fs/bpf/enforcer-np-{PREFIX}-{n}") for n in self.lab.nodes}
-        self.daemons: dict[str, DaemonProcess] = {}
-        self._maps: DatapathMaps | None = None
-
-    def start(self) -> "Cluster":
-        remove_pin_dirs(self.pin_dirs.values())  # a crashed run's
-        self.lab.up()
-        self.source.mkdir(parents=True)
-        self.write("cluster.yaml", self.lab.cluster_manifest(services=True, endpoint_slices=True))
-        for node in self.lab.nodes.values():
-            self.daemons[node.name] = DaemonProcess(node.netns, self.pin_dirs[node.name], self.source, node.name,
-                                                    workdir=self.workdir / node.name)
-            self.daemons[node.name].start()
-        self.sync()
-        return self
-
-    def write(self, name: str, obj: dict[str, Any]) -> None:
-        tmp = self.source / f".{name}"
-        tmp.write_text(yaml.safe_dump(obj))
-        tmp.replace(self.source / name)
-
-    def sync(self) -> None:
-        revision = directory_revision(self.source)
-        for d in self.daemons.values():
-            status = d.wait_synced(revision)
-            deadline = time.monotonic() + 5
-            while status.get("unplaced") and time.monotonic() < deadline:
-                time.sleep(0.05)
-                status = d.status()
-            assert not status.get("unplaced"), f"{d.node_name}: unplaced {status.get('unplaced')}"
-
     def apply_egress(self, ports: list[dict[str, Any]]) -> None:
         """b's only egress: TCP to every pod of the namespace on these ports."""
-        self.write("policy.yaml", {
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": "b-egress", "namespace": "default"},
-            "spec": {"podSelector": {"matchLabels": {"pod": CLIENT}}, "policyTypes": ["Egress"],
-                     "egress": [{"to": [{"podSelector": {}}], "ports": ports}]}})
-        self.sync()
+        self.apply_policy("default", "b-egress", {
+            "podSelector": {"matchLabels": {"pod": CLIENT}}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {}}], "ports": ports}]})
 
     def egress_counters(self) -> Counter[Reason]:
         """The client's egress verdict counters (its node's maps)."""
-        if self._maps is None:
-            self._maps = DatapathMaps(self.pin_dirs[self.lab.node_of(CLIENT)])
-        ep = self._maps.endpoints()[self.lab.pod(CLIENT).ipv4].id
-        return Counter({reason: pkts for (direction, reason), (pkts, _b) in self._maps.counters(ep).items()
+        return Counter({reason: pkts for (direction, reason), pkts in self.counters(CLIENT).items()
                         if direction == DIR_EGRESS})
-
-    def log_tails(self) -> str:
-        return "\n".join(f"--- {n}\n{d.log_tail(10)}" for n, d in self.daemons.items())
-
-    def close(self) -> None:
-        if self._maps is not None:
-            self._maps.close()
-        for d in self.daemons.values():
-            d.close()
-        self.lab.down()
-        remove_pin_dirs(self.pin_dirs.values())
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    env = Cluster()
+    env = Cluster(MultiNodeLab(PREFIX, NODES, services=[NAMED], container_ports=CONTAINER_PORTS), "np")
     request.addfinalizer(env.close)  # before start(): a failed start is cleaned up too
-    yield env.start()
+    env.lab.up()
+    yield env.start(env.lab.cluster_manifest(services=True, endpoint_slices=True))  # type: ignore[misc]
 
 
 def describe(r: ProbeResult) -> str:

@@ -26,10 +26,10 @@ from collections.abc import Iterator
 import pytest
 
 from enforcer.lab.kubeproxy import LOCAL, Service, ServicePort
-from enforcer.lab.multinode import EXT, EXT_IPV4
+from enforcer.lab.multinode import EXT, EXT_IPV4, MultiNodeLab
 from enforcer.lab.probe import ProbeSpec, probe_many
 
-from .nodeport_cluster import DENIED, OK, NodePortCluster
+from .multinode_daemons import DENIED, OK, MultiNodeDaemons, node_port_manifest
 
 pytestmark = pytest.mark.lab
 
@@ -43,11 +43,12 @@ FIX = "set spec.externalTrafficPolicy: Local on Service foo/web"
 
 
 @pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest) -> Iterator[NodePortCluster]:
-    env = NodePortCluster(PREFIX, NODES, [WEB, WEB_LOCAL], {"web": "c", "web-local": "c"},
-                          namespaces={"a": "bar", "b": "bar", "c": "foo"})
+def cluster(request: pytest.FixtureRequest) -> Iterator[MultiNodeDaemons]:
+    env = MultiNodeDaemons(MultiNodeLab(PREFIX, NODES, services=[WEB, WEB_LOCAL]), "np")
     request.addfinalizer(env.close)
-    env.start()
+    env.lab.up()
+    env.start(node_port_manifest(env.lab, {"web": "c", "web-local": "c"},
+                                 namespaces={"a": "bar", "b": "bar", "c": "foo"}))
     env.apply_policy(*POLICY, {
         "podSelector": {}, "policyTypes": ["Ingress"],
         "ingress": [{"from": [{"ipBlock": {"cidr": f"{EXT_IPV4}/32"}}],
@@ -55,7 +56,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[NodePortCluster]:
     yield env
 
 
-def test_the_policy_itself_admits_the_client_and_denies_bar(cluster: NodePortCluster) -> None:
+def test_the_policy_itself_admits_the_client_and_denies_bar(cluster: MultiNodeDaemons) -> None:
     """Straight to c's address (the outside router knows the pod routes):
     the ipBlock works, bar is denied."""
     c = str(cluster.lab.pod("c").ipv4)
@@ -64,8 +65,8 @@ def test_the_policy_itself_admits_the_client_and_denies_bar(cluster: NodePortClu
     assert [r.outcome for r in results] == [OK, DENIED], results
 
 
-def test_cluster_mode_denies_and_reports(cluster: NodePortCluster) -> None:
-    cluster.check([
+def test_cluster_mode_denies_and_reports(cluster: MultiNodeDaemons) -> None:
+    cluster.check_node_ports([
         (EXT, "n1", 30090, DENIED),  # the seeds' case: masqueraded to n1's address
         (EXT, "n2", 30090, DENIED),  # masqueraded to n2's, c's own node: not "the node" either
         ("a", "n1", 30090, DENIED),  # bar, through the NodePort: no way in
@@ -91,8 +92,8 @@ def test_cluster_mode_denies_and_reports(cluster: NodePortCluster) -> None:
         assert "foo/allow-lb" in lines[0] and FIX in lines[0], lines[0]
 
 
-def test_local_mode_admits_the_client_and_still_denies_bar(cluster: NodePortCluster) -> None:
-    cluster.check([
+def test_local_mode_admits_the_client_and_still_denies_bar(cluster: MultiNodeDaemons) -> None:
+    cluster.check_node_ports([
         (EXT, "n2", 30091, OK),      # the node with the backend: the client's own address
         (EXT, "n1", 30091, DENIED),  # no local backend: kube-proxy drops it
         ("a", "n2", 30091, DENIED),  # bar keeps its own address: denied by the ipBlock
