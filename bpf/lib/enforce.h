@@ -87,6 +87,24 @@ endpoint_of(struct __sk_buff *skb, const struct flow *f, int dir)
 	return ep;
 }
 
+/* What ep's policy in direction dir says of a new flow with peer_id:
+ * ALLOW_NOT_ISOLATED, ALLOW_POLICY (rule_id set to the entry's rule) or
+ * DROP_POLICY. The one decision both the pod hooks and the hooks after
+ * DNAT (judge_deferred) make. */
+static __always_inline int policy_verdict(const struct endpoint_info *ep, int dir,
+					  __u32 peer_id, const struct flow *f,
+					  __u32 *rule_id)
+{
+	if (!endpoint_isolated(ep, dir))
+		return ALLOW_NOT_ISOLATED;
+	struct policy_entry *pe = policy_lookup(ep->id, dir, peer_id, f->proto,
+						f->has_ports ? f->dport : 0);
+	if (!pe)
+		return DROP_POLICY;
+	*rule_id = pe->rule_id;
+	return ALLOW_POLICY;
+}
+
 /* The egress verdict from_pod deferred for a packet to a Service, now that
  * DNAT has chosen its destination (services.h). VERDICT_PASS or
  * VERDICT_DROP; the packet must carry a deferral mark. */
@@ -102,17 +120,10 @@ static __always_inline int judge_deferred(struct __sk_buff *skb, struct flow *f,
 
 	__u32 peer_id = ipcache_identity(f->family, f->daddr);
 	__u32 rule_id = 0;
-	int reason = ALLOW_NOT_ISOLATED;
-	if (peer_id == IDENTITY_HOST) {
-		reason = ALLOW_HOST;
-	} else if (endpoint_isolated(sender, DIR_EGRESS)) {
-		struct policy_entry *pe = policy_lookup(
-			ep_id, DIR_EGRESS, peer_id, f->proto, f->has_ports ? f->dport : 0);
-		if (!pe)
-			return drop(skb, f, DIR_EGRESS, ep_id, DROP_POLICY, peer_id, now);
-		rule_id = pe->rule_id;
-		reason = ALLOW_POLICY;
-	}
+	int reason = peer_id == IDENTITY_HOST ? ALLOW_HOST
+					      : policy_verdict(sender, DIR_EGRESS, peer_id, f, &rule_id);
+	if (reason == DROP_POLICY)
+		return drop(skb, f, DIR_EGRESS, ep_id, DROP_POLICY, peer_id, now);
 
 	/* Track it as from_pod sees it (to the Service address) when the
 	 * packet still says which client it is. */
@@ -233,15 +244,9 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 	}
 
 	__u32 rule_id = 0;
-	int reason = ALLOW_NOT_ISOLATED;
-	if (endpoint_isolated(ep, dir)) {
-		struct policy_entry *pe = policy_lookup(
-			ep_id, dir, peer_id, f.proto, f.has_ports ? f.dport : 0);
-		if (!pe)
-			return drop(skb, &f, dir, ep_id, DROP_POLICY, peer_id, now);
-		rule_id = pe->rule_id;
-		reason = ALLOW_POLICY;
-	}
+	int reason = policy_verdict(ep, dir, peer_id, &f, &rule_id);
+	if (reason == DROP_POLICY)
+		return drop(skb, &f, dir, ep_id, DROP_POLICY, peer_id, now);
 
 	/* ICMP errors are not connections: nothing to track. */
 	if (!f.icmp_error)

@@ -124,16 +124,26 @@ static __always_inline void svc_mark(struct __sk_buff *skb, __u16 endpoint_id)
 		    (((__u32)endpoint_id << MARK_EP_SHIFT) & MARK_EP_MASK);
 }
 
-/* from_pod: hand the verdict on to the hook after DNAT. */
-static __always_inline void svc_defer(struct __sk_buff *skb, const struct flow *f,
-				      __u16 endpoint_id)
+/* The svc_pending key of a flow whose sender has address client: one
+ * definition for from_pod, which writes it, and the hooks after DNAT,
+ * which look it up. */
+static __always_inline struct svc_pending_key svc_pending_key_of(const struct flow *f,
+								 const __u8 *client)
 {
 	struct svc_pending_key key = {
 		.client_port = f->sport,
 		.family = f->family,
 		.proto = f->proto,
 	};
-	addr_copy(key.client, f->saddr);
+	addr_copy(key.client, client);
+	return key;
+}
+
+/* from_pod: hand the verdict on to the hook after DNAT. */
+static __always_inline void svc_defer(struct __sk_buff *skb, const struct flow *f,
+				      __u16 endpoint_id)
+{
+	struct svc_pending_key key = svc_pending_key_of(f, f->saddr);
 	struct svc_pending_value *old = svc_pending.lookup(&key);
 	if (old) {
 		if (!addr_equal(old->service_addr, f->daddr) || old->service_port != f->dport)
@@ -165,12 +175,7 @@ static __always_inline void svc_clear_mark(struct __sk_buff *skb)
 static __always_inline int svc_take_pending(struct ct_key *key, __u32 ifindex,
 					    const struct flow *f, const __u8 *client)
 {
-	struct svc_pending_key pk = {
-		.client_port = f->sport,
-		.family = f->family,
-		.proto = f->proto,
-	};
-	addr_copy(pk.client, client);
+	struct svc_pending_key pk = svc_pending_key_of(f, client);
 	struct svc_pending_value *v = svc_pending.lookup(&pk);
 	if (!v || (v->flags & SVC_PENDING_F_AMBIGUOUS))
 		return 0;
