@@ -821,6 +821,15 @@ class NullMaps:
     def delete_endpoint_id(self, *_a: Any) -> bool:
         return True
 
+    def set_service(self, *_a: Any) -> None:
+        pass
+
+    def delete_service(self, *_a: Any) -> bool:
+        return True
+
+    def services(self) -> set:  # type: ignore[type-arg]
+        return set()
+
 
 def daemon_child(directory: Path, n_changes: int, seed: int, interval: float | None) -> dict[str, Any]:
     """In a fresh process, as the daemon would: import everything (baseline

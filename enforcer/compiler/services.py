@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from ..datapath.sync import FrontendTuple as Frontend  # (address, protocol number, port)
 from ..model.objects import PROTOCOLS, IPAddress, Service
-
-Frontend = tuple[IPAddress, int, int]  # (address, protocol number, port)
 
 
 def service_frontends(services: Mapping[str, Service], node_addresses: Iterable[IPAddress]) -> dict[Frontend, str]:

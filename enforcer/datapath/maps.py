@@ -285,7 +285,7 @@ class DatapathMaps:
         ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
         return self._maps["services"].delete(ServiceKey.of(ip, proto, port))
 
-    def services(self) -> set[tuple[IPAddress, int, int]]:
+    def services(self) -> set[tuple[IPAddress, int, int]]:  # sync.FrontendTuple
         return {k.frontend() for k in self._maps["services"].keys()}
 
     # policy

@@ -39,8 +39,6 @@ from .layout import (
     IPNetwork,
     PolicyEntry,
     PolicyKey,
-    ServiceKey,
-    ServiceValue,
     addr_from_bytes,
 )
 from .maps import DatapathMaps
@@ -112,7 +110,7 @@ class MapSync:
             endpoints={k.ip(): (v.id, v.ifindex, v.identity, v.flags) for k, v in m["endpoints"].items()},
             policy={policy_tuple(k): v.rule_id for k, v in m["policy"].items()},
             endpoint_ids={int(k.value): (v.ifindex, v.identity, v.flags) for k, v in m["endpoint_ids"].items()},
-            services={k.frontend() for k in m["services"].keys()},
+            services=m.services(),
         )
 
     def apply(self, want: MapContents, describe: Callable[[str, object], str] = lambda kind, key: f"{kind} {key}") -> SyncReport:
@@ -157,13 +155,10 @@ class MapSync:
             write("endpoint", ip, lambda ip=ip, ep=ep: eps.update(
                 EndpointKey.of(ip), EndpointInfo(id=ep[0], ifindex=ep[1], identity=ep[2], flags=ep[3])),
                 lambda ip=ip, ep=ep: have.endpoints.__setitem__(ip, ep))
-        svc = self.maps["services"]
         for fe in services_new:
-            write("service", fe, lambda fe=fe: svc.update(ServiceKey.of(*fe), ServiceValue()),
-                  lambda fe=fe: have.services.add(fe))
+            write("service", fe, lambda fe=fe: m.set_service(*fe), lambda fe=fe: have.services.add(fe))
         for fe in services_gone:
-            remove("service", fe, lambda fe=fe: svc.delete(ServiceKey.of(*fe)),
-                   lambda fe=fe: have.services.discard(fe))
+            remove("service", fe, lambda fe=fe: m.delete_service(*fe), lambda fe=fe: have.services.discard(fe))
         if endpoints_gone:
             live_ids = {ep[0] for ep in want.endpoints.values()}
             for ip in endpoints_gone:

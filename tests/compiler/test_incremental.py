@@ -228,7 +228,8 @@ class FakeMaps:
     """In-memory stand-in for DatapathMaps: what MapSync writes, as bytes."""
 
     def __init__(self) -> None:
-        self.m = {"policy": _FakeMap(), "endpoints": _FakeMap(), "endpoint_ids": _FakeMap(), "services": _FakeMap()}
+        self.m = {"policy": _FakeMap(), "endpoints": _FakeMap(), "endpoint_ids": _FakeMap()}
+        self.frontends: set = set()  # type: ignore[type-arg]
         self.ipcache: dict = {}
 
     def __getitem__(self, name: str) -> _FakeMap:
@@ -248,6 +249,18 @@ class FakeMaps:
 
     def delete_endpoint_id(self, ep_id) -> bool:  # type: ignore[no-untyped-def]
         return self.m["endpoint_ids"].d.pop(ep_id, None) is not None
+
+    def set_service(self, *frontend) -> None:  # type: ignore[no-untyped-def]
+        self.frontends.add(frontend)
+
+    def delete_service(self, *frontend) -> bool:  # type: ignore[no-untyped-def]
+        if frontend not in self.frontends:
+            return False
+        self.frontends.remove(frontend)
+        return True
+
+    def services(self) -> set:  # type: ignore[type-arg]
+        return set()
 
 
 def written_by_fresh_sync(want: MapContents) -> FakeMaps:
