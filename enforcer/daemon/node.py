@@ -15,6 +15,7 @@ from ..model.objects import IPAddress, Pod
 
 log = logging.getLogger(__name__)
 
+IFF_LOOPBACK = 0x8
 NTF_USE = 0x01
 NUD_NONE = 0x00
 NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
@@ -47,11 +48,17 @@ class InterfaceResolver:
     def __init__(self) -> None:
         # (pod uid, address) -> (bridge, port) last found through the FDB.
         self._ports: dict[tuple[str, IPAddress], tuple[int, int]] = {}
+        # The namespace's interfaces but loopback, by ifindex -> name, as
+        # the last resolve() read them (the daemon picks node interfaces
+        # from the same read).
+        self.links: dict[int, str] = {}
 
     def resolve(self, pods: list[Pod]) -> dict[str, int]:
         out: dict[str, int] = {}
         with IPRoute() as ipr:
             links = ipr.get_links()
+            self.links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links
+                          if not link["flags"] & IFF_LOOPBACK}
             bridges = {link["index"] for link in links
                        if (link.get_attr("IFLA_LINKINFO") or {}) and
                        link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") == "bridge"}

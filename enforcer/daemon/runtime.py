@@ -309,12 +309,9 @@ class Daemon:
 
     def _node_devices(self, pod_interfaces: set[int]) -> set[int]:
         """Interfaces to_network goes on: the configured ones, or every one
-        that is neither loopback nor a pod's."""
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
-                     if not link["flags"] & 0x8}  # IFF_LOOPBACK
+        that is neither loopback nor a pod's (from the interfaces this
+        pass's resolve() read)."""
+        links = self.resolver.links
         if self.config.node_devices is None:
             return set(links) - pod_interfaces
         by_name = {name: idx for idx, name in links.items()}
