@@ -77,24 +77,17 @@ class ClusterStore:
         """Replace everything with already parsed objects (parse_for_store):
         a source that parses once per change and keeps the parsed objects,
         not the raw dicts (the directory source), saves the dicts' memory."""
-        ns: dict[str, Namespace] = {}
-        pods: dict[str, Pod] = {}
-        pols: dict[str, NetworkPolicy] = {}
-        errors: dict[str, InvalidObjectError] = {}
-        services: dict[str, Service] = {}
-        slices: dict[str, EndpointSlice] = {}
-        into = (ns, pods, pols, errors, services, slices)
+        tables: tuple[dict[str, Any], ...] = tuple({} for _ in _TABLES)
         for obj, slot, key in entries:
-            into[slot][key] = obj
+            tables[slot][key] = obj
+        errors = tables[ERRORS_SLOT]
         for i, e in enumerate(extra_errors):
             errors[f"source:{i}"] = e
         with self._lock:
-            changed = ((ns, pods, pols, errors, services, slices)
-                       != (self.namespaces, self.pods, self.policies, self.errors, self.services,
-                           self.endpoint_slices))
+            changed = any(new != getattr(self, name) for name, new in zip(_TABLES, tables))
             changed |= bool(source_revision) and source_revision != self.source_revision
-            self.namespaces, self.pods, self.policies, self.errors = ns, pods, pols, errors
-            self.services, self.endpoint_slices = services, slices
+            for name, new in zip(_TABLES, tables):
+                setattr(self, name, new)
             self.source_revision = source_revision or self.source_revision
             if changed:
                 self.revision += 1
@@ -110,13 +103,12 @@ class ClusterStore:
         fresh_errors: dict[str, InvalidObjectError] = {}
         for raw in objects:
             obj, obj_slot, key = parse_for_store(raw)
-            if obj_slot == 3:
+            if obj_slot == ERRORS_SLOT:
                 fresh_errors[key] = obj
             elif obj_slot == slot:
                 fresh[key] = obj
         with self._lock:
-            table = (self.namespaces, self.pods, self.policies, None, self.services, self.endpoint_slices)[slot]
-            assert table is not None
+            table = getattr(self, _TABLES[slot])
             prefix = f"{kind}:"
             kept_errors = {k: e for k, e in self.errors.items() if not k.startswith(prefix)}
             # An object that does not parse now keeps its last valid version.
@@ -163,7 +155,7 @@ class ClusterStore:
                 # The last valid version of the object stays in force.
             else:
                 self.errors.pop(key, None)
-                _file(obj, self.namespaces, self.pods, self.policies, self.services, self.endpoint_slices)
+                getattr(self, _TABLES[_SLOT_OF_TYPE[type(obj)]])[_key_of(obj)] = obj
             self.revision += 1
             self.source_revision = source_revision or self.source_revision
         if self.on_change:
@@ -172,16 +164,8 @@ class ClusterStore:
     def delete(self, kind: str, namespace: str | None, name: str, source_revision: str = "") -> None:
         with self._lock:
             self.source_revision = source_revision or self.source_revision
-            if kind == "Namespace":
-                self.namespaces.pop(name, None)
-            elif kind == "Pod":
-                self.pods.pop(f"{namespace}/{name}", None)
-            elif kind == "NetworkPolicy":
-                self.policies.pop(f"{namespace}/{name}", None)
-            elif kind == "Service":
-                self.services.pop(f"{namespace}/{name}", None)
-            elif kind == "EndpointSlice":
-                self.endpoint_slices.pop(f"{namespace}/{name}", None)
+            if kind in _SLOTS:
+                getattr(self, _TABLES[_SLOTS[kind]]).pop(name if kind == "Namespace" else f"{namespace}/{name}", None)
             self.errors.pop(f"{kind}:{namespace or ''}/{name}", None)
             self.revision += 1
         if self.on_change:
@@ -201,9 +185,12 @@ class ClusterStore:
             )
 
 
-_SLOTS = {"Namespace": 0, "Pod": 1, "NetworkPolicy": 2, "Service": 4, "EndpointSlice": 5}
-# (object or its error, slot: 0 namespaces 1 pods 2 policies 3 errors 4 services
-# 5 endpoint slices, key there)
+# Where the store keeps each kind: its attribute, by slot number.
+_TABLES = ("namespaces", "pods", "policies", "errors", "services", "endpoint_slices")
+ERRORS_SLOT = 3  # objects that do not parse, by ClusterStore.object_key
+_SLOT_OF_TYPE: dict[type, int] = {Namespace: 0, Pod: 1, NetworkPolicy: 2, Service: 4, EndpointSlice: 5}
+_SLOTS = {t.__name__: slot for t, slot in _SLOT_OF_TYPE.items()}  # by kind: the classes are named so
+# (object or its error, its slot, its key there)
 ParsedEntry = tuple[Any, int, str]
 
 
@@ -220,27 +207,10 @@ def _parse_for_filing(raw: Mapping[str, Any], error_key: Callable[[Mapping[str, 
     try:
         obj = parse_object(raw)
     except InvalidObjectError as e:
-        return e, 3, error_key(raw)
-    if isinstance(obj, Namespace):
-        return obj, 0, obj.name
-    if isinstance(obj, Pod):
-        return obj, 1, obj.key
-    if isinstance(obj, Service):
-        return obj, 4, obj.key
-    if isinstance(obj, EndpointSlice):
-        return obj, 5, obj.key
-    return obj, 2, obj.key
+        return e, ERRORS_SLOT, error_key(raw)
+    return obj, _SLOT_OF_TYPE[type(obj)], _key_of(obj)
 
 
-def _file(obj: Namespace | Pod | NetworkPolicy | Service | EndpointSlice, ns: dict, pods: dict, pols: dict,
-          services: dict, slices: dict) -> None:
-    if isinstance(obj, Namespace):
-        ns[obj.name] = obj
-    elif isinstance(obj, Pod):
-        pods[obj.key] = obj
-    elif isinstance(obj, Service):
-        services[obj.key] = obj
-    elif isinstance(obj, EndpointSlice):
-        slices[obj.key] = obj
-    else:
-        pols[obj.key] = obj
+def _key_of(obj: Namespace | Pod | NetworkPolicy | Service | EndpointSlice) -> str:
+    """Namespaces by name, everything else by namespace/name."""
+    return obj.name if isinstance(obj, Namespace) else obj.key
