@@ -6,13 +6,13 @@ expected."""
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import pytest
 
 from enforcer.compiler.diagnose import (ANY_CLIENT_ADMITTED, CLIENTS_DENIED, ERROR, MIXED, NODES_UNKNOWN, SNAT_TRAP,
                                         WARNING, Diagnostic, diagnose, diagnostic_changes)
+from enforcer.model.objects import NetworkPolicy, Pod, Service
 from enforcer.model.state import ClusterStore, ClusterSnapshot
 
 from .cluster import namespace, policy
@@ -215,11 +215,11 @@ def test_changes(before, after, appeared, gone):
     assert diagnostic_changes(before, after) == (appeared, gone)
 
 
-def test_cheap_on_a_large_cluster():
-    """Runs after every compile: 20k pods in 100 namespaces, 1000 policies
-    (half with ipBlock), a NodePort Service per namespace."""
+def large_cluster(n_namespaces: int) -> ClusterSnapshot:
+    """200 pods per namespace, 10 policies (half with ipBlock) and a
+    NodePort Service in each."""
     objects: list[dict[str, Any]] = []
-    for n in range(100):
+    for n in range(n_namespaces):
         ns = f"ns{n}"
         objects.append(namespace(ns, {}))
         objects.append(service("web", ns, selector={"app": "web1"}))
@@ -229,9 +229,44 @@ def test_cheap_on_a_large_cluster():
         for j in range(10):
             peers = [ip_block("203.0.113.0/24")] if j % 2 else [{"podSelector": {}}]
             objects.append(allow(f"pol{j}", ns, peers=peers, selects={"app": f"web{j}"}))
-    snap = snapshot(objects)
-    started = time.perf_counter()
-    found = diagnose(snap)
-    elapsed = time.perf_counter() - started
-    assert [(x.service, x.policy) for x in found] == [(f"ns{n}/web", f"ns{n}/pol1") for n in sorted(range(100), key=str)]
-    assert elapsed < 0.5, f"{elapsed * 1e3:.0f} ms"
+    return snapshot(objects)
+
+
+def count_pod_checks(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts, from now on, every look at a pod diagnose can take: a
+    Service's or a policy's selector tried on it, its phase read."""
+    counts = {"Service.selects": 0, "NetworkPolicy.selects": 0, "Pod.is_running": 0}
+
+    def counted(name: str, fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(Service, "selects", counted("Service.selects", Service.selects))
+    monkeypatch.setattr(NetworkPolicy, "selects", counted("NetworkPolicy.selects", NetworkPolicy.selects))
+    monkeypatch.setattr(Pod, "is_running", property(counted("Pod.is_running", Pod.is_running.fget)))
+    return counts
+
+
+def test_work_grows_with_the_cluster_not_with_services_times_pods(monkeypatch):
+    """diagnose runs after every compile, so its work must grow linearly
+    with the cluster: each Service looks at the pods of its own namespace,
+    not at every pod of the cluster. Counted, not timed: twice the
+    namespaces (Services, pods, policies) must cost twice the pod checks,
+    where Services x pods would cost four times."""
+    small, large = large_cluster(25), large_cluster(50)
+    counts = count_pod_checks(monkeypatch)
+    work = {}
+    for n, snap in ((25, small), (50, large)):
+        for k in counts:
+            counts[k] = 0
+        found = diagnose(snap)
+        assert [(x.service, x.policy) for x in found] == [(f"ns{i}/web", f"ns{i}/pol1")
+                                                          for i in sorted(range(n), key=str)]
+        work[n] = dict(counts)
+    total = {n: sum(w.values()) for n, w in work.items()}
+    assert total[25] > 0, "nothing counted: diagnose no longer calls the wrapped methods (update this test)"
+    assert total[50] <= 2.1 * total[25], f"pod checks grow faster than the cluster: {work}"
+    # And in absolute terms: a few checks per pod, not one per (Service, pod).
+    assert total[50] <= 5 * len(large.pods), f"{total[50]} pod checks for {len(large.pods)} pods: {work[50]}"
