@@ -7,9 +7,72 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
+import re
+import struct
+import sysconfig
 from functools import lru_cache
 
-_NR_BPF = 321  # x86_64
+from ..errors import DatapathError
+
+# bpf(2)'s number in each ABI, from the kernel's syscall tables:
+# arch/x86/entry/syscalls/syscall_64.tbl and syscall_32.tbl,
+# arch/arm/tools/syscall.tbl (EABI), arch/powerpc/kernel/syscalls/syscall.tbl
+# (32 and 64 bit alike), arch/s390/kernel/syscalls/syscall.tbl, and
+# include/uapi/asm-generic/unistd.h for arm64, riscv and loongarch.
+BPF_SYSCALL_BY_ABI = {
+    "x86_64": 321,
+    "x32": 0x40000000 | 321,  # __X32_SYSCALL_BIT + the x86_64 number
+    "i386": 357,
+    "arm": 386,
+    "arm64": 280,
+    "powerpc": 361,
+    "s390": 351,
+    "riscv": 280,
+    "loongarch": 280,
+}
+
+
+def bpf_syscall_abi(machine: str, pointer_bits: int, multiarch: str = "") -> str:
+    """The syscall ABI this process uses: the kernel's machine
+    (platform.machine(), i.e. uname -m) and this process's pointer width (a
+    32-bit userland on a 64-bit kernel uses the 32-bit table)."""
+    m = machine.lower()
+    if m in ("x86_64", "amd64"):
+        if pointer_bits == 64:
+            return "x86_64"
+        return "x32" if multiarch.endswith("x32") else "i386"
+    if re.fullmatch(r"i[3-6]86", m):
+        return "i386"
+    if m in ("aarch64", "aarch64_be", "arm64"):
+        return "arm64" if pointer_bits == 64 else "arm"
+    if m.startswith("arm"):  # armv7l, armv6l, armv8l (32-bit on arm64), armv5tel, arm
+        return "arm"
+    if m in ("ppc64le", "ppc64", "ppc"):
+        return "powerpc"
+    if m in ("s390x", "s390"):
+        return "s390"
+    if m in ("riscv64", "riscv32"):
+        return "riscv"
+    if m == "loongarch64":
+        return "loongarch"
+    raise DatapathError(f"no bpf(2) syscall number known for machine {machine!r} ({pointer_bits}-bit userland); "
+                        f"known: x86_64, i386/i686, aarch64, armv7l/armv6l/arm, ppc64le/ppc64, s390x, "
+                        f"riscv64, loongarch64")
+
+
+def bpf_syscall_number(machine: str | None = None, pointer_bits: int | None = None) -> int:
+    """bpf(2)'s syscall number here (or on the machine given)."""
+    abi = bpf_syscall_abi(platform.machine() if machine is None else machine,
+                          struct.calcsize("P") * 8 if pointer_bits is None else pointer_bits,
+                          sysconfig.get_config_var("MULTIARCH") or "")
+    return BPF_SYSCALL_BY_ABI[abi]
+
+
+@lru_cache(maxsize=1)
+def _nr_bpf() -> int:
+    return bpf_syscall_number()
+
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
@@ -139,7 +202,7 @@ class BpfSyscallError(OSError):
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    ret = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    ret = _libc.syscall(_nr_bpf(), cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     if ret < 0:
         err = ctypes.get_errno()
         raise BpfSyscallError(err, os.strerror(err))
