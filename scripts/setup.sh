@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 iptables
               linux-headers-amd64 kmod ethtool
+              # tests/datapath/test_reasons.py: reasons.h read by a C compiler
+              gcc
               # tests/deploy: shellcheck for deploy/ scripts; vagrant (+ its
               # libvirt provider, ~10 MB more) for `vagrant validate` of the lab
               shellcheck vagrant vagrant-libvirt)
