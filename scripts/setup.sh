@@ -14,6 +14,11 @@ APT_PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 iptables
               # tests/deploy: shellcheck for deploy/ scripts; vagrant (+ its
               # libvirt provider, ~10 MB more) for `vagrant validate` of the lab
               shellcheck vagrant vagrant-libvirt)
+# tests/deploy: `kubectl kustomize deploy/`. Debian ships kubectl as
+# kubernetes-client; a kubectl already installed from another package
+# (Kubernetes' or Google Cloud's apt repository) does as well, and would
+# conflict with it over /usr/bin/kubectl.
+command -v kubectl >/dev/null 2>&1 || APT_PACKAGES+=(kubernetes-client)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

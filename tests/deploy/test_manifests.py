@@ -4,9 +4,9 @@ probes, kustomization), the Containerfile, and shellcheck of the entrypoint."""
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -17,7 +17,7 @@ import yaml
 
 from enforcer.cli import DEFAULT_SOCKET, build_parser
 
-from .conftest import DEPLOY, ROOT, deploy_yaml_files, load_docs
+from .conftest import DEPLOY, ROOT, deploy_yaml_files, load_docs, require_tool
 
 NAMESPACE = "enforcer-system"
 CAPABILITIES = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
@@ -371,14 +371,30 @@ def test_kustomization_lists_every_manifest_and_nothing_else():
 
 
 def test_kustomize_renders_with_kubectl():
-    """`kubectl kustomize deploy/` (offline), when kubectl is on this machine."""
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        pytest.skip("kubectl is not installed: rendering with kustomize is not checked")
-    out = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=60)
+    """`kubectl kustomize deploy/` (offline; kubectl from Debian's
+    kubernetes-client, which scripts/setup.sh installs): every manifest,
+    each exactly as written except its images, which are the
+    kustomization's."""
+    kubectl = require_tool("kubectl", "kubernetes-client")
+    out = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert sorted(d["kind"] for d in docs) == sorted(d["kind"] for _, d in manifests())
+    rendered = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+                for d in yaml.safe_load_all(out.stdout) if d}
+    (entry,) = kustomization()["images"]
+    image = f"{entry['newName']}:{entry['newTag']}"
+    expected = {}
+    for _, doc in manifests():
+        doc = copy.deepcopy(doc)
+        if doc["kind"] == "DaemonSet":
+            for c in all_containers(doc["spec"]["template"]["spec"]):
+                assert c["image"].rsplit(":", 1)[0] == entry["name"], c["image"]
+                c["image"] = image
+        expected[(doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"])] = doc
+    assert rendered.keys() == expected.keys()
+    for key, doc in expected.items():
+        assert rendered[key] == doc, key
+    (ds,) = [d for (kind, _, _), d in rendered.items() if kind == "DaemonSet"]
+    assert {c["image"] for c in all_containers(ds["spec"]["template"]["spec"])} == {image}
 
 
 # --------------------------------------------------------------------------
