@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .compiler.admission import MAX_ENTRIES_PER_POLICY_POD, MAX_PREFIXES_PER_POLICY, PREFIXES_PER_PASS
 from .errors import EnforcerError
 from .datapath.source import DEFAULT_PIN_DIR, DatapathConfig
 
@@ -56,8 +57,16 @@ def _datapath_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
     """The node daemon."""
+    from .compiler.admission import CompileLimits
     from .daemon.runtime import Daemon, DaemonConfig
     from .model.state import ClusterStore
     from .sources.directory import DirectorySource
@@ -67,7 +76,10 @@ def _run(args: argparse.Namespace) -> int:
                           datapath=DatapathConfig(pin_dir=Path(args.pin_dir), mark_shift=args.mark_shift),
                           node_devices=tuple(args.node_device) if args.node_device else None,
                           revoke_established=not args.keep_established,
-                          status_file=Path(args.status_file) if args.status_file else None)
+                          status_file=Path(args.status_file) if args.status_file else None,
+                          limits=CompileLimits(max_prefixes_per_policy=args.max_prefixes_per_policy,
+                                               max_entries_per_policy_pod=args.max_entries_per_policy_pod,
+                                               prefixes_per_pass=args.prefixes_per_pass))
     flows = logging.getLogger("enforcer.flows")
 
     from .api.flows import FlowHub
@@ -254,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "after DNAT; no other component may use them (default 20: 0x3ff00000)")
     run_p.add_argument("--keep-established", action="store_true",
                        help="do not cut tracked connections that policy no longer allows")
+    run_p.add_argument("--max-prefixes-per-policy", type=_positive, default=MAX_PREFIXES_PER_POLICY,
+                       help="a NetworkPolicy naming more ipBlock prefixes (cidrs and excepts) is enforced "
+                            "fail-closed: it isolates, allows nothing, and is reported "
+                            f"(default {MAX_PREFIXES_PER_POLICY})")
+    run_p.add_argument("--max-entries-per-policy-pod", type=_positive, default=MAX_ENTRIES_PER_POLICY_POD,
+                       help="a NetworkPolicy compiling to more policy map entries for one local pod allows "
+                            f"that pod nothing and is reported (default {MAX_ENTRIES_PER_POLICY_POD})")
+    run_p.add_argument("--prefixes-per-pass", type=_positive, default=PREFIXES_PER_PASS,
+                       help="new ipBlock prefixes one sync pass takes in; a policy needing more waits, its "
+                            "previous version in force, while they are staged, so that it never delays "
+                            f"other changes by more than one such pass (default {PREFIXES_PER_PASS})")
     run_p.add_argument("--ready-file", help="write this file after the first sync")
     run_p.add_argument("--status-file", help="write JSON status here after every sync pass")
     run_p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="API unix socket ('' for none)")

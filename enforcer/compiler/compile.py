@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from ..datapath.layout import (
     DIR_EGRESS,
@@ -43,8 +43,9 @@ from ..model.objects import (
 )
 from ..model.selectors import LabelSelector
 from ..model.state import ClusterSnapshot
+from .admission import Admission, CompileLimits
 from .ids import EndpointIds, StableIds
-from .prefixes import PrefixIndex
+from .prefixes import BlockIndex, PrefixSet
 from .services import Frontend, service_frontends
 
 DIRECTIONS = ((INGRESS, DIR_INGRESS), (EGRESS, DIR_EGRESS))
@@ -109,6 +110,9 @@ class DesiredState:
     entries_by_policy: dict[str, int] = field(default_factory=dict)
     errors: list[InvalidObjectError] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)  # local pods without an interface yet
+    # Policies whose latest version waits while its prefixes are staged
+    # (admission.py): another pass is due at once.
+    pending: list[str] = field(default_factory=list)
     # What changed since the compiler's previous result (see MapContents).
     _token: object = field(default_factory=object, repr=False, compare=False)
     _base: object = field(default=None, repr=False, compare=False)
@@ -161,7 +165,8 @@ class Compiler:
     every compilation is the same as a fresh compiler's would be, given the
     same ids."""
 
-    def __init__(self, max_endpoint_id: int = 512) -> None:
+    def __init__(self, max_endpoint_id: int = 512, limits: CompileLimits | None = None) -> None:
+        self.limits = limits or CompileLimits()
         self.identity_ids: StableIds[IdentityKey] = StableIds(IDENTITY_FIRST_ALLOCATED, 2**31 - 1)
         self.rule_ids: StableIds[RuleRef] = StableIds(1, 2**32 - 1)
         self.endpoint_ids = EndpointIds(max_endpoint_id)
@@ -222,7 +227,7 @@ class _Endpoint:
     were computed from."""
 
     __slots__ = ("pod", "selecting", "ep_id", "ifindex", "ips", "endpoints", "policy", "rules",
-                 "by_policy", "peers", "any_named", "shared")
+                 "by_policy", "peers", "any_named", "shared", "over_limit")
 
     def __init__(self, pod: Pod, selecting: tuple[NetworkPolicy, ...], ep_id: int, ifindex: int,
                  ips: tuple[tuple[IPAddress, int], ...]) -> None:
@@ -238,6 +243,7 @@ class _Endpoint:
         self.peers: frozenset[PeerKey] = frozenset()
         self.any_named = False  # uses every pod identity (egress named port, any peer)
         self.shared = False  # endpoint id shared with an earlier pod: never reused
+        self.over_limit: list[InvalidObjectError] = []  # policies past the entries limit here
 
 
 class _Incremental:
@@ -274,17 +280,21 @@ class _Incremental:
         self.ns_version: dict[str, int] = {}
         self.error_policies: set[str] = set()
         self.pol_prefixes: dict[str, tuple[NetworkPolicy, frozenset[IPNetwork]]] = {}
+        # Policies selecting local pods, with the prefixes counted in force
+        # for them.
+        self.relevant: dict[str, tuple[NetworkPolicy, frozenset[IPNetwork]]] = {}
+        self.admission = Admission(compiler.limits)
         # Running pods with addresses of their own: (address, identity) each.
         self.live: dict[str, tuple[tuple[IPAddress, int], ...]] = {}
         self.local: dict[str, Pod] = {}
         # local pod -> (pod, namespace version, selecting policies, their keys)
         self.selecting: dict[str, tuple[Pod, int, tuple[NetworkPolicy, ...], tuple[str, ...]]] = {}
         # ipBlock prefixes in force; per ipBlock, the prefixes inside it.
-        self.prefixes: frozenset[IPNetwork] = frozenset()
-        self.index = PrefixIndex(set())
+        self.prefixes = PrefixSet()
+        self.blocks = BlockIndex(self.prefixes)
         self.cidr_ids: dict[IPNetwork, int] = {}
         self.cidr_keys: dict[int, CidrIdentity] = {}
-        self.inside: dict[IPBlock, frozenset[IPNetwork]] = {}
+        self.gone_cidr_ids: dict[IPNetwork, int] = {}  # this pass
         # Pod identities in use: references, keys, by namespace (with their
         # labels as a dict, for selectors) and by ipBlock class.
         self.refs: dict[int, int] = {}
@@ -315,14 +325,10 @@ class _Incremental:
 
     def compile(self, snap: ClusterSnapshot, node: NodeContext) -> DesiredState:
         out = DesiredState(errors=list(snap.errors))
+        self.rule_peers: dict[tuple[str, int], tuple[tuple[Peer, ...], frozenset[int], list[PeerKey]]] = {}
         self.touched = {}
         self.ipcache_dirty = set()
         ns_changed = self._update_namespaces(snap.namespaces)
-        self._update_policies(snap.policies)
-        if self.error_policies:
-            errs = self.error_policies
-            out.errors.extend(pol.error() for key, pol in snap.policies.items() if key in errs)  # type: ignore[misc]
-
         prev = self.pods
         changed = [k for k, p in snap.pods.items() if prev.get(k) is not p]
         added = sum(1 for k in changed if k not in prev)
@@ -336,14 +342,32 @@ class _Incremental:
             else:
                 self.local.pop(key, None)
 
-        # ipBlock prefixes: those of the policies selecting local pods.
-        delta: frozenset[IPNetwork] = frozenset()
+        policies, staging, released = self.admission.admit(
+            snap.policies, self.policies, self._local_pods_in(), self._policy_prefixes, self.prefixes.__contains__)
+        self._update_policies(policies)
+        if self.error_policies:
+            errs = self.error_policies
+            out.errors.extend(pol.error() for key, pol in policies.items() if key in errs)  # type: ignore[misc]
+        out.pending = self.admission.pending()
+
+        # ipBlock prefixes: those of the policies selecting local pods, and
+        # those staged for policies waiting to be taken in.
+        came = self.prefixes.add(staging)
+        went: list[IPNetwork] = []
         if self._update_selecting() or self.fresh:
-            relevant = {pol.key: pol for _, _, pols, _ in self.selecting.values() for pol in pols}
-            prefixes = frozenset().union(*(self._policy_prefixes(p) for p in relevant.values()))
-            if prefixes != self.prefixes:
-                delta = prefixes ^ self.prefixes
-                self._set_prefixes(prefixes, delta)
+            came_r, went = self._update_relevant()
+            came += came_r
+        # Released after the policies taking them over counted them.
+        went += self.prefixes.remove(released)
+        if came and went:
+            # A prefix that left with one holder and came back with another
+            # is in force as it was.
+            both = set(came).intersection(went)
+            if both:
+                came = [p for p in came if p not in both]
+                went = [p for p in went if p not in both]
+        block_changes = self._change_prefixes(came, went) if came or went else {}
+        delta = came + went
 
         # Pod identities and the pod part of the ipcache.
         for key in removed:
@@ -379,7 +403,7 @@ class _Incremental:
         out.identities = identities
 
         out.services = service_frontends(snap.services, node.addresses)
-        changed_peers = self._refresh_peers(flips, ns_changed, bool(delta))
+        changed_peers = self._refresh_peers(flips, ns_changed, block_changes)
         self._endpoints_and_policy(out, node, changed_peers, bool(flips))
         self._forget_ids(out)
         self.prev = out
@@ -473,25 +497,62 @@ class _Incremental:
         self.pol_prefixes[pol.key] = (pol, found)
         return found
 
-    def _set_prefixes(self, prefixes: frozenset[IPNetwork], delta: frozenset[IPNetwork]) -> None:
-        self.prefixes = prefixes
-        self.index = PrefixIndex(set(prefixes))
-        ids = self.c.identity_ids
-        old = self.cidr_ids
-        self.cidr_ids = {p: old.get(p) or ids.get(CidrIdentity(p)) for p in self.index.prefixes}
-        self.cidr_keys = {i: CidrIdentity(p) for p, i in self.cidr_ids.items()}
-        self.ipcache_dirty.update(delta)
-        added = [p for p in delta if p in prefixes]
-        for block, inside in self.inside.items():
-            self.inside[block] = frozenset(
-                [p for p in inside if p in prefixes] + [p for p in added if block.contains_prefix(p)])
+    def _local_pods_in(self) -> Callable[[str], list[Pod]]:
+        by_ns: dict[str, list[Pod]] | None = None
 
-    def _inside(self, block: IPBlock) -> frozenset[IPNetwork]:
-        """The prefixes in force that lie wholly inside an ipBlock."""
-        found = self.inside.get(block)
-        if found is None:
-            found = self.inside[block] = frozenset(p for p in self.prefixes if block.contains_prefix(p))
-        return found
+        def pods_in(ns: str) -> list[Pod]:
+            nonlocal by_ns
+            if by_ns is None:
+                by_ns = {}
+                for pod in self.local.values():
+                    by_ns.setdefault(pod.namespace, []).append(pod)
+            return by_ns.get(ns, [])
+        return pods_in
+
+    def _update_relevant(self) -> tuple[list[IPNetwork], list[IPNetwork]]:
+        """Count in force the prefixes of the policies now selecting local
+        pods, and out those of the policies no longer doing so (or of their
+        previous versions): the work is that of the policies that changed.
+        Returns the prefixes that came into force and those that left."""
+        now = {pol.key: pol for _, _, pols, _ in self.selecting.values() for pol in pols}
+        before = self.relevant
+        went: list[IPNetwork] = []
+        came: list[IPNetwork] = []
+        # New versions are counted before old ones are not, so a prefix
+        # both name never leaves (nor costs an update of every block).
+        old = []
+        for key, pol in now.items():
+            had = before.get(key)
+            if had is None or had[0] is not pol:
+                if had is not None:
+                    old.append(had[1])
+                counted = self._policy_prefixes(pol)
+                came += self.prefixes.add(counted)
+                before[key] = (pol, counted)
+        for key in [k for k in before if k not in now]:
+            old.append(before.pop(key)[1])
+        for counted in old:
+            went += self.prefixes.remove(counted)
+        return came, went
+
+    def _change_prefixes(self, came: list[IPNetwork], went: list[IPNetwork]
+                         ) -> dict[IPBlock, tuple[list[IPNetwork], list[IPNetwork]]]:
+        """Identities for the prefixes that came, none for those that went;
+        the blocks holding them follow. Returns, per block whose content
+        changed, (prefixes in, prefixes out)."""
+        ids = self.c.identity_ids
+        self.gone_cidr_ids = {}
+        for p in went:
+            ident = self.cidr_ids.pop(p)
+            del self.cidr_keys[ident]
+            self.gone_cidr_ids[p] = ident
+        for p in came:
+            key = CidrIdentity(p)
+            ident = self.cidr_ids[p] = ids.get(key)
+            self.cidr_keys[ident] = key
+        self.ipcache_dirty.update(came)
+        self.ipcache_dirty.update(went)
+        return self.blocks.apply(came, went)
 
     # -- identities and the ipcache of pod addresses --
 
@@ -528,7 +589,7 @@ class _Incremental:
     def _add_pod(self, key: str, pod: Pod) -> None:
         labels = frozenset(pod.labels.items())
         named = frozenset((p.name, p.protocol, p.port) for p in pod.ports if p.name)
-        ips = tuple((ip, self._acquire(PodIdentity(pod.namespace, labels, ip.version, self.index.class_of(ip), named)))
+        ips = tuple((ip, self._acquire(PodIdentity(pod.namespace, labels, ip.version, self.prefixes.class_of(ip), named)))
                     for ip in pod.ips)
         self.live[key] = ips
         for ip, ident in ips:
@@ -590,7 +651,7 @@ class _Incremental:
         have = self.claims[ip]
         return have if isinstance(have, str) else have[0]
 
-    def _reclassify(self, delta: frozenset[IPNetwork]) -> None:
+    def _reclassify(self, delta: list[IPNetwork]) -> None:
         """Addresses inside a prefix that came or went may have another
         class now: their identities follow."""
         inside: set[IPAddress] = set()
@@ -610,7 +671,7 @@ class _Incremental:
             for i, (ip, ident) in enumerate(ips):
                 if ip not in inside:
                     continue
-                cls = self.index.class_of(ip)
+                cls = self.prefixes.class_of(ip)
                 old = self.keys[ident]
                 if cls == old.block_class:
                     continue
@@ -656,7 +717,7 @@ class _Incremental:
         if pk[0] == "ip":
             found: set[int] = set()
             by_class = self.by_class
-            for p in self._inside(pk[1]):
+            for p in self.blocks.get(pk[1]):
                 found.add(self.cidr_ids[p])
                 ids = by_class.get(p)
                 if ids:
@@ -675,13 +736,14 @@ class _Incremental:
                          if pod_sel.matches(labels))
 
     def _refresh_peers(self, flips: list[tuple[int, PodIdentity, bool]], ns_changed: dict[str, Mapping[str, str]],
-                       prefixes_changed: bool) -> set[PeerKey]:
+                       block_changes: dict[IPBlock, tuple[list[IPNetwork], list[IPNetwork]]]) -> set[PeerKey]:
         """Bring every known peer's identity set up to date: the identities
-        that came or went are added or removed where they match; a peer whose
-        namespaces may have changed labels, or an ipBlock when the prefixes
-        changed, is computed anew. Returns the peers whose set changed."""
+        that came or went are added or removed where they match, an ipBlock
+        gains or loses the CIDR identities of the prefixes that came into it
+        or left it; a peer whose namespaces may have changed labels is
+        computed anew. Returns the peers whose set changed."""
         changed: set[PeerKey] = set()
-        if not self.peers or not (flips or ns_changed or prefixes_changed):
+        if not self.peers or not (flips or ns_changed or block_changes):
             return changed
         flips_by_ns: dict[str, list[tuple[int, dict[str, str], bool]]] = {}
         class_flips: list[tuple[int, IPNetwork, bool]] = []
@@ -693,13 +755,22 @@ class _Incremental:
         for pk, old in list(self.peers.items()):
             kind = pk[0]
             if kind == "ip":
-                if prefixes_changed:
-                    new = self._resolve(pk)
-                elif class_flips:
-                    inside = self._inside(pk[1])
-                    new = _apply_flips(old, [(i, now) for i, cls, now in class_flips if cls in inside])
-                else:
+                moved = block_changes.get(pk[1])
+                if not (moved or class_flips):
                     continue
+                updates: list[tuple[int, bool]] = []
+                if moved:
+                    ins, outs = moved
+                    updates += [(self.gone_cidr_ids.get(p) or self.cidr_ids[p], False) for p in outs]
+                    updates += [(self.cidr_ids[p], True) for p in ins]
+                if class_flips:
+                    # An identity gone is gone from every set (its class may
+                    # have left the block with it); one that came joins the
+                    # blocks its class lies in now.
+                    inside = self.blocks.get(pk[1])
+                    updates += [(i, False) if not now else (i, True) for i, cls, now in class_flips
+                                if not now or cls in inside]
+                new = _apply_flips(old, updates)
             elif kind == "pod":
                 in_ns = flips_by_ns.get(pk[1])
                 if not in_ns:
@@ -729,12 +800,23 @@ class _Incremental:
             pk = self._peer_key(policy_ns, peers[0])
             deps.add(pk)
             return self._peer(pk)
+        # A rule's union is the same for every pod the rule applies to:
+        # made once a pass (a rule may name tens of thousands of peers).
+        # Keyed by the tuple's id: the snapshot holds it for the pass.
+        hit = self.rule_peers.get((policy_ns, id(peers)))
+        if hit is not None and hit[0] is peers:
+            deps.update(hit[2])
+            return hit[1]
         out: set[int] = set()
+        keys = []
         for peer in peers:
             pk = self._peer_key(policy_ns, peer)
-            deps.add(pk)
+            keys.append(pk)
             out |= self._peer(pk)
-        return frozenset(out)
+        found = frozenset(out)
+        self.rule_peers[(policy_ns, id(peers))] = (peers, found, keys)
+        deps.update(keys)
+        return found
 
     def _all_pod_identities(self) -> frozenset[int]:
         if self._all_pod_ids is None:
@@ -813,6 +895,7 @@ class _Incremental:
 
         by_policy = out.entries_by_policy
         for rec in recs.values():
+            out.errors.extend(rec.over_limit)
             out.endpoints.update(rec.endpoints)
             out.rules.update(rec.rules)
             for pol_key, n in rec.by_policy:
@@ -832,7 +915,7 @@ class _Incremental:
             used |= rec.peers
         if len(used) != len(self.peers):
             self.peers = {pk: v for pk, v in self.peers.items() if pk in used}
-            self.inside = {pk[1]: v for pk in used if pk[0] == "ip" and (v := self.inside.get(pk[1])) is not None}
+        self.blocks.retain({pk[1] for pk in used if pk[0] == "ip"})
         self.c.endpoint_ids.retain(live_uids)
 
     def _endpoint(self, pod: Pod, pols: tuple[NetworkPolicy, ...], ep_id: int, ifindex: int,
@@ -858,6 +941,7 @@ class _Incremental:
         rec.rules = {}
         rec.by_policy = []
         rec.any_named = False
+        rec.over_limit = []
         for pol in rec.selecting:
             before = len(policy)
             self._policy_entries(rec, rec.pod, rec.ep_id, pol, policy, deps)
@@ -866,6 +950,12 @@ class _Incremental:
 
     def _policy_entries(self, rec: _Endpoint, pod: Pod, ep_id: int, pol: NetworkPolicy,
                         policy: dict[PolicyEntry, int], deps: set[PeerKey]) -> None:
+        """One policy's entries for one pod, all or none: past the limit of
+        entries per policy and pod, the policy allows this pod nothing (its
+        isolation stays) and is reported; generation stops at the limit, so
+        a policy's cost is bounded whatever it names."""
+        limit = self.c.limits.max_entries_per_policy_pod
+        mine: dict[PolicyEntry, int] = {}
         for type_name, direction in DIRECTIONS:
             if type_name not in pol.policy_types:
                 continue
@@ -879,9 +969,19 @@ class _Incremental:
                 if peers is None and direction == DIR_EGRESS and any(isinstance(p.port, str) for p in rule.ports):
                     rec.any_named = True
                 for entry in self._rule_entries(pod, ep_id, direction, peers, rule.ports):
-                    known = policy.get(entry)
+                    known = mine.get(entry)
                     if known is None or rule_id < known:  # deterministic owner
-                        policy[entry] = rule_id
+                        mine[entry] = rule_id
+                if len(mine) > limit:
+                    rec.over_limit.append(InvalidObjectError(
+                        "NetworkPolicy", pol.namespace, pol.name,
+                        f"compiles to more than {limit} policy entries for pod {pod.key} "
+                        f"(--max-entries-per-policy-pod): it allows that pod nothing"))
+                    return
+        for entry, rule_id in mine.items():
+            known = policy.get(entry)
+            if known is None or rule_id < known:  # deterministic owner
+                policy[entry] = rule_id
 
     def _rule_entries(self, pod: Pod, ep_id: int, direction: int, peers: frozenset[int] | None,
                       ports) -> Iterable[PolicyEntry]:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..compiler.admission import CompileLimits
 from ..compiler.compile import Compiler, DesiredState, NodeContext
 from ..compiler.diagnose import Diagnostic, diagnostic_changes
 from ..compiler.evaluate import connection_still_allowed
@@ -45,6 +46,7 @@ class DaemonConfig:
     # packet to a Service leaves after DNAT sent it to another node
     # (bpf/lib/services.h). None: every interface but loopback and the pods'.
     node_devices: tuple[str, ...] | None = None
+    limits: CompileLimits = field(default_factory=CompileLimits)  # per object and per pass (admission.py)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Status:
     last_sync_duration: float = 0.0
     errors: list[str] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # policies whose latest version is being staged
     attached: set[int] = field(default_factory=set)
     node_devices: set[int] = field(default_factory=set)  # ifindexes with to_network
     revoked_connections: int = 0
@@ -79,7 +82,7 @@ class Daemon:
         self._view: StateView | None = None
         self.on_sync: list[Callable[[float], None]] = []  # called with each pass's duration
         self._ct_count: tuple[float, int] = (0.0, 0)
-        self.compiler = Compiler(config.datapath.max_endpoint_id)
+        self.compiler = Compiler(config.datapath.max_endpoint_id, config.limits)
         self.resolver = InterfaceResolver()
         self.attacher = TcAttacher()
         self.runner = BoundedRunner(self.reconcile_once, resync=config.resync_interval)
@@ -139,6 +142,11 @@ class Daemon:
         interfaces = self.resolver.resolve(local)
         node = NodeContext(self.config.node_name, node_addresses(), interfaces)
         desired = self.compiler.compile(snap, node)
+        if desired.pending:
+            # A policy's prefixes are being staged a budget per pass: the
+            # next pass is due at once (changes meanwhile join it).
+            self.runner.trigger()
+        self._note_pending(desired.pending)
         report = self.sync.apply(desired.map_contents(), desired.describe)
         self._attach(desired)
         revoked = 0
@@ -158,6 +166,7 @@ class Daemon:
             st.errors = [str(e) for e in desired.errors] + report.failures
             st.failures = list(report.failures)
             st.unplaced = list(desired.unplaced)
+            st.pending = list(desired.pending)
             st.revoked_connections += revoked
             st.last_pass = {"written": report.written, "deleted": report.deleted, "revoked": revoked}
             st.since_start["passes"] += 1
@@ -215,6 +224,17 @@ class Daemon:
         with IPRoute() as ipr:
             return {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
 
+    def _note_pending(self, pending: list[str]) -> None:
+        """Log once when a policy starts waiting for its prefixes to be
+        staged, and once when it is taken in."""
+        before = set(self.status.pending)
+        for key in pending:
+            if key not in before:
+                log.info("NetworkPolicy %s: new version staged over several passes (more ipBlock prefixes than "
+                         "--prefixes-per-pass); its previous version stays in force meanwhile", key)
+        for key in sorted(before - set(pending)):
+            log.info("NetworkPolicy %s: no longer staged (its version is in force, or it is gone)", key)
+
     def _note_diagnostics(self, view: StateView) -> None:
         """Keep the pass's diagnostics for the status; log each one once when
         it appears (WARNING) and once when it goes (INFO). They only report:
@@ -239,7 +259,8 @@ class Daemon:
             "last_sync_duration_ms": round(st.last_sync_duration * 1e3, 3),
             "endpoints": len({e.endpoint_id for e in desired.endpoints.values()}),
             "policy_entries": len(desired.policy), "ipcache_entries": len(desired.ipcache),
-            "unplaced": st.unplaced, "errors": st.errors,
+            "unplaced": st.unplaced, "pending": st.pending[:20], "pending_count": len(st.pending),
+            "errors": st.errors,
             "last_pass": dict(st.last_pass), "since_start": dict(st.since_start),
             "diagnostics": [d.as_dict() for d in st.diagnostics],
         }

@@ -167,12 +167,16 @@ class Pod:
 class IPBlock:
     cidr: IPNetwork
     excepts: tuple[IPNetwork, ...] = ()
+    # A block is a key of the compiler's caches and part of every peer and
+    # rule key holding it: hashing tens of thousands of excepts on every
+    # lookup would make one large block cost every pass. Computed once.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
 
-    def contains_prefix(self, prefix: IPNetwork) -> bool:
-        """Whether every address of `prefix` is in this block."""
-        if prefix.version != self.cidr.version or not prefix.subnet_of(self.cidr):  # type: ignore[arg-type]
-            return False
-        return not any(prefix.subnet_of(e) for e in self.excepts)  # type: ignore[arg-type]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.cidr, self.excepts)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)

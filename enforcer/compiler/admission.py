@@ -1,0 +1,139 @@
+"""Which version of each NetworkPolicy a compilation pass takes in.
+
+NetworkPolicy is namespaced: any namespace owner can write a policy with
+tens of thousands of ipBlock prefixes. Two rules keep such a policy from
+stalling the node for everyone else:
+
+- **Limits per object.** A policy naming more prefixes than
+  `max_prefixes_per_policy` is not compiled as written: it is replaced by its
+  fail-closed form (it still isolates the pods it selects, in the directions
+  it names, and allows nothing) and reported by name, like any other
+  invalid object.
+- **A budget per pass.** Each new ipBlock prefix costs an identity, an
+  ipcache entry and an update of every block holding it. A pass takes in at
+  most `prefixes_per_pass` prefixes that are not in force yet. A changed
+  policy needing more waits, its previous version (or nothing, if it is
+  new) staying in force, while its prefixes are staged into force a budget
+  per pass (staged prefixes change no verdict: classes only get finer).
+  Once the rest fits in one pass it is taken in whole. Policies needing
+  fewer prefixes go first, so a change elsewhere, and every revocation that
+  adds no prefix (deleting a policy, narrowing a rule, dropping a peer), is
+  never queued behind a large one: it waits at most one pass.
+
+A policy that selects no pod of this node needs no prefix here and is taken
+in at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from ..model.objects import IPNetwork, NetworkPolicy, Pod, PolicyRule
+
+# Defaults; `enforcer run` can change each (see README "Limits and failure
+# behaviour").
+MAX_PREFIXES_PER_POLICY = 65536
+MAX_ENTRIES_PER_POLICY_POD = 65536
+PREFIXES_PER_PASS = 8192
+
+
+@dataclass(frozen=True)
+class CompileLimits:
+    max_prefixes_per_policy: int = MAX_PREFIXES_PER_POLICY
+    # Policy map entries one policy may compile to for one local pod.
+    max_entries_per_policy_pod: int = MAX_ENTRIES_PER_POLICY_POD
+    prefixes_per_pass: int = PREFIXES_PER_PASS
+
+
+_NOTHING = PolicyRule((), (), valid=False)
+
+
+def fail_closed(pol: NetworkPolicy, reason: str) -> NetworkPolicy:
+    """The policy with every rule allowing nothing: it still isolates what
+    it selects, in the directions it names."""
+    return dataclasses.replace(
+        pol, ingress=tuple(_NOTHING for _ in pol.ingress), egress=tuple(_NOTHING for _ in pol.egress),
+        errors=pol.errors + (reason,))
+
+
+@dataclass
+class Admission:
+    """Keeps, per policy, the version in force and what is staged for the
+    next one."""
+
+    limits: CompileLimits = field(default_factory=CompileLimits)
+    # key -> (the snapshot's version, the fail-closed stand-in taken in for it)
+    _over_limit: dict[str, tuple[NetworkPolicy, NetworkPolicy]] = field(default_factory=dict)
+    # key -> (the version waiting, prefixes staged into force for it)
+    staged: dict[str, tuple[NetworkPolicy, list[IPNetwork]]] = field(default_factory=dict)
+
+    def admit(self, wanted: Mapping[str, NetworkPolicy], in_force: Mapping[str, NetworkPolicy],
+              local_pods: Callable[[str], Iterable[Pod]], prefixes_of: Callable[[NetworkPolicy], frozenset[IPNetwork]],
+              is_in_force: Callable[[IPNetwork], bool]
+              ) -> tuple[dict[str, NetworkPolicy], list[IPNetwork], list[IPNetwork]]:
+        """The policies this pass compiles, given the snapshot's (`wanted`)
+        and last pass's (`in_force`). Returns them with the prefixes to
+        stage into force now and the staged prefixes to release (their
+        policy was taken in, replaced or deleted)."""
+        out = dict(wanted)
+        release: list[IPNetwork] = []
+        for key in [k for k in self._over_limit if k not in wanted]:
+            del self._over_limit[key]
+        waiting: list[tuple[int, str, NetworkPolicy, list[IPNetwork]]] = []
+        for key, pol in wanted.items():
+            current = in_force.get(key)
+            if current is pol:
+                continue
+            over = self._over_limit.get(key)
+            if over is not None and over[0] is pol:
+                out[key] = over[1]
+                continue
+            prefixes = prefixes_of(pol)
+            limit = self.limits.max_prefixes_per_policy
+            if len(prefixes) > limit:
+                stand_in = fail_closed(pol, f"names {len(prefixes)} ipBlock prefixes, more than the limit "
+                                            f"of {limit} per policy (--max-prefixes-per-policy): "
+                                            f"its rules allow nothing")
+                self._over_limit[key] = (pol, stand_in)
+                out[key] = stand_in
+                continue
+            self._over_limit.pop(key, None)
+            if not prefixes or not any(pol.selects(p) for p in local_pods(pol.namespace)):
+                continue
+            missing = [p for p in prefixes if not is_in_force(p)]
+            if missing:
+                waiting.append((len(missing), key, pol, missing))
+        budget = self.limits.prefixes_per_pass
+        stage: list[IPNetwork] = []
+        for n, key, pol, missing in sorted(waiting, key=lambda w: (w[0], w[1])):
+            if n <= budget:
+                budget -= n
+                continue  # taken in whole this pass
+            # Too large for what is left of this pass: the version in force
+            # stays; stage what the budget allows.
+            if key in in_force:
+                out[key] = in_force[key]
+            else:
+                del out[key]
+            chunk = missing[:budget]
+            budget -= len(chunk)
+            held = self.staged.get(key)
+            if held is not None and held[0] is not pol:
+                release += held[1]
+                held = None
+            self.staged[key] = (pol, (held[1] if held else []) + chunk)
+            stage += chunk
+        # Staged prefixes of versions no longer waiting go (a version taken
+        # in counts its prefixes itself from this pass on).
+        for key in list(self.staged):
+            pol, prefixes = self.staged[key]
+            if out.get(key) is pol or wanted.get(key) is not pol:
+                release += prefixes
+                del self.staged[key]
+        return out, stage, release
+
+    def pending(self) -> list[str]:
+        """Policies whose latest version is still being staged."""
+        return sorted(self.staged)
