@@ -30,12 +30,13 @@ from ..datapath.maps import DatapathMaps
 from ..model.objects import EGRESS, INGRESS
 from ..v1 import enforcer_pb2 as pb
 from .flows import peer_pb
-from .view import PROTOCOL_NUMBERS, StateView
+from .view import PROTOCOL_NUMBERS, StateView, capped, clip
 
 
-def maps_identity(maps: DatapathMaps, ip) -> int:  # type: ignore[no-untyped-def]
-    """The identity the datapath finds for ip: host entry, else LPM."""
-    v = maps["ipcache_hosts"].lookup(IpcacheHostKey.of(ip))
+def maps_identity(maps: DatapathMaps, ip, prefixes_only: bool = False) -> int:  # type: ignore[no-untyped-def]
+    """The identity the datapath finds for ip: host entry, else LPM
+    (`prefixes_only`: LPM alone, ipcache_cidr_identity in ipcache.h)."""
+    v = None if prefixes_only else maps["ipcache_hosts"].lookup(IpcacheHostKey.of(ip))
     if v is not None:
         return int(v.identity)
     key = IpcacheKey(prefixlen=IPCACHE_PREFIX_BASE + ip.max_prefixlen, family=family_of(ip), addr=addr_bytes(ip))
@@ -43,13 +44,19 @@ def maps_identity(maps: DatapathMaps, ip) -> int:  # type: ignore[no-untyped-def
     return int(v.identity) if v is not None else IDENTITY_WORLD
 
 
-def maps_hook(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int, port: int) -> tuple[bool, str]:  # type: ignore[no-untyped-def]
+def maps_hook(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int, port: int,  # type: ignore[no-untyped-def]
+              node_sent: bool = True) -> tuple[bool, str]:
+    """The datapath's decision re-taken from the live maps (enforce.h):
+    a node address passes as a destination, and as a source the node itself
+    sent (`node_sent`); masqueraded, it is judged by the prefixes holding it."""
     ep = maps["endpoints"].lookup(EndpointKey.of(pod_ip))
     if ep is None:
         return False, f"no endpoint entry for {pod_ip}"
     ident = maps_identity(maps, peer_ip)
     if ident == IDENTITY_HOST:
-        return True, "peer has the host identity"
+        if direction == DIR_EGRESS or node_sent:
+            return True, "peer has the host identity"
+        ident = maps_identity(maps, peer_ip, prefixes_only=True)
     flag = EP_F_INGRESS_ISOLATED if direction == DIR_INGRESS else EP_F_EGRESS_ISOLATED
     if not ep.flags & flag:
         return True, f"endpoint {ep.id} not isolated (flags {ep.flags:#x})"
@@ -95,9 +102,12 @@ def explain(view: StateView, maps: DatapathMaps | None, req: pb.ExplainRequest) 
         type_name = EGRESS if egress else INGRESS
         isolating = [k for k in view.desired.selected_by.get(hook.pod, [])
                      if (pol := view.snapshot.policies.get(k)) is not None and type_name in pol.policy_types]
+        rules, rules_omitted = capped(hook.rules)
+        isolating, isolating_omitted = capped(isolating)
         h = pb.HookExplanation(endpoint=hook.pod, allowed=hook.allowed, why=hook.reason,
                                direction=pb.DIRECTION_EGRESS if egress else pb.DIRECTION_INGRESS,
-                               rules=[_rule_pb(r) for r in hook.rules], isolating_policies=isolating)
+                               rules=[_rule_pb(r) for r in rules], rules_omitted=rules_omitted,
+                               isolating_policies=isolating, isolating_policies_omitted=isolating_omitted)
         if maps is not None:
             pod_ip, peer_ip = (src, dst) if egress else (dst, src)
             maps_allowed, detail = maps_hook(maps, pod_ip, peer_ip, direction, proto, port)
@@ -106,7 +116,7 @@ def explain(view: StateView, maps: DatapathMaps | None, req: pb.ExplainRequest) 
             all_agree &= h.maps_agree
         resp.hooks.append(h)
     resp.maps_agree = all_agree and maps is not None
-    resp.summary = summarize(verdict.allowed, verdict.hooks, req, proto_name)
+    resp.summary = clip(summarize(verdict.allowed, verdict.hooks, req, proto_name))
     return resp
 
 

@@ -22,6 +22,7 @@ from ..datapath.layout import (
     POLICY_PREFIX_EXACT,
     POLICY_PREFIX_PROTO,
 )
+from ..datapath.reasons import Reason
 from ..datapath.sync import TrackedConnection
 from .compile import DesiredState, EndpointSpec, RuleRef
 
@@ -50,11 +51,16 @@ class ConnectionVerdict:
 
 
 class IpcacheIndex:
-    """Longest-prefix match over a compiled ipcache, by prefix length."""
+    """Longest-prefix match over a compiled ipcache, by prefix length;
+    `prefixes_only`: over the prefixes alone, as the datapath's LPM trie
+    holds them (full-length entries, pods' and the node's addresses, live in
+    the host map: ipcache.h)."""
 
-    def __init__(self, ipcache: dict) -> None:  # type: ignore[type-arg]
+    def __init__(self, ipcache: dict, prefixes_only: bool = False) -> None:  # type: ignore[type-arg]
         self._by_len: dict[int, dict[int, dict[int, int]]] = {4: {}, 6: {}}
         for net, ident in ipcache.items():
+            if prefixes_only and net.prefixlen == net.max_prefixlen:
+                continue
             self._by_len[net.version].setdefault(net.prefixlen, {})[int(net.network_address)] = ident
         self._lens = {v: sorted(d, reverse=True) for v, d in self._by_len.items()}
 
@@ -69,11 +75,12 @@ class IpcacheIndex:
         return IDENTITY_WORLD
 
 
-def identity_of(state: DesiredState, ip: IPAddress) -> int:
-    index = getattr(state, "_ipcache_index", None)
+def identity_of(state: DesiredState, ip: IPAddress, prefixes_only: bool = False) -> int:
+    attr = "_prefix_index" if prefixes_only else "_ipcache_index"
+    index = getattr(state, attr, None)
     if index is None:
-        index = IpcacheIndex(state.ipcache)
-        state._ipcache_index = index  # type: ignore[attr-defined]  # state is not changed after compiling
+        index = IpcacheIndex(state.ipcache, prefixes_only)
+        setattr(state, attr, index)  # state is not changed after compiling
     return index.lookup(ip)
 
 
@@ -106,12 +113,20 @@ def all_rules_allowing(state: DesiredState, ep: EndpointSpec, direction: int, id
     return [state.rules[i] for i in dict.fromkeys(ids) if i in state.rules]
 
 
-def _hook(state: DesiredState, ep: EndpointSpec, direction: int, peer_identity: int,
-          proto: int, port: int) -> HookVerdict:
+def _hook(state: DesiredState, ep: EndpointSpec, direction: int, peer: IPAddress,
+          proto: int, port: int, node_sent: bool = True) -> HookVerdict:
+    """As enforce.h decides: the node's own addresses pass as a destination,
+    and as a source when the node itself sent the packet (`node_sent`);
+    a packet that only carries a node address because netfilter
+    masqueraded it is judged as that address, by the ipBlock prefixes
+    holding it."""
     name = "ingress" if direction == DIR_INGRESS else "egress"
     flag = EP_F_INGRESS_ISOLATED if direction == DIR_INGRESS else EP_F_EGRESS_ISOLATED
+    peer_identity = identity_of(state, peer)
     if peer_identity == IDENTITY_HOST:
-        return HookVerdict(name, ep.pod, True, "host")
+        if direction == DIR_EGRESS or node_sent:
+            return HookVerdict(name, ep.pod, True, "host")
+        peer_identity = identity_of(state, peer, prefixes_only=True)
     if not ep.flags & flag:
         return HookVerdict(name, ep.pod, True, "not isolated")
     rules = all_rules_allowing(state, ep, direction, peer_identity, proto, port)
@@ -126,9 +141,9 @@ def evaluate(state: DesiredState, src: IPAddress, dst: IPAddress, proto: int, po
     src_id, dst_id = identity_of(state, src), identity_of(state, dst)
     hooks = []
     if (ep := state.endpoints.get(src)) is not None:
-        hooks.append(_hook(state, ep, DIR_EGRESS, dst_id, proto, port))
+        hooks.append(_hook(state, ep, DIR_EGRESS, dst, proto, port))
     if (ep := state.endpoints.get(dst)) is not None:
-        hooks.append(_hook(state, ep, DIR_INGRESS, src_id, proto, port))
+        hooks.append(_hook(state, ep, DIR_INGRESS, src, proto, port))
     return ConnectionVerdict(all(h.allowed for h in hooks), hooks, src_id, dst_id)
 
 
@@ -140,4 +155,5 @@ def connection_still_allowed(state: DesiredState, endpoints_by_id: dict[int, End
         return False
     direction = DIR_EGRESS if conn.origin_egress else DIR_INGRESS
     port = conn.peer_port if conn.origin_egress else conn.pod_port
-    return _hook(state, ep, direction, identity_of(state, conn.peer), conn.proto, port).allowed
+    return _hook(state, ep, direction, conn.peer, conn.proto, port,
+                 node_sent=conn.reason == Reason.ALLOW_HOST).allowed

@@ -204,11 +204,13 @@ class TrackedConnection:
     pod_port: int
     peer_port: int
     origin_egress: bool
+    reason: int = 0  # the ALLOW_* that opened it (ALLOW_HOST: the node itself sent it)
 
 
 def _tracked(k: CtKey, v: CtEntry) -> TrackedConnection:
     return TrackedConnection(v.endpoint_id, addr_from_bytes(k.family, k.pod), addr_from_bytes(k.family, k.peer),
-                             k.proto, socket.ntohs(k.pod_port), socket.ntohs(k.peer_port), v.origin == DIR_EGRESS)
+                             k.proto, socket.ntohs(k.pod_port), socket.ntohs(k.peer_port), v.origin == DIR_EGRESS,
+                             v.reason)
 
 
 def tracked_connections(maps: DatapathMaps) -> list[tuple[CtKey, TrackedConnection]]:
