@@ -10,6 +10,8 @@ Run for both lab wirings (routed: Calico-style; bridge: flannel-style).
 from __future__ import annotations
 
 import ipaddress
+import socket
+from collections.abc import Sequence
 
 import pytest
 
@@ -18,6 +20,7 @@ from enforcer.datapath.reasons import Reason
 from enforcer.lab.netns import ip_json
 from enforcer.lab.probe import connect_tcp, exchange, open_socket
 from enforcer.lab.topology import BRIDGE, ROUTED
+from enforcer.lab.topology import Pod as LabPod
 
 from .conftest import make_daemon_lab
 from .harness import DENIED, OK, DaemonLab, allow_from, flows, policy
@@ -58,28 +61,52 @@ def test_added_pod_is_attached_and_enforced(env: DaemonLab) -> None:
         ), family)
 
 
-@pytest.mark.parametrize("interface", ["kept", "deleted"])
-def test_removed_pod_leaves_nothing_behind(env: DaemonLab, interface: str) -> None:
-    """kept: the pod leaves the manifests, its namespace and veth stay (a
-    pod being torn down); deleted: the veth is gone first."""
-    name = "x" if interface == "kept" else "y"
+def add_pod_with_traffic(env: DaemonLab, name: str) -> tuple[LabPod, int, list[socket.socket]]:
+    """A new pod that admits a on port 80, and connections to it from a,
+    TCP (kept open) and UDP, both families: its endpoint id has a policy,
+    conntrack entries and counters. (pod, endpoint id, open connections)."""
     env.add_pod(name)
     env.write_policy(policy(f"{name}-ingress", name, ingress=[allow_from("a", ("tcp", 80), ("udp", 80))]))
     env.sync()
     pod = env.lab.pod(name)
     ep_id = env.endpoint_id(name)
     assert env.attachments().get(pod.host_ifindex) == {"ingress", "egress"}
-
-    # Tracked connections of the pod, both families, TCP and UDP.
     conns = []
-    for family in FAMILIES:
-        conn, greeting = connect_tcp(env.lab.pod("a").netns, pod.ip(family), 80, timeout=3.0)
-        conns.append(conn)
-        assert greeting == name and exchange(conn, "hi") == f"{name} hi"
-        with open_socket(env.lab.pod("a").netns, family, "udp") as u:
-            u.settimeout(3.0)
-            u.sendto(b"x\n", (pod.ip(family), 80))
-            assert u.recv(100).strip() == name.encode()
+    try:
+        for family in FAMILIES:
+            conn, greeting = connect_tcp(env.lab.pod("a").netns, pod.ip(family), 80, timeout=3.0)
+            conns.append(conn)
+            assert greeting == name and exchange(conn, "hi") == f"{name} hi"
+            with open_socket(env.lab.pod("a").netns, family, "udp") as u:
+                u.settimeout(3.0)
+                u.sendto(b"x\n", (pod.ip(family), 80))
+                assert u.recv(100).strip() == name.encode()
+    except BaseException:
+        forget_pod(env, name, conns)
+        raise
+    return pod, ep_id, conns
+
+
+def forget_pod(env: DaemonLab, name: str, conns: Sequence[socket.socket] = (), policy_name: str | None = None) -> None:
+    """Whatever is left of a pod a test added (it may have failed half-way):
+    connections, lab pod, manifest entry, policy; then a sync."""
+    for c in conns:
+        c.close()
+    if name in env.lab.pods:
+        env.lab.remove_pod(name)
+    if name in env.manifest_pods:
+        env.drop_from_manifests(name)
+    if (env.source / "policies" / f"{policy_name or name + '-ingress'}.yaml").exists():
+        env.remove_policy(policy_name or f"{name}-ingress")
+    env.sync()
+
+
+@pytest.mark.parametrize("interface", ["kept", "deleted"])
+def test_removed_pod_leaves_nothing_behind(env: DaemonLab, interface: str) -> None:
+    """kept: the pod leaves the manifests, its namespace and veth stay (a
+    pod being torn down); deleted: the veth is gone first."""
+    name = "x" if interface == "kept" else "y"
+    pod, ep_id, conns = add_pod_with_traffic(env, name)
     try:
         assert env.conntrack_of(name, ep_id), "the pod's connections are not tracked"
         if interface == "deleted":
@@ -102,39 +129,44 @@ def test_removed_pod_leaves_nothing_behind(env: DaemonLab, interface: str) -> No
         if interface == "kept":  # nothing enforces it now: b -> x 81 passes
             env.check_flows(flows(("b", name, 81, "tcp", OK)), 4)
     finally:
-        for c in conns:
-            c.close()
-        if name in env.lab.pods:
-            env.lab.remove_pod(name)
-        if name in env.manifest_pods:  # failed half-way
-            env.drop_from_manifests(name)
-        env.remove_policy(f"{name}-ingress")
-        env.sync()
-    env.released_id = ep_id  # type: ignore[attr-defined]
+        forget_pod(env, name, conns)
 
 
 def test_released_endpoint_id_is_reused_safely(env: DaemonLab) -> None:
     """The next new pod gets the lowest free id, the one just released: it
-    must start with its own policy only, no conntrack and zero counters."""
-    released = getattr(env, "released_id", None)
-    if released is None:
-        pytest.skip("needs test_removed_pod_leaves_nothing_behind first")
+    must start with its own policy only, no conntrack and zero counters.
+    The id's previous pod is made here: the test runs alone as well."""
+    _, released, conns = add_pod_with_traffic(env, "w")
+    try:
+        # What the new pod must not inherit is there to inherit.
+        assert any(k.endpoint_id == released for k, _ in env.maps["policy"].items())
+        assert env.conntrack_of("w", released), "w's connections are not tracked"
+        assert env.maps.counters(released).get((DIR_INGRESS, Reason.ALLOW_POLICY), (0, 0))[0] >= 4
+        env.lab.remove_pod("w")
+        env.drop_from_manifests("w")
+        env.sync()
+    finally:
+        forget_pod(env, "w", conns)
+
     env.add_pod("z")
-    env.write_policy(policy("z-isolated", "z", ingress=[]))  # ingress: nothing allowed
-    env.sync()
-    z_id = env.endpoint_id("z")
-    assert z_id == released
-    # Only z's own entries use the id: it has none (deny all).
-    assert not any(k.endpoint_id == z_id for k, _ in env.maps["policy"].items())
-    assert not env.conntrack_of("z", z_id)
-    counters = env.maps.counters(z_id)
-    assert not counters, f"z inherited counters of the id's previous pod: {counters}"
-    for family in FAMILIES:
-        env.check_flows(flows(
-            ("a", "z", 80, "tcp", DENIED),     # the id's previous pod allowed this
-            ("a", "z", 80, "udp", DENIED),
-            ("z", "a", 80, "tcp", OK),
-        ), family)
-    counters = env.maps.counters(z_id)
-    assert counters.get((DIR_INGRESS, Reason.DROP_POLICY), (0, 0))[0] >= 2
-    assert counters.get((DIR_EGRESS, Reason.ALLOW_NOT_ISOLATED), (0, 0))[0] >= 1
+    try:
+        env.write_policy(policy("z-isolated", "z", ingress=[]))  # ingress: nothing allowed
+        env.sync()
+        z_id = env.endpoint_id("z")
+        assert z_id == released
+        # Only z's own entries use the id: it has none (deny all).
+        assert not any(k.endpoint_id == z_id for k, _ in env.maps["policy"].items())
+        assert not env.conntrack_of("z", z_id)
+        counters = env.maps.counters(z_id)
+        assert not counters, f"z inherited counters of the id's previous pod: {counters}"
+        for family in FAMILIES:
+            env.check_flows(flows(
+                ("a", "z", 80, "tcp", DENIED),     # the id's previous pod allowed this
+                ("a", "z", 80, "udp", DENIED),
+                ("z", "a", 80, "tcp", OK),
+            ), family)
+        counters = env.maps.counters(z_id)
+        assert counters.get((DIR_INGRESS, Reason.DROP_POLICY), (0, 0))[0] >= 2
+        assert counters.get((DIR_EGRESS, Reason.ALLOW_NOT_ISOLATED), (0, 0))[0] >= 1
+    finally:
+        forget_pod(env, "z", policy_name="z-isolated")
