@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from enforcer.model import parse_object
+
 from . import cases as C
 from . import model as M
 
@@ -142,7 +144,6 @@ def test_policies_valid(case: C.Case) -> None:
 def test_policies_parse_with_enforcer_model() -> None:
     """The enforcer's own API-object parser accepts every resolved policy and
     the rendered model objects."""
-    parse_object = pytest.importorskip("enforcer.model").parse_object
     for case in C.CASES:
         for pol in case.policies:
             for ips in (FAKE_IPS, FAKE_IPS6):
