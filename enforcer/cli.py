@@ -114,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
         source = KubernetesSource(store, k8s)
         source_text = f"kubernetes:{source.host}"
     else:
-        source = DirectorySource(Path(args.source), store)
+        limits = {"max_manifest_bytes": args.max_manifest_bytes} if args.max_manifest_bytes is not None else {}
+        source = DirectorySource(Path(args.source), store, **limits)
         source_text = f"directory:{Path(args.source).resolve()}"
     api = ApiServer(server_config, EnforcerService(daemon, hub, source_text))
     stop = threading.Event()
@@ -247,6 +248,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="enforcer", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -256,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--source", default="kubernetes",
                        help="'kubernetes' (the API: in-cluster config, else --kubeconfig) or a directory of manifests")
     run_p.add_argument("--kubeconfig", help="kubeconfig for --source kubernetes outside a cluster")
+    run_p.add_argument("--max-manifest-bytes", type=_positive_int, metavar="N",
+                       help="with a directory --source: a manifest file larger than this is not read and is "
+                            "reported as invalid (default 8388608, 8 MiB)")
     run_p.add_argument("--node", required=True, help="this node's name (spec.nodeName of local pods)")
     run_p.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
     run_p.add_argument("--node-device", action="append", metavar="IFNAME",

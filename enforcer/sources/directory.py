@@ -6,21 +6,36 @@ Polled rather than watched with inotify so it works on any filesystem
 file is read only once its size and mtime have held still for one poll, and
 a file that does not parse keeps its last good content until it does: a
 writer caught mid-write is retried, never read as a shorter manifest (which
-would silently drop the policies after the cut).
+would silently drop the policies after the cut). A file is read again only
+when its stat (device, inode, size, mtime, ctime) changes.
+
+Whatever the tree holds, one path costs the scan one error, never the scan:
+links are followed, but a directory reached twice (a link to itself or to
+a parent) is walked once and a file reached twice is read once (both by
+device and inode); a path that cannot be read (a link loop, a dangling
+link, a FIFO or device, which are never opened, a name too long, no
+permission, a file larger than `max_manifest_bytes`, text that is not
+UTF-8, an empty file, YAML that nests too deep or expands through aliases
+to too many nodes) is reported by path as an invalid object (`enforcer
+status`, `enforcer_invalid_objects`) once it has stayed so for
+BROKEN_REPORT_AFTER_S, and whatever was last read from it stays in force.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat as stat_mod
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+from yaml.nodes import MappingNode, SequenceNode
 
 from ..errors import InvalidObjectError
 from ..model.state import ClusterStore, ParsedEntry, parse_for_store
@@ -31,15 +46,174 @@ SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's loader when PyYAML was built with it (4x faster), same semantics.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 BROKEN_REPORT_AFTER_S = 2.0  # a file still unreadable after this is reported
+# A manifest file larger than this is not read (--max-manifest-bytes). The
+# API server refuses objects over ~1.5 MB; a file holds several.
+DEFAULT_MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+# YAML bounds, checked on the parsed node graph before anything is built
+# from it: nesting depth (Kubernetes objects nest ~15 deep), and the number
+# of nodes a file holds once aliases are expanded, which without aliases is
+# at most ~2 per byte ("billion laughs" expands a few hundred bytes into
+# 10^9 nodes).
+MAX_YAML_DEPTH = 100
+YAML_NODES_BASE = 100_000
+YAML_NODES_PER_BYTE = 2
+MIN_INTERVAL_S = 0.01  # whatever interval is asked for, the poll never spins
+POLL_FAILURE_LOG_EVERY_S = 60.0  # a poll that keeps failing is logged at most this often
+
+# What decides whether a file has changed: st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns.
+StatKey = tuple[int, int, int, int, int]
+
+
+class _Unreadable(Exception):
+    """A file's content cannot be used; the message says why."""
 
 
 @dataclass
 class _FileState:
-    stat: tuple[int, int]
+    stat: StatKey
     objects: list[ParsedEntry]  # parsed once per change; the raw dicts are not kept
-    digest: str = ""  # of the content in force (the last readable one)
+    digest: str = ""  # of the content in force (the last readable one); "" when there was none
     broken_since: float | None = None
-    error: str | None = None
+    reason: str | None = None  # why the file's current content is not in force
+
+
+@dataclass
+class Scan:
+    """What one walk of the directory found."""
+
+    files: dict[Path, StatKey] = field(default_factory=dict)  # manifests to read, each file once
+    errors: dict[Path, str] = field(default_factory=dict)  # paths that cannot be read, and why
+    unlisted: list[Path] = field(default_factory=list)  # directories that could not be listed
+
+    def hides(self, path: Path) -> bool:
+        """Whether `path` lies in a directory that could not be listed (so
+        whether it is still there is unknown)."""
+        return any(d in path.parents for d in self.unlisted)
+
+
+def _os_error(e: OSError) -> str:
+    code = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else "?"
+    return f"{e.strerror or e} ({code})"
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat_mod.S_ISFIFO, "a FIFO"), (stat_mod.S_ISCHR, "a character device"),
+                       (stat_mod.S_ISBLK, "a block device"), (stat_mod.S_ISSOCK, "a socket"),
+                       (stat_mod.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return f"file type {stat_mod.S_IFMT(mode):#o}"
+
+
+def _may_hold_manifests(entry: os.DirEntry) -> bool:  # type: ignore[type-arg]
+    try:
+        return entry.is_symlink() or entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return True  # not even its type is known
+
+
+def _too_big(limit: int) -> str:
+    # No size in the text: a file that keeps growing must not change its report at every poll.
+    return f"larger than the limit of {limit} bytes (--max-manifest-bytes): not read"
+
+
+def scan_manifests(directory: Path, max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES) -> Scan:
+    """The manifest files under `directory` (names ending in SUFFIXES, no
+    hidden names or directories: ConfigMap volumes reach their `..data`
+    through links), following links, in a fixed order (names sorted, depth
+    first): a directory or file reached twice is taken once, under the
+    first path that reaches it. Paths that cannot be taken are in `errors`;
+    nothing here raises and nothing is opened but directories."""
+    directory = Path(directory)
+    scan = Scan()
+    try:
+        top = os.stat(directory)
+    except FileNotFoundError:
+        return scan  # no directory (yet): no manifests
+    except OSError as e:
+        scan.errors[directory] = _os_error(e)
+        scan.unlisted.append(directory)
+        return scan
+    if not stat_mod.S_ISDIR(top.st_mode):
+        return scan
+    dirs_seen = {(top.st_dev, top.st_ino)}
+    files_seen: set[tuple[int, int]] = set()
+    stack = [directory]
+    while stack:
+        here = stack.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            continue  # removed meanwhile: what it held is gone
+        except OSError as e:
+            scan.errors[here] = _os_error(e)
+            scan.unlisted.append(here)
+            continue
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            path = here / name
+            manifest = name.endswith(SUFFIXES)
+            try:
+                st = os.stat(entry.path)
+            except FileNotFoundError:
+                if entry.is_symlink():  # a link to nothing (a lost mount, a ConfigMap key being removed)
+                    scan.errors[path] = "a symbolic link to nothing (dangling)"
+                continue  # else: removed meanwhile
+            except OSError as e:
+                # A directory, or a link that cannot be followed (it may stand for
+                # one), may hold manifests; another file that is no manifest is no matter.
+                if manifest or _may_hold_manifests(entry):
+                    scan.errors[path] = _os_error(e)
+                continue
+            mode = st.st_mode
+            if stat_mod.S_ISDIR(mode):
+                ident = (st.st_dev, st.st_ino)
+                if ident not in dirs_seen:  # else: reached before (a link back up, or twice)
+                    dirs_seen.add(ident)
+                    subdirs.append(path)
+            elif not manifest:
+                continue
+            elif not stat_mod.S_ISREG(mode):
+                scan.errors[path] = f"not a regular file ({_file_type(mode)}): never opened"
+            elif (st.st_dev, st.st_ino) not in files_seen:  # else: read under the first path reaching it
+                files_seen.add((st.st_dev, st.st_ino))
+                if st.st_size > max_manifest_bytes:
+                    scan.errors[path] = _too_big(max_manifest_bytes)
+                else:
+                    scan.files[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        stack.extend(reversed(subdirs))
+    return scan
+
+
+def read_manifest_bytes(path: Path, max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES) -> bytes:
+    """A manifest file's bytes. Opened non-blocking and checked to be a
+    regular file (a FIFO swapped in after the scan neither blocks nor is
+    read); never more than `max_manifest_bytes` + 1 bytes are read."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise _Unreadable(f"not a regular file ({_file_type(st.st_mode)}): not read")
+        if st.st_size > max_manifest_bytes:
+            raise _Unreadable(_too_big(max_manifest_bytes))
+        chunks = []
+        left = max_manifest_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_manifest_bytes:  # grew since the stat
+            raise _Unreadable(_too_big(max_manifest_bytes))
+        return data
+    finally:
+        os.close(fd)
 
 
 def content_revision(files: dict[str, str]) -> str:
@@ -53,30 +227,69 @@ def content_revision(files: dict[str, str]) -> str:
     return "sha256:" + h.hexdigest()[:16]
 
 
-def directory_revision(directory: Path) -> str:
-    """content_revision of the manifests in `directory` as they are now."""
+def directory_revision(directory: Path, max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES) -> str:
+    """content_revision of the manifests in `directory` as they are now: the
+    files DirectorySource reads (the same walk, links and all), each under
+    the same path."""
+    directory = Path(directory)
     files = {}
-    for root, _dirs, names in os.walk(directory, followlinks=True):
-        if any(part.startswith(".") for part in Path(root).relative_to(directory).parts):
-            continue
-        for name in names:
-            if not name.startswith(".") and name.endswith(SUFFIXES):
-                path = Path(root) / name
-                files[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    for path in scan_manifests(directory, max_manifest_bytes).files:
+        try:
+            data = read_manifest_bytes(path, max_manifest_bytes)
+        except (OSError, _Unreadable):
+            continue  # gone or changed meanwhile: the source cannot have it in force either
+        files[str(path.relative_to(directory))] = hashlib.sha256(data).hexdigest()
     return content_revision(files)
 
 
 def parse_manifests(text: str) -> list[dict[str, Any]]:
     """All objects in a YAML/JSON text, `List` kinds flattened. Raises
-    ValueError when the text does not parse."""
+    ValueError when the text does not parse, nests deeper than
+    MAX_YAML_DEPTH or expands through aliases to more nodes than its size
+    allows."""
+    budget = limit = YAML_NODES_BASE + YAML_NODES_PER_BYTE * len(text)
+    out: list[dict[str, Any]] = []
+    loader = _YAML_LOADER(text)
     try:
-        docs = list(yaml.load_all(text, Loader=_YAML_LOADER))
+        while loader.check_node():
+            node = loader.get_node()
+            budget = _check_document(node, budget, limit)
+            out.extend(_flatten(loader.construct_document(node)))
     except yaml.YAMLError as e:
         raise ValueError(f"not valid YAML/JSON: {e}") from e
-    out: list[dict[str, Any]] = []
-    for doc in docs:
-        out.extend(_flatten(doc))
+    except RecursionError:  # the pure-Python loader composes recursively
+        raise ValueError("not valid YAML/JSON: nested too deeply") from None
+    finally:
+        loader.dispose()
     return out
+
+
+def _check_document(root: Any, budget: int, limit: int) -> int:
+    """Walk a document's node graph level by level as the constructor will
+    see it (aliases expanded, so a recursive alias never ends): refuse it
+    past MAX_YAML_DEPTH levels or once more than `budget` nodes are seen.
+    Returns the budget left. The walk itself costs at most `budget` steps."""
+    level = [root]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_YAML_DEPTH:
+            raise ValueError(f"YAML nested more than {MAX_YAML_DEPTH} levels deep: not read")
+        budget -= len(level)
+        if budget < 0:
+            raise ValueError(f"YAML expands through aliases to more than {limit} nodes "
+                             f"({YAML_NODES_BASE} + {YAML_NODES_PER_BYTE} per byte): not read")
+        below: list[Any] = []
+        for node in level:
+            kind = type(node)
+            if kind is MappingNode:
+                for key, value in node.value:
+                    below.append(key)
+                    below.append(value)
+            elif kind is SequenceNode:
+                below.extend(node.value)
+        level = below
+    return budget
 
 
 def _flatten(doc: Any) -> Iterable[dict[str, Any]]:
@@ -93,16 +306,42 @@ def _flatten(doc: Any) -> Iterable[dict[str, Any]]:
     return [doc]
 
 
+def parse_manifest_bytes(data: bytes) -> list[ParsedEntry]:
+    """A manifest file's objects, parsed for the store. Raises _Unreadable
+    (or ValueError) when the file as a whole cannot be used."""
+    if not data:
+        raise _Unreadable("empty file (0 bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Unreadable(f"not UTF-8 text (byte {e.start}: {e.reason})") from None
+    out = []
+    for i, raw in enumerate(parse_manifests(text)):
+        try:
+            out.append(parse_for_store(raw))
+        except Exception as e:  # an object the model cannot even name (metadata not a mapping, ...)
+            raise _Unreadable(f"object {i + 1} cannot be read ({type(e).__name__}: {e})") from None
+    return out
+
+
 class DirectorySource:
-    def __init__(self, directory: Path, store: ClusterStore, interval: float = 0.1) -> None:
+    def __init__(self, directory: Path, store: ClusterStore, interval: float = 0.1,
+                 max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES) -> None:
+        if max_manifest_bytes <= 0:
+            raise ValueError("max_manifest_bytes must be positive")
         self.directory = Path(directory)
         self.store = store
-        self.interval = interval
+        self.interval = max(interval, MIN_INTERVAL_S)
+        self.max_manifest_bytes = max_manifest_bytes
         self._files: dict[Path, _FileState] = {}
-        self._pending: dict[Path, tuple[int, int]] = {}
+        self._pending: dict[Path, StatKey] = {}
+        self._path_errors: dict[Path, tuple[float, str]] = {}  # path -> (since, why)
+        self._unlisted: set[Path] = set()  # directories the last scan could not list
+        self._published_errors: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.synced = threading.Event()
+        self.poll_failures = 0  # polls that raised (each is a bug: they are logged, rate-limited)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="directory-source", daemon=True)
@@ -114,82 +353,133 @@ class DirectorySource:
             self._thread.join(timeout=2)
 
     def _run(self) -> None:
+        last_logged: float | None = None
+        unlogged = 0
+        # The wait comes first in every turn: whatever a poll does or raises,
+        # the next one is `interval` later.
         while not self._stop.wait(self.interval):
             try:
                 self.poll()
             except Exception:  # keep polling whatever one pass hit
-                log.exception("directory source: poll failed")
-
-    def _scan(self) -> dict[Path, tuple[int, int]]:
-        found: dict[Path, tuple[int, int]] = {}
-        if not self.directory.is_dir():
-            return found
-        for root, _dirs, files in os.walk(self.directory, followlinks=True):
-            if any(part.startswith(".") for part in Path(root).relative_to(self.directory).parts):
-                continue  # ..data-style hidden dirs of ConfigMap volumes are reached via their links
-            for name in files:
-                if name.startswith(".") or not name.endswith(SUFFIXES):
-                    continue
-                path = Path(root) / name
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue
-                found[path] = (st.st_mtime_ns, st.st_size)
-        return found
+                self.poll_failures += 1
+                now = time.monotonic()
+                if last_logged is None or now - last_logged >= POLL_FAILURE_LOG_EVERY_S:
+                    log.exception("directory source: poll of %s failed (%d more failures not logged since "
+                                  "the last report); polling goes on every %.3g s",
+                                  self.directory, unlogged, self.interval)
+                    last_logged, unlogged = now, 0
+                else:
+                    unlogged += 1
 
     def poll(self) -> bool:
         """One pass; returns whether the store was updated."""
         now = time.monotonic()
-        seen = self._scan()
+        scan = scan_manifests(self.directory, self.max_manifest_bytes)
+        self._path_errors = {path: (self._path_errors.get(path, (now,))[0], why)
+                             for path, why in scan.errors.items()}
+        self._unlisted = set(scan.unlisted)
         changed = False
-        for path in [p for p in self._files if p not in seen]:
+        for path in [p for p in self._files if p not in scan.files]:
+            if path in scan.errors or scan.hides(path):
+                continue  # there but unreadable now: its last content stays in force
             del self._files[path]
             changed = True
-        for path, stat in seen.items():
+        pending: dict[Path, StatKey] = {}
+        for path, key in scan.files.items():
             known = self._files.get(path)
-            if known is not None and known.stat == stat and known.broken_since is None:
-                self._pending.pop(path, None)
+            if known is not None and known.stat == key:
+                continue  # unchanged since it was last read (parsed or not): not read again
+            if self._pending.get(path) != key:
+                pending[path] = key  # changed since last poll: wait until it holds still
                 continue
-            if self._pending.get(path) != stat and (known is None or known.stat != stat):
-                self._pending[path] = stat  # changed since last poll: wait until it holds still
-                continue
-            self._pending.pop(path, None)
-            changed |= self._read(path, stat, known, now)
+            changed |= self._read(path, key, known, now)
+        self._pending = pending
+        errors = self._errors(now)
+        texts = [str(e) for e in errors]
+        if texts != self._published_errors:
+            for text in sorted(set(texts) - set(self._published_errors)):
+                log.warning("directory source: %s", text)
+            changed = True
         if not self.synced.is_set():
             if self._pending:
                 return False  # first read not complete: publish nothing partial
             changed = True
         if changed:
-            self._publish()
+            self._publish(errors)
+            self._published_errors = texts
         self.synced.set()
         return changed
 
-    def _read(self, path: Path, stat: tuple[int, int], known: _FileState | None, now: float) -> bool:
+    def _read(self, path: Path, key: StatKey, known: _FileState | None, now: float) -> bool:
+        """Read and parse one file; returns whether the content in force changed."""
         try:
-            data = path.read_bytes()
-            objects = [parse_for_store(raw) for raw in parse_manifests(data.decode())]
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            state = known or _FileState(stat, [])
-            state.stat = stat
-            if state.broken_since is None:
-                state.broken_since = now
-            was_reported = state.error is not None
-            if now - state.broken_since >= BROKEN_REPORT_AFTER_S:
-                state.error = f"{path.name}: {e}"
-            self._files[path] = state
-            return state.error is not None and not was_reported
-        self._files[path] = _FileState(stat, objects, hashlib.sha256(data).hexdigest())
-        return True
+            data = read_manifest_bytes(path, self.max_manifest_bytes)
+            objects = parse_manifest_bytes(data)
+        except OSError as e:
+            reason = _os_error(e)
+        except (_Unreadable, ValueError) as e:
+            reason = str(e)
+        except Exception as e:  # a bug somewhere below: this file is reported, the others go on
+            log.exception("directory source: reading %s failed", path)
+            reason = f"cannot be read ({type(e).__name__}: {e})"
+        else:
+            self._files[path] = _FileState(key, objects, hashlib.sha256(data).hexdigest())
+            return True
+        state = known or _FileState(key, [])
+        state.stat = key
+        if state.broken_since is None:
+            state.broken_since = now
+        state.reason = reason
+        self._files[path] = state
+        return False
 
-    def _publish(self) -> None:
+    def _errors(self, now: float) -> list[InvalidObjectError]:
+        """Every path that has stayed unreadable for BROKEN_REPORT_AFTER_S."""
+        reasons: dict[Path, tuple[float, str]] = {
+            path: (st.broken_since, st.reason) for path, st in self._files.items()
+            if st.reason is not None and st.broken_since is not None}
+        reasons.update(self._path_errors)
+        errors = []
+        for path in sorted(reasons):
+            since, why = reasons[path]
+            if now - since < BROKEN_REPORT_AFTER_S:
+                continue
+            st = self._files.get(path)
+            if st is not None:
+                kept = "its last readable content stays in force" if st.digest else "nothing from it is in force"
+            elif any(path in p.parents for p in self._files):
+                kept = "what was last read under it stays in force"
+            else:
+                kept = "nothing under it is in force" if path in self._unlisted else "nothing from it is in force"
+            errors.append(InvalidObjectError("File", None, self._rel(path), f"{path.name}: {why} ({kept})"))
+        return errors
+
+    def _rel(self, path: Path) -> str:
+        return str(path.relative_to(self.directory))
+
+    def _publish(self, file_errors: list[InvalidObjectError]) -> None:
         objects: list[ParsedEntry] = []
-        errors: list[InvalidObjectError] = []
+        where: dict[tuple[int, str], list[Path]] = {}
         for path in sorted(self._files):
-            st = self._files[path]
-            objects.extend(st.objects)
-            if st.error:
-                errors.append(InvalidObjectError("File", None, str(path.relative_to(self.directory)),
-                                                 f"{st.error} (its last readable content stays in force)"))
-        revision = content_revision({str(p.relative_to(self.directory)): st.digest for p, st in self._files.items()})
-        self.store.replace_parsed(objects, errors, source_revision=revision)
+            for entry in self._files[path].objects:
+                objects.append(entry)
+                where.setdefault((entry[1], entry[2]), []).append(path)
+        duplicates = []
+        last_of = {(entry[1], entry[2]): entry[0] for entry in objects}
+        for slot_key, paths in where.items():
+            if len(paths) > 1:
+                duplicates.append(self._duplicate_error(last_of[slot_key], paths))
+        revision = content_revision({self._rel(p): st.digest for p, st in self._files.items()})
+        self.store.replace_parsed(objects, file_errors + duplicates, source_revision=revision)
+
+    def _duplicate_error(self, obj: Any, paths: list[Path]) -> InvalidObjectError:
+        """The same object (kind, namespace, name) more than once: the last
+        one in path and document order is in force, as `kubectl apply -f`
+        of the directory would leave it."""
+        kind = obj.kind if isinstance(obj, InvalidObjectError) else type(obj).__name__
+        rels = [self._rel(p) for p in paths]
+        if len(set(rels)) == 1:
+            where = f"{len(rels)} times in {rels[0]}; the last one is in force"
+        else:
+            where = f"{len(rels)} times, in {', '.join(rels)}; the one in {rels[-1]} (the last) is in force"
+        return InvalidObjectError(kind, getattr(obj, "namespace", None), obj.name, f"defined {where}")
