@@ -91,7 +91,8 @@ def diagnose(snap: ClusterSnapshot) -> tuple[Diagnostic, ...]:
     for svc in services:
         # The backends kube-proxy sends to: its EndpointSlices' pods (a
         # Service without selector included), else the selector's.
-        in_slices = {b.pod for b in service_backends(snap, svc, slices.get(svc.key, [])) if b.pod}
+        in_slices = {b.pod for b in service_backends(snap, svc, slices.get(svc.key, []), pods_by_ns.get(svc.namespace, []))
+                     if b.pod}
         backends = sorted((p for p in pods_by_ns.get(svc.namespace, ()) if p.key in in_slices), key=lambda p: p.key)
         if not backends:
             continue

@@ -39,17 +39,20 @@ def slices_by_service(snapshot: ClusterSnapshot) -> dict[str, list[EndpointSlice
 
 
 def service_backends(snapshot: ClusterSnapshot, service: Service,
-                     slices: Sequence[EndpointSlice] | None = None) -> list[Backend]:
+                     slices: Sequence[EndpointSlice] | None = None,
+                     pods: Iterable[Pod] | None = None) -> list[Backend]:
     """The Service's backends, ordered by address. `slices`: the Service's
     EndpointSlices when the caller has them at hand (slices_by_service; []
-    for none), else they are looked up in the snapshot."""
+    for none), else they are looked up in the snapshot. `pods`: the pods of
+    the Service's namespace when the caller has them at hand (a caller
+    going over every Service must not scan every pod for each)."""
     if slices is None:
         slices = [s for k, s in sorted(snapshot.endpoint_slices.items())
                   if s.namespace == service.namespace and s.service_name == service.name]
     if slices:
         backends = _from_slices(service, slices)
     else:
-        backends = _from_pods(service, snapshot.pods.values())
+        backends = _from_pods(service, snapshot.pods.values() if pods is None else pods)
     return sorted(backends, key=lambda b: (b.address.version, b.address))
 
 
@@ -95,5 +98,8 @@ def _target_port(pod: Pod, target: int | str, protocol: str) -> int | None:
 def backends_by_service(snapshot: ClusterSnapshot) -> Mapping[str, list[Backend]]:
     """service_backends of every Service in the snapshot, by Service key."""
     index = slices_by_service(snapshot)
-    return {key: service_backends(snapshot, svc, index.get(key, []))
+    by_ns: dict[str, list[Pod]] = {}
+    for pod in snapshot.pods.values():
+        by_ns.setdefault(pod.namespace, []).append(pod)
+    return {key: service_backends(snapshot, svc, index.get(key, []), by_ns.get(svc.namespace, []))
             for key, svc in sorted(snapshot.services.items())}
