@@ -10,12 +10,15 @@ stalling the node for everyone else:
   it names, and allows nothing) and reported by name, like any other
   invalid object.
 - **A budget per pass.** Each new ipBlock prefix costs an identity, an
-  ipcache entry and an update of every block holding it. A pass takes in at
-  most `prefixes_per_pass` prefixes that are not in force yet. A changed
-  policy needing more waits, its previous version (or nothing, if it is
-  new) staying in force, while its prefixes are staged into force a budget
-  per pass (staged prefixes change no verdict: classes only get finer).
-  Once the rest fits in one pass it is taken in whole. Policies needing
+  ipcache entry and an update of every block holding it; each ipBlock not
+  seen yet costs a look over the prefixes inside it. A pass takes in at
+  most `prefixes_per_pass` of these units. A changed policy needing more
+  waits, its previous version (or nothing, if it is new) staying in force,
+  while its prefixes are staged into force and then its blocks resolved, a
+  budget per pass (staged prefixes change no verdict: classes only get
+  finer; a resolved block is only a cached set of identities, kept up to
+  date like every other). Once the rest fits in one pass it is taken in
+  whole. Policies needing
   fewer prefixes go first, so a change elsewhere, and every revocation that
   adds no prefix (deleting a policy, narrowing a rule, dropping a peer), is
   never queued behind a large one: it waits at most one pass.
@@ -30,7 +33,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from ..model.objects import IPNetwork, NetworkPolicy, Pod, PolicyRule
+from ..model.objects import IPBlock, IPNetwork, NetworkPolicy, Pod, PolicyRule
 
 # Defaults; `enforcer run` can change each (see README "Limits and failure
 # behaviour").
@@ -68,20 +71,47 @@ class Admission:
     _over_limit: dict[str, tuple[NetworkPolicy, NetworkPolicy]] = field(default_factory=dict)
     # key -> (the version waiting, prefixes staged into force for it)
     staged: dict[str, tuple[NetworkPolicy, list[IPNetwork]]] = field(default_factory=dict)
+    _blocks: dict[str, tuple[NetworkPolicy, tuple[IPBlock, ...]]] = field(default_factory=dict)
+    # key -> (the version waiting, its prefixes and blocks still to stage,
+    # as last counted): each pass looks only at what is left.
+    _todo: dict[str, tuple[NetworkPolicy, list[IPNetwork], list[IPBlock]]] = field(default_factory=dict)
+    # Peer keys ("ip", block) of the versions waiting, and what they were
+    # made for.
+    _held: tuple[tuple[tuple[str, int], ...], frozenset[tuple[str, IPBlock]]] = ((), frozenset())
+
+    def blocks_of(self, pol: NetworkPolicy) -> tuple[IPBlock, ...]:
+        """The distinct ipBlocks of a policy's valid rules."""
+        hit = self._blocks.get(pol.key)
+        if hit is not None and hit[0] is pol:
+            return hit[1]
+        found = tuple(dict.fromkeys(peer.ip_block for rule in (*pol.ingress, *pol.egress) if rule.valid
+                                    for peer in rule.peers if peer.ip_block is not None))
+        self._blocks[pol.key] = (pol, found)
+        return found
+
+    def held_peers(self) -> frozenset[tuple[str, IPBlock]]:
+        """Peer keys of the blocks of the versions waiting: their resolved
+        sets are kept."""
+        made_for = tuple(sorted((key, id(pol)) for key, (pol, _) in self.staged.items()))
+        if made_for != self._held[0]:
+            self._held = (made_for, frozenset(("ip", b) for pol, _ in self.staged.values()
+                                              for b in self.blocks_of(pol)))
+        return self._held[1]
 
     def admit(self, wanted: Mapping[str, NetworkPolicy], in_force: Mapping[str, NetworkPolicy],
               local_pods: Callable[[str], Iterable[Pod]], prefixes_of: Callable[[NetworkPolicy], frozenset[IPNetwork]],
-              is_in_force: Callable[[IPNetwork], bool]
-              ) -> tuple[dict[str, NetworkPolicy], list[IPNetwork], list[IPNetwork]]:
+              is_in_force: Callable[[IPNetwork], bool], is_resolved: Callable[[IPBlock], bool]
+              ) -> tuple[dict[str, NetworkPolicy], list[IPNetwork], list[IPNetwork], list[IPBlock]]:
         """The policies this pass compiles, given the snapshot's (`wanted`)
         and last pass's (`in_force`). Returns them with the prefixes to
-        stage into force now and the staged prefixes to release (their
-        policy was taken in, replaced or deleted)."""
+        stage into force now, the staged prefixes to release (their policy
+        was taken in, replaced or deleted) and the blocks of waiting
+        versions to resolve now."""
         out = dict(wanted)
         release: list[IPNetwork] = []
         for key in [k for k in self._over_limit if k not in wanted]:
             del self._over_limit[key]
-        waiting: list[tuple[int, str, NetworkPolicy, list[IPNetwork]]] = []
+        waiting: list[tuple[int, str, NetworkPolicy, list[IPNetwork], list[IPBlock]]] = []
         for key, pol in wanted.items():
             current = in_force.get(key)
             if current is pol:
@@ -102,28 +132,37 @@ class Admission:
             self._over_limit.pop(key, None)
             if not prefixes or not any(pol.selects(p) for p in local_pods(pol.namespace)):
                 continue
-            missing = [p for p in prefixes if not is_in_force(p)]
-            if missing:
-                waiting.append((len(missing), key, pol, missing))
+            todo = self._todo.get(key)
+            left = (todo[1], todo[2]) if todo is not None and todo[0] is pol else (prefixes, self.blocks_of(pol))
+            missing = [p for p in left[0] if not is_in_force(p)]
+            unresolved = [b for b in left[1] if not is_resolved(b)]
+            if len(missing) + len(unresolved) > 0:
+                waiting.append((len(missing) + len(unresolved), key, pol, missing, unresolved))
         budget = self.limits.prefixes_per_pass
         stage: list[IPNetwork] = []
-        for n, key, pol, missing in sorted(waiting, key=lambda w: (w[0], w[1])):
+        warm: list[IPBlock] = []
+        for n, key, pol, missing, unresolved in sorted(waiting, key=lambda w: (w[0], w[1])):
             if n <= budget:
                 budget -= n
                 continue  # taken in whole this pass
             # Too large for what is left of this pass: the version in force
-            # stays; stage what the budget allows.
+            # stays; stage what the budget allows, prefixes first (a block
+            # is resolved over the prefixes in force).
             if key in in_force:
                 out[key] = in_force[key]
             else:
                 del out[key]
             chunk = missing[:budget]
             budget -= len(chunk)
+            if not missing:
+                warm += unresolved[:budget]
+                budget -= len(unresolved[:budget])
             held = self.staged.get(key)
             if held is not None and held[0] is not pol:
                 release += held[1]
                 held = None
             self.staged[key] = (pol, (held[1] if held else []) + chunk)
+            self._todo[key] = (pol, missing, unresolved)
             stage += chunk
         # Staged prefixes of versions no longer waiting go (a version taken
         # in counts its prefixes itself from this pass on).
@@ -132,7 +171,11 @@ class Admission:
             if out.get(key) is pol or wanted.get(key) is not pol:
                 release += prefixes
                 del self.staged[key]
-        return out, stage, release
+        for key in [k for k in self._blocks if k not in wanted]:
+            del self._blocks[key]
+        for key in [k for k in self._todo if k not in self.staged]:
+            del self._todo[key]
+        return out, stage, release, warm
 
     def pending(self) -> list[str]:
         """Policies whose latest version is still being staged."""

@@ -342,8 +342,9 @@ class _Incremental:
             else:
                 self.local.pop(key, None)
 
-        policies, staging, released = self.admission.admit(
-            snap.policies, self.policies, self._local_pods_in(), self._policy_prefixes, self.prefixes.__contains__)
+        policies, staging, released, warm = self.admission.admit(
+            snap.policies, self.policies, self._local_pods_in(), self._policy_prefixes, self.prefixes.__contains__,
+            lambda block: ("ip", block) in self.peers)
         self._update_policies(policies)
         if self.error_policies:
             errs = self.error_policies
@@ -404,6 +405,8 @@ class _Incremental:
 
         out.services = service_frontends(snap.services, node.addresses)
         changed_peers = self._refresh_peers(flips, ns_changed, block_changes)
+        for block in warm:  # a waiting version's blocks, resolved ahead (admission.py)
+            self._peer(("ip", block))
         self._endpoints_and_policy(out, node, changed_peers, bool(flips))
         self._forget_ids(out)
         self.prev = out
@@ -910,9 +913,10 @@ class _Incremental:
             out._base = prev._token  # type: ignore[union-attr]
             out._changed = {"policy": dirty, "ipcache": self.ipcache_dirty, "endpoints": ep_dirty}
 
-        used: set[PeerKey] = set()
+        used: set[PeerKey] = set(self.admission.held_peers()) if self.admission.staged else set()
         for rec in recs.values():
             used |= rec.peers
+        used.intersection_update(self.peers)
         if len(used) != len(self.peers):
             self.peers = {pk: v for pk, v in self.peers.items() if pk in used}
         self.blocks.retain({pk[1] for pk in used if pk[0] == "ip"})

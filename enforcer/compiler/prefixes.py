@@ -150,7 +150,7 @@ class PrefixSet:
                 return self._net_of[fam][net << 8 | length]
         return None
 
-    def within(self, cidr: IPNetwork) -> Iterator[IPNetwork]:
+    def within(self, cidr: IPNetwork) -> list[IPNetwork]:
         """The prefixes in force lying wholly inside `cidr` (itself included)."""
         fam = cidr.version
         keys = self._sorted_keys(fam)
@@ -159,11 +159,9 @@ class PrefixSet:
         hi = bisect.bisect_right(keys, end << 8 | 0xFF)
         net_of = self._net_of[fam]
         min_len = cidr.prefixlen
-        for k in keys[lo:hi]:
-            # Aligned prefixes starting inside the cidr are inside it unless
-            # shorter (only a prefix holding the cidr starts with it).
-            if k & 0xFF >= min_len:
-                yield net_of[k]
+        # Aligned prefixes starting inside the cidr are inside it unless
+        # shorter (only a prefix holding the cidr starts with it).
+        return [net_of[k] for k in keys[lo:hi] if k & 0xFF >= min_len]
 
 
 class ExceptIndex:
@@ -196,15 +194,16 @@ class BlockIndex:
     def __init__(self, prefixes: PrefixSet) -> None:
         self.prefixes = prefixes
         self.inside: dict[IPBlock, frozenset[IPNetwork]] = {}
-        self._excepts: dict[IPBlock, ExceptIndex] = {}
+        self._excepts: dict[IPBlock, ExceptIndex | None] = {}  # None: no excepts
         # family -> cidr length -> cidr start -> blocks with that cidr
         self._by_cidr: dict[int, dict[int, dict[int, list[IPBlock]]]] = {4: {}, 6: {}}
 
     def get(self, block: IPBlock) -> frozenset[IPNetwork]:
         found = self.inside.get(block)
         if found is None:
-            ex = self._excepts[block] = ExceptIndex(block.excepts)
-            found = frozenset(p for p in self.prefixes.within(block.cidr) if not ex.covers(*span(p)))
+            ex = self._excepts[block] = ExceptIndex(block.excepts) if block.excepts else None
+            candidates = self.prefixes.within(block.cidr)
+            found = frozenset(candidates if ex is None else [p for p in candidates if not ex.covers(*span(p))])
             self.inside[block] = found
             cidr = block.cidr
             self._by_cidr[cidr.version].setdefault(cidr.prefixlen, {}).setdefault(
@@ -226,7 +225,8 @@ class BlockIndex:
                     continue
                 blocks = by_start.get(value >> (bits - length) << (bits - length) if length else 0)
                 for block in blocks or ():
-                    if self._excepts[block].covers(start, end):
+                    ex = self._excepts[block]
+                    if ex is not None and ex.covers(start, end):
                         continue
                     changes.setdefault(block, ([], []))[0 if now else 1].append(net)
         for block, (ins, outs) in changes.items():
