@@ -12,22 +12,15 @@ established connection keeps exchanging data.
 from __future__ import annotations
 
 import signal
-import socket
-import struct
-import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import pytest
 
 from enforcer.lab.netns import run
-from enforcer.lab.probe import Outcome, ProbeResult, connect_tcp, exchange, probe
 from enforcer.lab.topology import ROUTED
 
 from .conftest import make_daemon_lab
-from .harness import DENIED, OK, DaemonLab, Flow, allow_from, allow_to, policy
+from .harness import DENIED, OK, DaemonLab, Flow, Prober, allow_from, allow_to, policy
 
 pytestmark = pytest.mark.lab
 
@@ -46,39 +39,6 @@ WATCHED: list[tuple[Flow, int]] = [
     (Flow("c", "a", 80, "udp", DENIED), 4),    # c's egress: udp 81 only
     (Flow("a", "b", 81, "udp", DENIED), 6),
 ]
-# An allowed probe fails when it is not answered at all, or when TCP had to
-# retransmit to get its answer (a SYN, SYN-ACK or segment was lost): drops,
-# not slowness, so this timeout is only a guard against a hang. A UDP probe
-# that is dropped is never answered.
-ALLOWED_TIMEOUT = 10.0
-DENIED_TIMEOUT = 0.4    # silence this long: the probe was dropped (a pass answers in ms)
-INTERVAL = 0.05
-# struct tcp_info (linux/tcp.h): 8 bytes of u8 fields, then u32s; tcpi_total_retrans is the 24th.
-_TCPI_TOTAL_RETRANS = struct.Struct("=8x92xI")  # offset 8 + 23 * 4
-
-
-def total_retrans(s: socket.socket) -> int:
-    """Segments (SYNs included) the kernel retransmitted on this socket."""
-    return int(_TCPI_TOTAL_RETRANS.unpack_from(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104))[0])
-
-
-def probe_counting_retransmits(netns: str | None, dst_ip: str, port: int, proto: str,
-                               timeout: float) -> tuple[ProbeResult, int]:
-    """probe(), and for TCP how many segments the connection retransmitted."""
-    if proto != "tcp":
-        return probe(netns, dst_ip, port, proto, timeout), 0
-    try:
-        s, greeting = connect_tcp(netns, dst_ip, port, timeout)
-    except (TimeoutError, socket.timeout):
-        return ProbeResult(Outcome.TIMEOUT), 0
-    except ConnectionRefusedError:
-        return ProbeResult(Outcome.REFUSED), 0
-    except OSError as e:
-        return ProbeResult(Outcome.ERROR, detail=str(e)), 0
-    with s:
-        return ProbeResult(Outcome.OK, greeting.partition(" ")[0]), total_retrans(s)
-
-
 @pytest.fixture(scope="module")
 def env(request: pytest.FixtureRequest) -> DaemonLab:
     env = make_daemon_lab(request, "r", ["a", "b", "c"], mode=ROUTED)
@@ -99,84 +59,6 @@ def ensure_running(env: DaemonLab) -> None:
         env.start_daemon()
     env.write_policies(POLICIES)
     env.sync()
-
-
-@dataclass
-class Prober:
-    """Every INTERVAL, one probe of each watched flow (probes overlap: a
-    denied one waits DENIED_TIMEOUT) and one exchange on an established
-    connection, until stop()."""
-
-    env: DaemonLab
-    watched: Sequence[tuple[Flow, int]]
-    results: list[tuple[Flow, int, float, tuple[ProbeResult, int]]] = field(default_factory=list)
-    exchanges: list[tuple[float, str | None]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=64)
-        self._pending: list[tuple[Flow, int, float, Future]] = []  # type: ignore[type-arg]
-        lab = self.env.lab
-        self._conn, greeting = connect_tcp(lab.pod("a").netns, lab.pod("b").ip(4), 80, timeout=ALLOWED_TIMEOUT)
-        assert greeting == "b"
-        self._conn_retrans = total_retrans(self._conn)
-        self._threads = [threading.Thread(target=self._probe_loop, daemon=True),
-                         threading.Thread(target=self._exchange_loop, daemon=True)]
-
-    def start(self) -> "Prober":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def _probe_loop(self) -> None:
-        lab = self.env.lab
-        while not self._stop.is_set():
-            tick = time.monotonic()
-            for flow, family in self.watched:
-                timeout = DENIED_TIMEOUT if flow.expect is DENIED else ALLOWED_TIMEOUT
-                fut = self._pool.submit(probe_counting_retransmits, lab.netns_of(flow.src),
-                                        lab.pod(flow.dst).ip(family), flow.port, flow.proto, timeout)
-                self._pending.append((flow, family, time.time(), fut))
-            self._stop.wait(max(0.0, INTERVAL - (time.monotonic() - tick)))
-
-    def _exchange_loop(self) -> None:
-        n = 0
-        self._conn.settimeout(ALLOWED_TIMEOUT)
-        while not self._stop.is_set():
-            tick = time.monotonic()
-            n += 1
-            try:
-                answer: str | None = exchange(self._conn, f"n{n}")
-            except OSError as e:
-                answer = f"error: {e!r}"
-            self.exchanges.append((time.time(), None if answer == f"b n{n}" else answer))
-            self._stop.wait(max(0.0, INTERVAL - (time.monotonic() - tick)))
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=ALLOWED_TIMEOUT + 5)
-        for flow, family, at, fut in self._pending:
-            self.results.append((flow, family, at, fut.result()))
-        self._pool.shutdown()
-        self._conn_retrans = total_retrans(self._conn) - self._conn_retrans
-        self._conn.close()
-
-    def check(self, min_probes: int) -> None:
-        wrong = [f"{time.strftime('%H:%M:%S', time.localtime(at))}.{int(at * 1000) % 1000:03d} "
-                 f"{flow.text(family)}: expected {'ok' if flow.expect is OK else 'denied'}, got {res.outcome.value}"
-                 + (f" only after {retrans} TCP retransmission(s): a packet was lost" if retrans else "")
-                 for flow, family, at, (res, retrans) in self.results
-                 if (flow.expect is OK) != res.ok or (res.ok and res.answered_by != flow.dst)
-                 or (flow.expect is OK and retrans)]
-        assert not wrong, f"{len(wrong)} of {len(self.results)} probes went wrong:\n  " + "\n  ".join(wrong[:30])
-        for flow, family in self.watched:
-            n = sum(1 for f, fam, _, _ in self.results if (f, fam) == (flow, family))
-            assert n >= min_probes, f"{flow.text(family)} probed only {n} times"
-        failed = [(at, what) for at, what in self.exchanges if what is not None]
-        assert not failed, f"the established connection failed: {failed[:5]}"
-        assert self._conn_retrans == 0, f"the established connection retransmitted {self._conn_retrans} segment(s)"
-        assert len(self.exchanges) >= min_probes
 
 
 def test_kill_9_and_restart_under_traffic(env: DaemonLab) -> None:
