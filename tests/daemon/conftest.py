@@ -23,8 +23,9 @@ from enforcer.lab.topology import ROUTED, Lab
 from .harness import PIN_PREFIX, PIN_ROOT, DaemonLab
 
 TAG = os.getpid() % 1000
-# One letter per module, so modules never share a namespace prefix.
-PREFIX_LETTERS = "blrvi"
+# One letter per module, so modules never share a namespace prefix; k, f
+# and g are tests/faults' (which make their labs with make_daemon_lab too).
+PREFIX_LETTERS = "blrvi" + "kfg"
 _OWNED = re.compile(rf"^{PIN_PREFIX}(\d+)-")
 
 
