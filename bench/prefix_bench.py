@@ -6,13 +6,14 @@ For each N (1k, 10k, 50k, 100k) and shape, on a small cluster compiled and
 synced to real pinned maps: the parse of the object, the compile of every
 pass until it is in force (the per-pass prefix budget stages it), the sync
 of those passes, the longest pass, and the wait of the other change (the
-pass it is taken in: the first). `scaling_vs_linear` is the compile time
+pass it is taken in: the first; at worst, arriving as the longest pass
+starts, that pass and its own). `scaling_vs_linear` is the compile time
 per prefix against the 1k row's (1.0: linear). Limits per object are raised
 for the benchmark so that 100k is compiled, not refused.
 
 Goals: compile_50k_prefixes_le_2s (the whole compile of either 50k shape),
-other_change_le_1s (at every N, the pass that takes in the other change,
-compile and sync). Printed last: one JSON object.
+other_change_le_1s (at every N and shape, the worst wait of the other
+change, compile and sync). Printed last: one JSON object.
 """
 
 from __future__ import annotations
@@ -135,6 +136,15 @@ def one_row(maps: Any, shape: str, n: int, per_pass: int) -> dict[str, Any]:
         raise RuntimeError(f"{shape} {n}: the policy is not in force as written")
     passes = [c + s for c, s in zip(compile_s, sync_s)]
     assert other_pass is not None
+    ipcache_entries, policy_entries = len(state.ipcache), state.entries_by_policy.get("ns0/big", 0)
+    # A change elsewhere arriving just as the longest pass starts waits for
+    # it, then for its own pass: time that one too (the allow back).
+    store.upsert(allow_ns2(True))
+    t0 = time.perf_counter()
+    state = compiler.compile(store.snapshot(), node)
+    sync.apply(state.map_contents())
+    own_pass = time.perf_counter() - t0
+    assert evaluate(state, src, dst, 6, 80).allowed
     # Clear the maps for the next row.
     sync.apply(type(state.map_contents())())
     return {
@@ -142,7 +152,8 @@ def one_row(maps: Any, shape: str, n: int, per_pass: int) -> dict[str, Any]:
         "compile_ms": round(sum(compile_s) * 1e3, 1), "sync_ms": round(sum(sync_s) * 1e3, 1),
         "passes": len(passes), "longest_pass_ms": round(max(passes) * 1e3, 1),
         "other_change_pass": other_pass, "other_change_wait_ms": round(sum(passes[:other_pass]) * 1e3, 1),
-        "ipcache_entries": len(state.ipcache), "policy_entries": len(state.policy),
+        "other_change_worst_wait_ms": round((max(passes) + own_pass) * 1e3, 1),
+        "ipcache_entries": ipcache_entries, "policy_entries": policy_entries,
     }
 
 
@@ -159,8 +170,9 @@ def run(sizes: tuple[int, ...], per_pass: int) -> dict[str, Any]:
         r["scaling_vs_linear"] = round((r["compile_ms"] / r["prefixes"]) / base[r["shape"]], 2) if base[r["shape"]] else None
     at_50k = [r["compile_ms"] for r in rows if r["prefixes"] == 50000]
     goals = {
-        "compile_50k_prefixes_le_2s": bool(at_50k) and max(at_50k) <= 2000,
-        "other_change_le_1s": all(r["other_change_wait_ms"] <= 1000 for r in rows),
+        # None: no 50k row in this run (--sizes).
+        "compile_50k_prefixes_le_2s": max(at_50k) <= 2000 if at_50k else None,
+        "other_change_le_1s": all(r["other_change_worst_wait_ms"] <= 1000 for r in rows),
     }
     return {"rows": rows, "prefixes_per_pass": per_pass, "goals": goals}
 
@@ -168,7 +180,8 @@ def run(sizes: tuple[int, ...], per_pass: int) -> dict[str, Any]:
 def format_row(r: dict[str, Any]) -> str:
     return (f"{r['shape']:>8} {r['prefixes']:>7} prefixes: parse {r['parse_ms']:>7.1f} ms, compile {r['compile_ms']:>7.1f} ms"
             f" + sync {r['sync_ms']:>7.1f} ms in {r['passes']:>2} passes (longest {r['longest_pass_ms']:>6.1f} ms);"
-            f" other change in pass {r['other_change_pass']} after {r['other_change_wait_ms']:.1f} ms")
+            f" other change in pass {r['other_change_pass']} after {r['other_change_wait_ms']:.1f} ms,"
+            f" at worst {r['other_change_worst_wait_ms']:.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         print("prefix_bench: must run as root (loads BPF programs for real maps)", file=sys.stderr)
         return 1
     result = run(tuple(int(x) for x in args.sizes.split(",")), args.prefixes_per_pass)
-    print("goals: " + ", ".join(f"{k}={'met' if ok else 'MISSED'}" for k, ok in result["goals"].items()))
+    print("goals: " + ", ".join(f"{k}={'not measured' if ok is None else 'met' if ok else 'MISSED'}"
+                                for k, ok in result["goals"].items()))
     print(json.dumps(result, separators=(",", ":")))
     return 0
 
