@@ -124,6 +124,7 @@ class DaemonLab:
         self.uids: dict[str, str] = {}
         self.addresses: dict[str, tuple[ipaddress.IPv4Address, ipaddress.IPv6Address]] = {}
         self.manifest_pods: list[str] = []  # lab pods the manifests list
+        self.pod_namespaces: dict[str, str] = {}  # pods not in NAMESPACE (write_cluster after a change)
         for name in pods:
             self._name_pod(name, labels.get(name) if labels else None)
 
@@ -198,16 +199,18 @@ class DaemonLab:
         v4, v6 = self.addresses[name]
         return {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NAMESPACE, "uid": self.uids[name], "labels": self.labels[name]},
+            "metadata": {"name": name, "namespace": self.pod_namespaces.get(name, NAMESPACE), "uid": self.uids[name],
+                         "labels": self.labels[name]},
             "spec": {"nodeName": NODE_NAME, "containers": [{"name": "server", "image": "lab"}]},
             "status": {"phase": "Running", "podIP": str(v4), "podIPs": [{"ip": str(v4)}, {"ip": str(v6)}]},
         }
 
     def write_cluster(self) -> None:
-        ns = {"apiVersion": "v1", "kind": "Namespace",
-              "metadata": {"name": NAMESPACE, "labels": {"kubernetes.io/metadata.name": NAMESPACE}}}
+        namespaces = [{"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}}
+                      for ns in sorted({NAMESPACE, *self.pod_namespaces.values()})]
         pods = [self._pod_manifest(n) for n in self.manifest_pods]
-        self._write("cluster.yaml", yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [ns, *pods]}))
+        self._write("cluster.yaml", yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [*namespaces, *pods]}))
 
     def write_policy(self, obj: Mapping[str, Any] | str, name: str | None = None) -> None:
         """A policy file (a dict is dumped as YAML; a str is written as is)."""
