@@ -9,6 +9,11 @@ stalling the node for everyone else:
   fail-closed form (it still isolates the pods it selects, in the directions
   it names, and allows nothing) and reported by name, like any other
   invalid object.
+- **Room in the ipcache.** A prefix that does not fit in the ipcache would
+  leave its addresses to a shorter prefix's identity: an except not
+  written would open what it excepts. So a changed policy whose new
+  prefixes do not fit is taken in fail-closed and named ("does not fit"),
+  and tried again when prefixes leave; what is in force keeps its room.
 - **A budget per pass.** Each new ipBlock prefix costs an identity, an
   ipcache entry and an update of every block holding it; each ipBlock not
   seen yet costs a look over the prefixes inside it. A pass takes in at
@@ -48,6 +53,10 @@ class CompileLimits:
     # Policy map entries one policy may compile to for one local pod.
     max_entries_per_policy_pod: int = MAX_ENTRIES_PER_POLICY_POD
     prefixes_per_pass: int = PREFIXES_PER_PASS
+    # The ipcache maps' capacities (prefixes; full-length entries: pods',
+    # nodes' and /32 or /128 ipBlocks'). None: unbounded (tests).
+    ipcache_capacity: int | None = None
+    ipcache_hosts_capacity: int | None = None
 
 
 _NOTHING = PolicyRule((), (), valid=False)
@@ -67,8 +76,10 @@ class Admission:
     next one."""
 
     limits: CompileLimits = field(default_factory=CompileLimits)
-    # key -> (the snapshot's version, the fail-closed stand-in taken in for it)
-    _over_limit: dict[str, tuple[NetworkPolicy, NetworkPolicy]] = field(default_factory=dict)
+    # key -> (the snapshot's version, the fail-closed stand-in taken in for
+    # it, and for a refusal for room: the prefixes in force then; fewer
+    # now, it is tried again)
+    _over_limit: dict[str, tuple[NetworkPolicy, NetworkPolicy, int | None]] = field(default_factory=dict)
     # key -> (the version waiting, prefixes staged into force for it)
     staged: dict[str, tuple[NetworkPolicy, list[IPNetwork]]] = field(default_factory=dict)
     _blocks: dict[str, tuple[NetworkPolicy, tuple[IPBlock, ...]]] = field(default_factory=dict)
@@ -89,6 +100,13 @@ class Admission:
         self._blocks[pol.key] = (pol, found)
         return found
 
+    def refused_for_room(self) -> list[str]:
+        return sorted(key for key, (_, _, at) in self._over_limit.items() if at is not None)
+
+    @staticmethod
+    def _room(capacity: int | None, in_use: int) -> int:
+        return max(0, capacity - in_use) if capacity is not None else 1 << 62
+
     def held_peers(self) -> frozenset[tuple[str, IPBlock]]:
         """Peer keys of the blocks of the versions waiting: their resolved
         sets are kept."""
@@ -100,14 +118,19 @@ class Admission:
 
     def admit(self, wanted: Mapping[str, NetworkPolicy], in_force: Mapping[str, NetworkPolicy],
               local_pods: Callable[[str], Iterable[Pod]], prefixes_of: Callable[[NetworkPolicy], frozenset[IPNetwork]],
-              is_in_force: Callable[[IPNetwork], bool], is_resolved: Callable[[IPBlock], bool]
+              is_in_force: Callable[[IPNetwork], bool], is_resolved: Callable[[IPBlock], bool],
+              in_use: tuple[int, int] = (0, 0)
               ) -> tuple[dict[str, NetworkPolicy], list[IPNetwork], list[IPNetwork], list[IPBlock]]:
         """The policies this pass compiles, given the snapshot's (`wanted`)
         and last pass's (`in_force`). Returns them with the prefixes to
         stage into force now, the staged prefixes to release (their policy
         was taken in, replaced or deleted) and the blocks of waiting
-        versions to resolve now."""
+        versions to resolve now. `in_use`: ipcache entries in use (prefixes,
+        full-length entries)."""
         out = dict(wanted)
+        used = sum(in_use)
+        room = [self._room(self.limits.ipcache_capacity, in_use[0]),
+                self._room(self.limits.ipcache_hosts_capacity, in_use[1])]
         release: list[IPNetwork] = []
         for key in [k for k in self._over_limit if k not in wanted]:
             del self._over_limit[key]
@@ -117,7 +140,7 @@ class Admission:
             if current is pol:
                 continue
             over = self._over_limit.get(key)
-            if over is not None and over[0] is pol:
+            if over is not None and over[0] is pol and (over[2] is None or used >= over[2]):
                 out[key] = over[1]
                 continue
             prefixes = prefixes_of(pol)
@@ -126,7 +149,7 @@ class Admission:
                 stand_in = fail_closed(pol, f"names {len(prefixes)} ipBlock prefixes, more than the limit "
                                             f"of {limit} per policy (--max-prefixes-per-policy): "
                                             f"its rules allow nothing")
-                self._over_limit[key] = (pol, stand_in)
+                self._over_limit[key] = (pol, stand_in, None)
                 out[key] = stand_in
                 continue
             self._over_limit.pop(key, None)
@@ -142,6 +165,17 @@ class Admission:
         stage: list[IPNetwork] = []
         warm: list[IPBlock] = []
         for n, key, pol, missing, unresolved in sorted(waiting, key=lambda w: (w[0], w[1])):
+            hosts = sum(1 for p in missing if p.prefixlen == p.max_prefixlen)
+            need = (len(missing) - hosts, hosts)
+            if need[0] > room[0] or need[1] > room[1]:
+                stand_in = fail_closed(pol, f"its {len(missing)} new ipBlock prefixes do not fit in this node's "
+                                            f"ipcache ({in_use[0]} prefixes and {in_use[1]} addresses in use): "
+                                            f"its rules allow nothing")
+                self._over_limit[key] = (pol, stand_in, used)
+                out[key] = stand_in
+                continue
+            room[0] -= need[0]
+            room[1] -= need[1]
             if n <= budget:
                 budget -= n
                 continue  # taken in whole this pass

@@ -344,7 +344,7 @@ class _Incremental:
 
         policies, staging, released, warm = self.admission.admit(
             snap.policies, self.policies, self._local_pods_in(), self._policy_prefixes, self.prefixes.__contains__,
-            lambda block: ("ip", block) in self.peers)
+            lambda block: ("ip", block) in self.peers, self._ipcache_in_use())
         self._update_policies(policies)
         if self.error_policies:
             errs = self.error_policies
@@ -367,6 +367,10 @@ class _Incremental:
             if both:
                 came = [p for p in came if p not in both]
                 went = [p for p in went if p not in both]
+        if went and self.admission.refused_for_room():
+            # Room was freed: the policies refused for room are tried again
+            # in the next pass, due at once.
+            out.pending = sorted({*out.pending, *self.admission.refused_for_room()})
         block_changes = self._change_prefixes(came, went) if came or went else {}
         delta = came + went
 
@@ -499,6 +503,13 @@ class _Incremental:
         found = frozenset(_block_prefixes((pol,)))
         self.pol_prefixes[pol.key] = (pol, found)
         return found
+
+    def _ipcache_in_use(self) -> tuple[int, int]:
+        """ipcache entries in use: (prefixes, full-length entries), the
+        latter counting ipBlock host prefixes apart from pod and node
+        addresses (at worst counted twice: room is never overstated)."""
+        hosts = self.prefixes.count_full_length()
+        return len(self.prefixes) - hosts, hosts + len(self.pod_ipcache) + len(self.node_nets)
 
     def _local_pods_in(self) -> Callable[[str], list[Pod]]:
         by_ns: dict[str, list[Pod]] | None = None

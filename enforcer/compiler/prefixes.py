@@ -72,6 +72,10 @@ class PrefixSet:
     def __iter__(self) -> Iterator[IPNetwork]:
         return iter(self._refs)
 
+    def count_full_length(self) -> int:
+        """Prefixes of one address (/32, /128)."""
+        return sum(len(self._by_len[fam].get(bits, ())) for fam, bits in _BITS.items())
+
     def add(self, nets: Iterable[IPNetwork]) -> list[IPNetwork]:
         came = []
         refs = self._refs

@@ -162,3 +162,38 @@ def test_staging_with_a_tiny_budget_converges_to_a_fresh_compile(seed):
         else:
             raise AssertionError(f"seed {seed} step {step}: still staging")
         assert_same(got, fresh_compile(compiler, snap, node, before), f"seed {seed} step {step} ({kind})")
+
+
+@pytest.mark.parametrize("kind", ["prefixes", "addresses"])
+def test_a_policy_that_does_not_fit_the_ipcache_fails_closed_and_is_tried_again(kind):
+    """What is in force keeps its room; a policy whose new prefixes do not
+    fit is fail-closed and named (an except left out of the ipcache would
+    open what it excepts), and is taken in once room is freed."""
+    if kind == "prefixes":
+        limits = CompileLimits(ipcache_capacity=150)
+        first, second = egress_block("first", "11.0.0.0/8", 100), egress_block("second", "12.0.0.0/8", 100, ns="y")
+        second["spec"]["egress"][0]["to"][0]["ipBlock"]["except"] = excepts(100, "12.0.0.0")
+        inside_second = "12.1.0.1"
+    else:
+        # Pod and node addresses use full-length entries too: 5 pods x 2
+        # families + the node address.
+        limits = CompileLimits(ipcache_hosts_capacity=11 + 120)
+        first = policy("x", "first", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [
+            {"ipBlock": {"cidr": f"11.0.0.{i}/32"}} for i in range(100)]}]})
+        second = policy("y", "second", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [
+            {"ipBlock": {"cidr": f"12.0.0.{i}/32"}} for i in range(100)]}]})
+        inside_second = "12.0.0.1"
+    n = Node(limits)
+    n.store.upsert(first)
+    assert not n.converge().errors
+    n.store.upsert(second)
+    state = n.converge()
+    errors = [str(e) for e in state.errors]
+    assert any(e.startswith("NetworkPolicy y/second: ") and "do not fit in this node's ipcache" in e
+               for e in errors), errors
+    assert not allowed(state, "y/a", inside_second), "fail-closed: y is isolated, the policy allows nothing"
+    assert allowed(state, "x/a", "11.0.0.1") == (kind == "addresses") and not allowed(state, "x/a", "13.0.0.1")
+    n.store.delete("NetworkPolicy", "x", "first")
+    state = n.converge()
+    assert not state.errors, state.errors
+    assert allowed(state, "y/a", inside_second)
