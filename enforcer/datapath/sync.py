@@ -2,7 +2,11 @@
 order no packet can see half-applied:
 
   1. policy entries added or changed   (allows exist before they are needed)
-  2. ipcache entries added or changed  (a new identity's allows are in place)
+  2. ipcache entries added or changed  (a new identity's allows are in place):
+                                        host entries, then prefixes longest
+                                        first; a prefix waits while a more
+                                        specific entry inside it could not be
+                                        written
   3. endpoints added or changed        (isolation turns on after its allows,
                                         and off before they go), by id first:
                                         a sender must be known by id (services.h)
@@ -10,12 +14,62 @@ order no packet can see half-applied:
   4. Service frontends added, then removed (either way a packet is judged:
                                         before DNAT, or after it)
   5. endpoints removed, then by id
-  6. ipcache entries removed
-  7. policy entries removed            (after nothing can reach them)
+  6. policy entries removed            (removing an allow never opens anything)
+  7. ipcache entries removed           prefixes shortest first, then host
+                                        entries; one waits while a write it
+                                        overlaps could not be done, or while a
+                                        removal holding it waits
 
-A failed write (a full map, say) is reported with what it was for and not
-recorded as applied, so the next pass retries it; the order above means a
-missing write can only leave traffic denied, never allowed.
+and, only when a write failed for lack of room in a map this pass removed
+entries from:
+
+  8. those writes once more, in the order 1-4 (with the prefixes they held
+     back), then the removals of 7 that waited on them.
+
+So a full map does not hold back what denies or revokes (isolation going
+on, entries going) and an allow whose entries fit once this pass's removals
+made room is in force at the end of the same pass. A write that still fails
+is not recorded as applied, so the next pass retries it; the report counts
+such entries per map and reason and names the objects they were for, with a
+few messages, never one string per entry.
+
+Why no step allows what both the old and the new state deny. A new flow is
+allowed (here, where the maps decide) when its endpoint is not isolated in
+that direction, or a policy entry allows the peer address's identity. Take
+each term during a pass:
+
+- isolation: an endpoint's entry is written whole, so it holds its old or its
+  new flags; not isolated in a state means that state allows everything of
+  the endpoint in that direction. A removed endpoint's packets are dropped.
+  Endpoint writes happen whatever policy writes failed: isolation goes on
+  even when its allows could not be written (fail closed).
+- policy entries: every entry in the map is the old state's or the new one's
+  (1 adds, 6 and 8 only remove or add new ones), and every entry allows.
+- the peer's identity, found by a host entry, else the longest prefix. Each
+  address resolves, at every moment, to the identity the old state gives it
+  or the one the new state gives it. Writes: when a prefix is written, every
+  new entry more specific than it is already in (an address inside one of
+  those keeps resolving there), or the prefix waits; so an address it
+  captures is one whose new longest match it is. Removals: when a prefix
+  goes, every less specific old-only prefix around it has gone already
+  (shortest first), and no write overlapping it is missing, so its addresses
+  fall back to the entry the new state gives them. A removal that cannot be
+  shown safe this way waits (step 7); a failed write therefore leaves its
+  addresses on their old identity and moves no other address.
+  Without this order a full map could open traffic: an ipBlock `except`
+  prefix removed (or a new prefix written) while a more specific entry's
+  write failed would hand its addresses to the enclosing allowed block.
+
+Hence a packet passes only through the old or the new isolation (what that
+state allows), or through an old or new entry meeting the peer's old or new
+identity. Old with old and new with new are what the two states allow. The
+cross terms (a pod's old identity meeting a new entry between 1 and 2, its
+new identity meeting an old entry between 2 and 6, or for as long as the
+pod's ipcache write fails) are what the cluster allows when the pod's change
+and the policy's are seen one after the other, as a watch may deliver them;
+no order of multi-map writes avoids them short of versioned maps. Nothing
+in 5-8 adds to them: 5 and 6 only remove, 7 only moves addresses to their new
+identity, 8 writes new entries under the rules of 1-4.
 """
 
 from __future__ import annotations
@@ -25,7 +79,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import MapError
+from ..errors import MapError, MapFullError
 from . import bpfsys
 from .layout import (
     CT_F_RECHECK,
@@ -72,16 +126,70 @@ class MapContents:
     changed: dict[str, set] | None = field(default=None, compare=False, repr=False)  # type: ignore[type-arg]
 
 
+# How a write that did not happen is counted (SyncReport.not_written).
+FULL = "full"    # the map had no room
+OTHER = "other"  # any other error
+HELD = "held"    # an ipcache prefix waiting for a more specific entry that could not be written
+REASONS = (FULL, OTHER, HELD)
+# The maps MapSync writes, as reports and metrics name them.
+WRITTEN_MAPS = ("policy", "ipcache", "ipcache_hosts", "endpoints", "endpoint_ids", "services")
+SAMPLE_MAX = 10  # messages a report keeps
+HELD_MESSAGE = "held back: a more specific ipcache entry inside it could not be written"
+
+# What describe(kind, key) may return: "Kind namespace/name (detail)", or
+# the object and the detail apart.
+Description = str | tuple[str, str]
+
+
+def split_description(text: Description) -> tuple[str, str]:
+    """(object, detail) of a describe() answer: "NetworkPolicy ns/a (ingress
+    rule 0)" -> ("NetworkPolicy ns/a", "ingress rule 0")."""
+    if isinstance(text, tuple):
+        return text
+    head, sep, rest = text.partition(" (")
+    if sep and rest.endswith(")"):
+        return head, rest[:-1]
+    return text, ""
+
+
+def _describe_by_kind(kind: str, key: object) -> Description:
+    return kind, str(key)
+
+
 @dataclass
 class SyncReport:
     written: int = 0
     deleted: int = 0
-    failures: list[str] = field(default_factory=list)
     removed_endpoint_ids: set[int] = field(default_factory=set)
+    # Entries this pass left unwritten (or, rarely, a removal that failed),
+    # by map ("policy", "ipcache", "ipcache_hosts", "endpoints",
+    # "endpoint_ids", "services") and reason (FULL, OTHER, HELD).
+    not_written: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The objects those entries were for (describe's object part) and how
+    # many entries each, in the order they first failed.
+    objects: dict[str, int] = field(default_factory=dict)
+    samples: list[str] = field(default_factory=list)  # the first SAMPLE_MAX: "object (detail): error"
+    held_removals: int = 0  # ipcache entries left in place for a write that failed (step 7)
+    retried: int = 0        # writes tried again after this pass's removals made room (step 8)
 
     @property
     def changed(self) -> bool:
         return bool(self.written or self.deleted)
+
+    @property
+    def failed(self) -> int:
+        """Entries not written."""
+        return sum(n for by_reason in self.not_written.values() for n in by_reason.values())
+
+    @property
+    def failures(self) -> list[str]:
+        """A few messages; empty exactly when every write went in."""
+        return self.samples
+
+    @property
+    def complete(self) -> bool:
+        """The maps hold the content asked for."""
+        return not self.not_written and not self.held_removals
 
 
 def policy_key(t: PolicyTuple) -> PolicyKey:
@@ -113,68 +221,271 @@ class MapSync:
             services=m.services(),
         )
 
-    def apply(self, want: MapContents, describe: Callable[[str, object], str] = lambda kind, key: f"{kind} {key}") -> SyncReport:
+    def apply(self, want: MapContents,
+              describe: Callable[[str, object], Description] = _describe_by_kind) -> SyncReport:
+        """Write the difference in the order of the module's docstring.
+        describe(kind, key) names the object an entry is for (kind: policy,
+        ipcache, endpoint, service); it is asked only about entries that
+        could not be written."""
         have = self.applied
         report = SyncReport()
-
-        def attempt(kind: str, key: object, fn: Callable[[], object], record: Callable[[], None]) -> bool:
-            """Run one map operation; record it as applied only if it worked."""
-            try:
-                fn()
-            except MapError as e:
-                report.failures.append(f"{describe(kind, key)}: {e}")
-                return False
-            record()
-            return True
-
-        def write(kind: str, key: object, fn: Callable[[], None], record: Callable[[], None]) -> None:
-            report.written += attempt(kind, key, fn, record)
-
-        def remove(kind: str, key: object, fn: Callable[[], bool], record: Callable[[], None]) -> None:
-            report.deleted += attempt(kind, key, fn, record)
-
         hint = want.changed if want.base is not None and want.base is self._applied_token else None
         policy_writes, policy_gone = _diff(have.policy, want.policy, hint, "policy")
         ipcache_writes, ipcache_gone = _diff(have.ipcache, want.ipcache, hint, "ipcache")
         endpoint_writes, endpoints_gone = _diff(have.endpoints, want.endpoints, hint, "endpoints")
         id_writes, ids_gone = _diff(have.endpoint_ids, want.endpoint_ids, None, "endpoint_ids")
-        services_new = [f for f in want.services if f not in have.services]
+        services_new = [(f, None) for f in want.services if f not in have.services]
         services_gone = [f for f in have.services if f not in want.services]
-
-        pol, eps, m = self.maps["policy"], self.maps["endpoints"], self.maps
-        for t, rule in policy_writes:
-            write("policy", t, lambda t=t, rule=rule: pol.update(policy_key(t), PolicyEntry(rule_id=rule)),
-                  lambda t=t, rule=rule: have.policy.__setitem__(t, rule))
-        for net, ident in ipcache_writes:
-            write("ipcache", net, lambda net=net, ident=ident: m.set_identity(net, ident),
-                  lambda net=net, ident=ident: have.ipcache.__setitem__(net, ident))
-        for ep_id, info in id_writes:
-            write("endpoint", ep_id, lambda ep_id=ep_id, info=info: m.set_endpoint_id(ep_id, *info),
-                  lambda ep_id=ep_id, info=info: have.endpoint_ids.__setitem__(ep_id, info))
-        for ip, ep in endpoint_writes:
-            write("endpoint", ip, lambda ip=ip, ep=ep: eps.update(
-                EndpointKey.of(ip), EndpointInfo(id=ep[0], ifindex=ep[1], identity=ep[2], flags=ep[3])),
-                lambda ip=ip, ep=ep: have.endpoints.__setitem__(ip, ep))
-        for fe in services_new:
-            write("service", fe, lambda fe=fe: m.set_service(*fe), lambda fe=fe: have.services.add(fe))
-        for fe in services_gone:
-            remove("service", fe, lambda fe=fe: m.delete_service(*fe), lambda fe=fe: have.services.discard(fe))
         if endpoints_gone:
             live_ids = {ep[0] for ep in want.endpoints.values()}
-            for ip in endpoints_gone:
-                if have.endpoints[ip][0] not in live_ids:
-                    report.removed_endpoint_ids.add(have.endpoints[ip][0])
-                remove("endpoint", ip, lambda ip=ip: eps.delete(EndpointKey.of(ip)),
-                       lambda ip=ip: have.endpoints.pop(ip))
-        for ep_id in ids_gone:
-            remove("endpoint", ep_id, lambda ep_id=ep_id: m.delete_endpoint_id(ep_id),
-                   lambda ep_id=ep_id: have.endpoint_ids.pop(ep_id))
-        for net in ipcache_gone:
-            remove("ipcache", net, lambda net=net: m.delete_identity(net), lambda net=net: have.ipcache.pop(net))
-        for t in policy_gone:
-            remove("policy", t, lambda t=t: pol.delete(policy_key(t)), lambda t=t: have.policy.pop(t))
-        self._applied_token = want.token if not report.failures else None
+            report.removed_endpoint_ids = {have.endpoints[ip][0] for ip in endpoints_gone} - live_ids
+
+        p = _Pass(self.maps, have, report)
+        p.write("policy", policy_writes)                        # 1
+        p.write_ipcache(ipcache_writes)                         # 2
+        p.write("endpoint_ids", id_writes)                      # 3
+        p.write("endpoints", endpoint_writes)
+        p.write("services", services_new)                       # 4
+        p.remove("services", services_gone)
+        p.remove("endpoints", endpoints_gone)                   # 5
+        p.remove("endpoint_ids", ids_gone)
+        p.remove("policy", policy_gone)                         # 6
+        held = p.remove_ipcache(ipcache_gone)                   # 7
+        if p.retry():                                           # 8
+            held = p.remove_ipcache(held)
+        p.finish(describe, held)
+        self._applied_token = want.token if report.complete else None
         return report
+
+
+class _Table:
+    """One kind of entry: how to write and delete it, and what MapSync
+    believes the map holds."""
+
+    __slots__ = ("kind", "map", "write", "delete", "have")
+
+    def __init__(self, kind: str, map_name: str, write: Callable[[object, object], object],
+                 delete: Callable[[object], bool], have: dict | set) -> None:  # type: ignore[type-arg]
+        self.kind = kind    # as describe() knows it
+        self.map = map_name  # as the report and metrics name it
+        self.write = write
+        self.delete = delete
+        self.have = have
+
+
+def _ipcache_map(net: IPNetwork) -> str:
+    return "ipcache_hosts" if net.prefixlen == net.max_prefixlen else "ipcache"
+
+
+class _Pass:
+    """The map operations of one MapSync.apply and what did not happen."""
+
+    def __init__(self, maps: DatapathMaps, have: MapContents, report: SyncReport) -> None:
+        m, pol, eps = maps, maps["policy"], maps["endpoints"]
+        self.report = report
+        self.tables = {
+            "policy": _Table("policy", "policy", lambda t, rule: pol.update(policy_key(t), PolicyEntry(rule_id=rule)),
+                             lambda t: pol.delete(policy_key(t)), have.policy),
+            "ipcache": _Table("ipcache", "ipcache", m.set_identity, m.delete_identity, have.ipcache),
+            "endpoint_ids": _Table("endpoint", "endpoint_ids", lambda i, info: m.set_endpoint_id(i, *info),
+                                   m.delete_endpoint_id, have.endpoint_ids),
+            "endpoints": _Table("endpoint", "endpoints", lambda ip, ep: eps.update(
+                EndpointKey.of(ip), EndpointInfo(id=ep[0], ifindex=ep[1], identity=ep[2], flags=ep[3])),
+                lambda ip: eps.delete(EndpointKey.of(ip)), have.endpoints),
+            "services": _Table("service", "services", lambda fe, _: m.set_service(*fe),
+                               lambda fe: m.delete_service(*fe), have.services),
+        }
+        # (table, key) -> (value, reason, map, message key) of what did not happen; a removal's value is _GONE
+        self.failed: dict[tuple[str, object], tuple[object, str, str, object]] = {}
+        self.messages: dict[object, str] = {HELD: HELD_MESSAGE}
+        self.pending = _Prefixes()  # ipcache entries whose new value is not in the map
+        self.freed: set[str] = set()  # maps this pass removed an entry from
+
+    def _map(self, table: _Table, key: object) -> str:
+        return _ipcache_map(key) if table.map == "ipcache" else table.map  # type: ignore[arg-type]
+
+    def _fail(self, name: str, key: object, value: object, reason: str, map_name: str, e: MapError | None) -> None:
+        msg_key: object = HELD
+        if e is not None:
+            msg_key = (map_name, e.errno, e.op)
+            if msg_key not in self.messages:
+                self.messages[msg_key] = str(e)
+        self.failed[(name, key)] = (value, reason, map_name, msg_key)
+        if name == "ipcache" and value is not _GONE:
+            self.pending.add(key)  # type: ignore[arg-type]
+
+    def write(self, name: str, items: list) -> None:  # type: ignore[type-arg]
+        t = self.tables[name]
+        fn, have, failed = t.write, t.have, self.failed
+        is_set = isinstance(have, set)
+        n = 0
+        for key, value in items:
+            try:
+                fn(key, value)
+            except MapError as e:
+                self._fail(name, key, value, FULL if isinstance(e, MapFullError) else OTHER, self._map(t, key), e)
+                continue
+            if is_set:
+                have.add(key)  # type: ignore[union-attr]
+            else:
+                have[key] = value  # type: ignore[index]
+            n += 1
+            if failed and failed.pop((name, key), None) is not None and name == "ipcache":
+                self.pending.discard(key)
+        self.report.written += n
+
+    def write_ipcache(self, items: list) -> None:  # type: ignore[type-arg]
+        """Host entries, then prefixes longest first; a prefix with an
+        unwritten entry inside it waits (HELD)."""
+        hosts, prefixes = [], []
+        for item in items:
+            (hosts if item[0].prefixlen == item[0].max_prefixlen else prefixes).append(item)
+        self.write("ipcache", hosts)
+        prefixes.sort(key=lambda item: item[0].prefixlen, reverse=True)
+        for net, ident in prefixes:
+            if self.pending and self.pending.inside(net):
+                self._fail("ipcache", net, ident, HELD, "ipcache", None)
+            else:
+                self.write("ipcache", [(net, ident)])
+
+    def remove(self, name: str, keys: list) -> None:  # type: ignore[type-arg]
+        t = self.tables[name]
+        fn, have = t.delete, t.have
+        is_set = isinstance(have, set)
+        n = 0
+        for key in keys:
+            try:
+                present = fn(key)
+            except MapError as e:
+                self._fail(name, key, _GONE, OTHER, self._map(t, key), e)
+                continue
+            if is_set:
+                have.discard(key)  # type: ignore[union-attr]
+            else:
+                del have[key]  # type: ignore[union-attr]
+            n += 1
+            if present:
+                self.freed.add(self._map(t, key))
+        self.report.deleted += n
+
+    def remove_ipcache(self, keys: list) -> list:  # type: ignore[type-arg]
+        """Prefixes shortest first, then host entries. An entry overlapping
+        an ipcache write that did not happen waits, and so does one inside a
+        prefix that waits or whose removal failed. Returns those that wait."""
+        hosts, prefixes = [], []
+        for net in keys:
+            (hosts if net.prefixlen == net.max_prefixlen else prefixes).append(net)
+        prefixes.sort(key=lambda net: net.prefixlen)
+        pending, waiting = self.pending, _Prefixes()  # waiting: prefixes still in the map
+        held = []
+        failed = self.failed
+        for net in prefixes:
+            if (pending and (pending.inside(net) or pending.holds(net))) or (waiting and waiting.holds(net)):
+                waiting.add(net)
+                held.append(net)
+                continue
+            before = len(failed)
+            self.remove("ipcache", [net])
+            if len(failed) > before:
+                waiting.add(net)
+        if not pending and not waiting:  # each removal moves its address to its new identity
+            self.remove("ipcache", hosts)
+            return held
+        for net in hosts:
+            if pending.holds(net) or (waiting and waiting.holds(net)):
+                held.append(net)
+            else:
+                self.remove("ipcache", [net])
+        return held
+
+    def retry(self) -> bool:
+        """Step 8: the writes that found their map full, when this pass
+        removed entries from that map, and the prefixes they held back."""
+        again = {name: [] for name in ("policy", "ipcache", "endpoint_ids", "endpoints", "services")}
+        room = False
+        for (name, key), (value, reason, map_name, _) in self.failed.items():
+            if reason == FULL and map_name in self.freed:
+                again[name].append((key, value))
+                room = True
+            elif reason == HELD:
+                again[name].append((key, value))
+        if not room:
+            return False
+        self.report.retried = sum(len(v) for v in again.values())
+        for net, _ in again["ipcache"]:  # pending again only if it fails again
+            self.pending.discard(net)
+        self.write("policy", again["policy"])
+        self.write_ipcache(again["ipcache"])
+        self.write("endpoint_ids", again["endpoint_ids"])
+        self.write("endpoints", again["endpoints"])
+        self.write("services", again["services"])
+        return True
+
+    def finish(self, describe: Callable[[str, object], Description], held: list) -> None:  # type: ignore[type-arg]
+        """Count what did not happen per map and reason, per object, and
+        keep the first few messages."""
+        r = self.report
+        r.held_removals = len(held)
+        for (name, key), (_value, reason, map_name, msg_key) in self.failed.items():
+            by_reason = r.not_written.setdefault(map_name, {})
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+            obj, detail = split_description(describe(self.tables[name].kind, key))
+            r.objects[obj] = r.objects.get(obj, 0) + 1
+            if len(r.samples) < SAMPLE_MAX:
+                r.samples.append(f"{obj} ({detail}): {self.messages[msg_key]}" if detail
+                                 else f"{obj}: {self.messages[msg_key]}")
+
+
+_GONE = object()  # the value of a failed removal in _Pass.failed
+
+
+class _Prefixes:
+    """A set of IP prefixes that tells, for a prefix, whether a member holds
+    it (contains or equals it) and whether a member lies inside it."""
+
+    __slots__ = ("_by_len", "_up")
+
+    def __init__(self) -> None:
+        self._by_len: dict[tuple[int, int], set[int]] = {}  # (version, prefixlen) -> prefix bits
+        self._up: dict[tuple[int, int, int], set[int]] = {}  # members' bits cut to a shorter length
+
+    def __bool__(self) -> bool:
+        return any(self._by_len.values())
+
+    def _forget(self, version: int, length: int) -> None:
+        for k in [k for k in self._up if k[0] == version and k[1] == length]:
+            del self._up[k]
+
+    def add(self, net: IPNetwork) -> None:
+        length = net.prefixlen
+        self._by_len.setdefault((net.version, length), set()).add(int(net.network_address) >> (net.max_prefixlen - length))
+        self._forget(net.version, length)
+
+    def discard(self, net: IPNetwork) -> None:
+        bits = self._by_len.get((net.version, net.prefixlen))
+        if bits is not None:
+            bits.discard(int(net.network_address) >> (net.max_prefixlen - net.prefixlen))
+            self._forget(net.version, net.prefixlen)
+
+    def holds(self, net: IPNetwork) -> bool:
+        addr, top, plen, version = int(net.network_address), net.max_prefixlen, net.prefixlen, net.version
+        for (v, length), bits in self._by_len.items():
+            if v == version and length <= plen and addr >> (top - length) in bits:
+                return True
+        return False
+
+    def inside(self, net: IPNetwork) -> bool:
+        plen, version = net.prefixlen, net.version
+        mine = int(net.network_address) >> (net.max_prefixlen - plen)
+        for (v, length), bits in self._by_len.items():
+            if v != version or length < plen or not bits:
+                continue
+            up = self._up.get((v, length, plen))
+            if up is None:
+                up = self._up[(v, length, plen)] = {b >> (length - plen) for b in bits}
+            if mine in up:
+                return True
+        return False
 
 
 def _diff(have: dict, want: dict, hint: dict[str, set] | None, kind: str) -> tuple[list, list]:  # type: ignore[type-arg]
