@@ -245,7 +245,8 @@ class NetworkPolicy:
             spec = {}
         unknown = set(spec) - {"podSelector", "policyTypes", "ingress", "egress"}
         if unknown:
-            errors.append(f"spec: unknown field(s) {', '.join(sorted(unknown))}")
+            errors.append(f"spec: unknown field(s) {', '.join(sorted(unknown))} (its rules allow nothing: "
+                          f"a field this enforcer does not know may narrow them)")
 
         pod_selector: LabelSelector | None
         if "podSelector" not in spec:
@@ -276,6 +277,9 @@ class NetworkPolicy:
         egress = _parse_rules(egress_raw, "spec.egress", "to", errors)
         if pod_selector is None:
             ingress, egress = (), ()
+        elif unknown:
+            nothing = _rules(PolicyRule((), (), valid=False))
+            ingress, egress = tuple(nothing for _ in ingress), tuple(nothing for _ in egress)
         return cls(ns, name, pod_selector, types, ingress, egress, tuple(errors), _resource_version(raw))
 
 

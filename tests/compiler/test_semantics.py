@@ -115,6 +115,10 @@ CASES = [
     ("unknown field in a rule: the rule is ignored (fail closed)", [
         P("x", "p", podSelector={}, ingress=[{"from": [{"podSelector": {}}], "someFutureField": True}])], [
         ("x/b", "x/a", "TCP", 80, False)]),
+    ("unknown field in the spec: the policy isolates what it selects and allows nothing (fail closed)", [
+        P("x", "p", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"podSelector": {}}]}],
+          someFutureField={"deny": True})], [
+        ("x/b", "x/a", "TCP", 80, False), ("x/a", "x/b", "TCP", 80, True)]),
     ("unreadable podSelector: isolates the whole namespace, allows nothing", [
         P("x", "p", podSelector={"matchExpressions": [{"key": "pod", "operator": "Near"}]}, ingress=[{}])], [
         ("y/a", "x/a", "TCP", 80, False), ("y/a", "x/b", "TCP", 80, False), ("x/a", "y/a", "TCP", 80, True)]),
