@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from ..datapath.layout import DIR_INGRESS
 from ..datapath.reasons import is_drop
+from ..datapath.sync import REASONS, WRITTEN_MAPS
 
 
 class DaemonCollector(Collector):
@@ -39,6 +40,20 @@ class DaemonCollector(Collector):
         yield capacity
         yield GaugeMetricFamily("enforcer_invalid_objects", "Objects not enforced as written",
                                 value=len(view.desired.errors) if view is not None else 0)
+        failures = self.daemon.status.write_failures
+        not_written = GaugeMetricFamily("enforcer_map_write_failures",
+                                        "Entries the last sync pass could not write, by map and reason "
+                                        "(full: no room; other: another error; held: an ipcache prefix waiting "
+                                        "for a more specific entry that could not be written)",
+                                        labels=["map", "reason"])
+        for name in WRITTEN_MAPS:
+            by_reason = failures.by_map.get(name, {})
+            for reason in REASONS:
+                not_written.add_metric([name, reason], by_reason.get(reason, 0))
+        yield not_written
+        yield GaugeMetricFamily("enforcer_objects_not_written",
+                                "Objects (policies, pods, Services...) with entries the last sync pass could not write",
+                                value=failures.objects_total)
         yield GaugeMetricFamily("enforcer_ready", "1 once the first sync is written",
                                 value=1 if self.daemon.status.ready else 0)
         events = self.daemon.event_stats()

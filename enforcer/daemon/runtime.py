@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +30,7 @@ from ..datapath.sync import MapSync, revoke_connections
 from ..errors import AttachError, MapError
 from ..model.state import ClusterStore
 from ..api.view import StateView
+from .failures import ERRORS_KEPT, FailureLog, WriteFailures
 from .node import InterfaceResolver, node_addresses
 from .reconcile import BoundedRunner
 
@@ -52,12 +54,18 @@ class DaemonConfig:
 @dataclass
 class Status:
     ready: bool = False
+    # Map writes of the last pass that did not happen (a full map): the
+    # objects they were for, the first OBJECTS_KEPT ("NetworkPolicy ns/a: 4
+    # entries"), and the figures (failures.py); never one string per entry.
     failures: list[str] = field(default_factory=list)
+    write_failures: WriteFailures = field(default_factory=WriteFailures)
+    failure_log: FailureLog = field(default_factory=lambda: FailureLog(log), repr=False, compare=False)
     revision: int = 0
     source_revision: str = ""
     last_sync: float = 0.0
     last_sync_duration: float = 0.0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the first ERRORS_KEPT: invalid objects, objects not written
+    errors_total: int = 0
     unplaced: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # policies whose latest version is being staged
     attached: set[int] = field(default_factory=set)
@@ -163,8 +171,12 @@ class Daemon:
             st = self.status
             st.revision, st.source_revision = snap.revision, snap.source_revision
             st.last_sync, st.last_sync_duration = time.time(), time.monotonic() - started
-            st.errors = [str(e) for e in desired.errors] + report.failures
-            st.failures = list(report.failures)
+            failures = WriteFailures.of(report)
+            st.errors = [str(e) for e in islice(desired.errors, ERRORS_KEPT)]
+            st.errors += [f"{o} not written" for o in failures.objects[:ERRORS_KEPT - len(st.errors)]]
+            st.errors_total = len(desired.errors) + failures.objects_total
+            st.failures = list(failures.objects)
+            st.write_failures = failures
             st.unplaced = list(desired.unplaced)
             st.pending = list(desired.pending)
             st.revoked_connections += revoked
@@ -174,8 +186,7 @@ class Daemon:
                 st.since_start[k] += v
             st.ready = True
         self._note_diagnostics(view)
-        for failure in report.failures:
-            log.error("map write failed: %s", failure)
+        st.failure_log.note(report, failures)  # one line at most
         if self.config.status_file:
             self._write_status_file(desired)
         for callback in self.on_sync:
@@ -190,7 +201,7 @@ class Daemon:
             gc.collect()
             gc.freeze()
         self.synced.set()
-        return bool(desired.unplaced or report.failures)
+        return bool(desired.unplaced or not report.complete)
 
     # -- read side, for the API and metrics --
 
@@ -260,9 +271,11 @@ class Daemon:
             "endpoints": len({e.endpoint_id for e in desired.endpoints.values()}),
             "policy_entries": len(desired.policy), "ipcache_entries": len(desired.ipcache),
             "unplaced": st.unplaced, "pending": st.pending[:20], "pending_count": len(st.pending),
-            "errors": st.errors,
+            "errors": st.errors, "errors_total": st.errors_total,
+            "write_failures": st.write_failures.as_dict(),
             "last_pass": dict(st.last_pass), "since_start": dict(st.since_start),
-            "diagnostics": [d.as_dict() for d in st.diagnostics],
+            "diagnostics": [d.as_dict() for d in st.diagnostics[:ERRORS_KEPT]],
+            "diagnostics_total": len(st.diagnostics),
         }
         path = Path(self.config.status_file)  # type: ignore[arg-type]
         tmp = path.with_suffix(".tmp")

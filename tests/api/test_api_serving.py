@@ -145,6 +145,8 @@ def test_metrics(served):
     assert 'enforcer_map_entries{map="endpoints"} 6.0' in text
     assert "enforcer_sync_duration_seconds_bucket" in text and "enforcer_sync_duration_seconds_count" in text
     assert "enforcer_invalid_objects 0.0" in text and "enforcer_ready 1.0" in text
+    assert 'enforcer_map_write_failures{map="policy",reason="full"} 0.0' in text
+    assert "enforcer_objects_not_written 0.0" in text
 
 
 def test_tls_listener_requires_a_client_certificate(served):
