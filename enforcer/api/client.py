@@ -73,17 +73,29 @@ def show_status(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
              f"endpoints  {st.local_endpoints} local; revoked connections: {st.revoked_connections}", "",
              table([[m.name, m.entries, m.capacity, f"{100 * m.entries / m.capacity:.1f}%" if m.capacity else "-"]
                     for m in st.maps], ["map", "entries", "capacity", "used"])]
+    def more(n: int, what: str) -> list[str]:
+        return [f"  ... and {n} more {what}"] if n else []
+
     if st.unplaced_pods:
-        lines += ["", "local pods without an interface yet: " + ", ".join(st.unplaced_pods)]
+        lines += ["", "local pods without an interface yet: " + ", ".join(st.unplaced_pods)
+                  + (f" and {st.unplaced_pods_omitted} more" if st.unplaced_pods_omitted else "")]
     if st.invalid_objects:
         lines += ["", "invalid objects (not enforced as written; never opened):"]
         lines += [f"  {o.kind} {o.namespace + '/' if o.namespace else ''}{o.name}: {o.error}" for o in st.invalid_objects]
-    if st.sync_failures:
-        lines += ["", "map writes failing:"] + [f"  {f}" for f in st.sync_failures]
+        lines += more(st.invalid_objects_omitted, "invalid objects")
+    if st.sync_failures or st.entries_not_written:
+        per_map = "; ".join(f"{m.map}: " + ", ".join(f"{n} {w}" for n, w in ((m.full, "no room"), (m.other, "failed"),
+                                                                               (m.held, "held back")) if n)
+                            for m in st.map_write_failures)
+        lines += ["", f"map writes failing: {st.entries_not_written} entries not written ({per_map}), "
+                      "retried every pass; what they would change is not in force:"]
+        lines += [f"  {f}" for f in st.sync_failures] + more(st.sync_failures_omitted, "objects")
+        lines += [f"  e.g. {s}" for s in st.sync_failure_samples[:3]]
     if st.diagnostics:
         lines += ["", "configuration problems (`enforcer diagnose` for details and fixes):"]
         lines += [f"  {d.severity}: {d.code} ({d.effect}): Service {d.service}, NetworkPolicy {d.policy}"
                   for d in st.diagnostics]
+        lines += more(st.diagnostics_omitted, "problems")
     return "\n".join(lines)
 
 
@@ -93,7 +105,8 @@ def show_endpoints(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
         return as_json(resp)
     rows = [[f"{e.namespace}/{e.pod}", ",".join(e.ips), e.endpoint_id, ",".join(map(str, e.identities)),
              "yes" if e.ingress_isolated else "no", "yes" if e.egress_isolated else "no", e.interface,
-             ",".join(e.policies) or "-"] for e in resp.endpoints]
+             (",".join(e.policies) or "-") + (f" (+{e.policies_omitted} more)" if e.policies_omitted else "")]
+            for e in resp.endpoints]
     return table(rows, ["pod", "ips", "id", "identity", "ingress-isolated", "egress-isolated", "interface", "policies"])
 
 
@@ -101,7 +114,9 @@ def show_policies(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
     resp = call(stub.ListPolicies, pb.ListPoliciesRequest())
     if as_machine:
         return as_json(resp)
-    rows = [[f"{p.namespace}/{p.name}", ",".join(p.policy_types), p.entries, ",".join(p.selected_endpoints) or "-",
+    rows = [[f"{p.namespace}/{p.name}", ",".join(p.policy_types), p.entries,
+             (",".join(p.selected_endpoints) or "-")
+             + (f" (+{p.selected_endpoints_omitted} more)" if p.selected_endpoints_omitted else ""),
              p.error or ""] for p in resp.policies]
     return table(rows, ["policy", "types", "entries", "selects (local)", "error"])
 
@@ -147,8 +162,11 @@ def show_explain(stub: pb_grpc.EnforcerStub, as_machine: bool, req: pb.ExplainRe
         lines.append(f"  {h.endpoint} {direction_name(h.direction)}: {'allowed' if h.allowed else 'DENIED'} ({h.why})")
         for r in h.rules:
             lines.append(f"    rule: {r.policy} {direction_name(r.direction)} rule {r.rule_index}")
+        if h.rules_omitted:
+            lines.append(f"    ... and {h.rules_omitted} more rules")
         if h.isolating_policies:
-            lines.append(f"    isolated by: {', '.join(h.isolating_policies)}")
+            lines.append(f"    isolated by: {', '.join(h.isolating_policies)}"
+                         + (f" and {h.isolating_policies_omitted} more" if h.isolating_policies_omitted else ""))
         lines.append(f"    maps: {'agree' if h.maps_agree else 'DISAGREE'} ({h.maps_detail})")
     return "\n".join(lines)
 

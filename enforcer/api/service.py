@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import grpc
 
@@ -15,6 +15,7 @@ from ..v1 import enforcer_pb2 as pb
 from ..v1 import enforcer_pb2_grpc as pb_grpc
 from .explain import explain
 from .flows import FlowHub
+from .view import LIST_MAX, capped, clip
 
 
 class EnforcerService(pb_grpc.EnforcerServicer):
@@ -30,21 +31,35 @@ class EnforcerService(pb_grpc.EnforcerServicer):
         return view
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        """Bounded whatever the state holds (view.LIST_MAX, view.STRING_MAX)."""
         st = self.daemon.status
         view = self.daemon.view()
+        unplaced, unplaced_omitted = capped(st.unplaced)
+        failures = st.write_failures
         resp = pb.StatusResponse(version=__version__, node=self.daemon.config.node_name, ready=st.ready,
-                                 source=self.source, source_revision=st.source_revision,
+                                 source=clip(self.source), source_revision=clip(st.source_revision),
                                  last_sync_unix=st.last_sync, last_sync_duration_ms=st.last_sync_duration * 1e3,
-                                 unplaced_pods=st.unplaced, sync_failures=st.failures,
+                                 unplaced_pods=[clip(p) for p in unplaced], unplaced_pods_omitted=unplaced_omitted,
+                                 sync_failures=[clip(f) for f in st.failures[:LIST_MAX]],
+                                 sync_failures_omitted=max(failures.objects_total, len(st.failures))
+                                 - len(st.failures[:LIST_MAX]),
+                                 sync_failure_samples=[clip(s) for s in failures.samples[:LIST_MAX]],
+                                 entries_not_written=failures.entries,
                                  revoked_connections=st.revoked_connections)
+        for name, by_reason in failures.by_map.items():
+            resp.map_write_failures.append(pb.MapWriteFailures(
+                map=name, full=by_reason.get("full", 0), other=by_reason.get("other", 0),
+                held=by_reason.get("held", 0)))
         if view is not None:
             snap = view.snapshot
             resp.namespaces, resp.pods, resp.network_policies = len(snap.namespaces), len(snap.pods), len(snap.policies)
             resp.local_endpoints = len(view.endpoint_by_id)
-            for e in view.desired.errors:
-                resp.invalid_objects.append(pb.InvalidObject(kind=e.kind, namespace=e.namespace or "",
-                                                             name=e.name, error=e.reason))
-            resp.diagnostics.extend(diagnostic_messages(view.diagnostics))
+            errors, resp.invalid_objects_omitted = capped(view.desired.errors)
+            for e in errors:
+                resp.invalid_objects.append(pb.InvalidObject(kind=clip(e.kind), namespace=clip(e.namespace or ""),
+                                                             name=clip(e.name), error=clip(e.reason)))
+            diagnostics, resp.diagnostics_omitted = capped(view.diagnostics)
+            resp.diagnostics.extend(diagnostic_messages(diagnostics))
         for name, (entries, capacity) in self.daemon.map_occupancy().items():
             resp.maps.append(pb.MapOccupancy(name=name, entries=entries, capacity=capacity))
         return resp
@@ -56,13 +71,14 @@ class EnforcerService(pb_grpc.EnforcerServicer):
         for pod, entries in sorted(view.endpoints_by_pod.items()):
             ns, name = pod.split("/", 1)
             first = entries[0][1]
+            policies, omitted = capped(view.desired.selected_by.get(pod, []))
             resp.endpoints.append(pb.Endpoint(
                 namespace=ns, pod=name, ips=[str(ip) for ip, _ in entries], endpoint_id=first.endpoint_id,
                 identities=[e.identity for _, e in entries],
                 ingress_isolated=bool(first.flags & EP_F_INGRESS_ISOLATED),
                 egress_isolated=bool(first.flags & EP_F_EGRESS_ISOLATED),
                 interface=names.get(first.ifindex, ""), ifindex=first.ifindex,
-                policies=view.desired.selected_by.get(pod, [])))
+                policies=[clip(p) for p in policies], policies_omitted=omitted))
         return resp
 
     def ListPolicies(self, request: pb.ListPoliciesRequest, context: grpc.ServicerContext) -> pb.ListPoliciesResponse:
@@ -74,10 +90,11 @@ class EnforcerService(pb_grpc.EnforcerServicer):
         resp = pb.ListPoliciesResponse()
         for key, pol in sorted(view.snapshot.policies.items()):
             err = pol.error()
+            pods, omitted = capped(sorted(selected.get(key, [])))
             resp.policies.append(pb.Policy(
-                namespace=pol.namespace, name=pol.name, selected_endpoints=sorted(selected.get(key, [])),
+                namespace=pol.namespace, name=pol.name, selected_endpoints=pods, selected_endpoints_omitted=omitted,
                 entries=view.desired.entries_by_policy.get(key, 0), policy_types=sorted(pol.policy_types),
-                error=err.reason if err else ""))
+                error=clip(err.reason) if err else ""))
         return resp
 
     def GetCounters(self, request: pb.GetCountersRequest, context: grpc.ServicerContext) -> pb.GetCountersResponse:
@@ -111,5 +128,6 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             raise  # unreachable: abort raises
 
 
-def diagnostic_messages(diagnostics: tuple[Diagnostic, ...]) -> list[pb.Diagnostic]:
-    return [pb.Diagnostic(**d.as_dict()) for d in diagnostics]
+def diagnostic_messages(diagnostics: Sequence[Diagnostic]) -> list[pb.Diagnostic]:
+    return [pb.Diagnostic(**{k: clip(v) if isinstance(v, str) else v for k, v in d.as_dict().items()})
+            for d in diagnostics]

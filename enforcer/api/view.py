@@ -7,12 +7,33 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Sequence, TypeVar
 
 from ..compiler.compile import CidrIdentity, DesiredState, EndpointSpec, PodIdentity
 from ..compiler.diagnose import Diagnostic, diagnose
 from ..datapath.layout import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD
 from ..model.objects import IPAddress, Pod
 from ..model.state import ClusterSnapshot
+
+# An API answer is bounded whatever the state holds (a million invalid
+# objects, a full map): each repeated field keeps its first LIST_MAX items
+# and says how many it left out, each string keeps STRING_MAX characters.
+# A StatusResponse is then at most about 1.3 MB, well under gRPC's 4 MB.
+LIST_MAX = 100
+STRING_MAX = 1024
+
+T = TypeVar("T")
+
+
+def clip(text: str, limit: int = STRING_MAX) -> str:
+    """text, cut to limit characters (the last one an ellipsis) when longer."""
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def capped(items: Sequence[T], limit: int = LIST_MAX) -> tuple[Sequence[T], int]:
+    """The first limit items and how many were left out."""
+    return items[:limit], max(0, len(items) - limit)
+
 
 PROTOCOL_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP", 58: "ICMPv6"}
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPV6": 58}
@@ -60,7 +81,7 @@ class StateView:
         if isinstance(key, PodIdentity):
             labels = ",".join(f"{k}={v}" for k, v in sorted(key.labels))
             block = f" in {key.block_class}" if key.block_class else ""
-            return f"pods of {key.namespace} with {{{labels}}} (IPv{key.family}{block})"
+            return clip(f"pods of {key.namespace} with {{{labels}}} (IPv{key.family}{block})")
         if isinstance(key, CidrIdentity):
             return f"ipBlock prefix {key.prefix}"
         return f"identity {ident}"

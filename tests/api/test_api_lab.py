@@ -51,6 +51,8 @@ def test_status_matches_what_was_applied(api_lab):
     assert maps["ipcache_hosts"].entries >= 18
     (bad,) = [o for o in st.invalid_objects if o.name == "broken"]
     assert (bad.kind, bad.namespace) == ("NetworkPolicy", "x") and "invalid CIDR '10.0.0.0/33'" in bad.error
+    assert not st.sync_failures and st.entries_not_written == 0 and not st.map_write_failures
+    assert (st.invalid_objects_omitted, st.unplaced_pods_omitted, st.sync_failures_omitted) == (0, 0, 0)
     eps = stub(api_lab).ListEndpoints(pb.ListEndpointsRequest(), timeout=10).endpoints
     xa = next(e for e in eps if (e.namespace, e.pod) == ("x", "a"))
     assert xa.ingress_isolated and not xa.egress_isolated and xa.interface == api_lab.lab.pod("xa").host_ifname
