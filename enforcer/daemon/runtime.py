@@ -4,6 +4,7 @@ attachments equal to what the cluster's objects compile to."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import json
 import logging
@@ -90,7 +91,12 @@ class Daemon:
         self._view: StateView | None = None
         self.on_sync: list[Callable[[float], None]] = []  # called with each pass's duration
         self._ct_count: tuple[float, int] = (0.0, 0)
-        self.compiler = Compiler(config.datapath.max_endpoint_id, config.limits)
+        # Admission keeps ipBlock prefixes within the ipcache maps' room.
+        limits = dataclasses.replace(
+            config.limits,
+            ipcache_capacity=config.limits.ipcache_capacity or config.datapath.ipcache_max,
+            ipcache_hosts_capacity=config.limits.ipcache_hosts_capacity or config.datapath.ipcache_hosts_max)
+        self.compiler = Compiler(config.datapath.max_endpoint_id, limits)
         self.resolver = InterfaceResolver()
         self.attacher = TcAttacher()
         self.runner = BoundedRunner(self.reconcile_once, resync=config.resync_interval)
@@ -241,8 +247,9 @@ class Daemon:
         before = set(self.status.pending)
         for key in pending:
             if key not in before:
-                log.info("NetworkPolicy %s: new version staged over several passes (more ipBlock prefixes than "
-                         "--prefixes-per-pass); its previous version stays in force meanwhile", key)
+                log.info("NetworkPolicy %s: new version waiting (staged over several passes: more ipBlock prefixes "
+                         "than --prefixes-per-pass; or tried again: ipcache room was freed); its previous version "
+                         "stays in force meanwhile", key)
         for key in sorted(before - set(pending)):
             log.info("NetworkPolicy %s: no longer staged (its version is in force, or it is gone)", key)
 
