@@ -57,6 +57,19 @@ def _datapath_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --map-size names -> DatapathConfig fields.
+MAP_SIZE_FIELDS = {"ipcache": "ipcache_max", "ipcache_hosts": "ipcache_hosts_max", "endpoints": "endpoints_max",
+                   "policy": "policy_max", "conntrack": "ct_max", "fragments": "fragments_max",
+                   "services": "services_max", "svc_pending": "svc_pending_max"}
+
+
+def _map_size(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or name not in MAP_SIZE_FIELDS:
+        raise argparse.ArgumentTypeError(f"expected MAP=ENTRIES with MAP one of {', '.join(sorted(MAP_SIZE_FIELDS))}")
+    return MAP_SIZE_FIELDS[name], _positive(value)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -73,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
 
     store = ClusterStore()
     config = DaemonConfig(node_name=args.node,
-                          datapath=DatapathConfig(pin_dir=Path(args.pin_dir), mark_shift=args.mark_shift),
+                          datapath=DatapathConfig(pin_dir=Path(args.pin_dir), mark_shift=args.mark_shift,
+                                                  **dict(args.map_size or ())),
                           node_devices=tuple(args.node_device) if args.node_device else None,
                           revoke_established=not args.keep_established,
                           status_file=Path(args.status_file) if args.status_file else None,
@@ -277,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "after DNAT; no other component may use them (default 20: 0x3ff00000)")
     run_p.add_argument("--keep-established", action="store_true",
                        help="do not cut tracked connections that policy no longer allows")
+    run_p.add_argument("--map-size", action="append", type=_map_size, metavar="MAP=ENTRIES",
+                       help="capacity of a BPF map, fixed when it is first pinned (a pinned map of another size "
+                            "is refused until `enforcer cleanup`); repeatable. MAP is one of "
+                            + ", ".join(sorted(MAP_SIZE_FIELDS)))
     run_p.add_argument("--max-prefixes-per-policy", type=_positive, default=MAX_PREFIXES_PER_POLICY,
                        help="a NetworkPolicy naming more ipBlock prefixes (cidrs and excepts) is enforced "
                             "fail-closed: it isolates, allows nothing, and is reported "

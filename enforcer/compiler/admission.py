@@ -14,6 +14,11 @@ stalling the node for everyone else:
   written would open what it excepts. So a changed policy whose new
   prefixes do not fit is taken in fail-closed and named ("does not fit"),
   and tried again when prefixes leave; what is in force keeps its room.
+- **Room in the policy map.** When what a pass compiles does not fit in the
+  policy map, the policies with the most entries are refused (fail-closed,
+  named) until the rest fits, rather than leaving which entries are
+  written to chance: a flood costs its author, and an allow elsewhere that
+  fits is in force. They are tried again when fewer entries are in use.
 - **A budget per pass.** Each new ipBlock prefix costs an identity, an
   ipcache entry and an update of every block holding it; each ipBlock not
   seen yet costs a look over the prefixes inside it. A pass takes in at
@@ -57,6 +62,7 @@ class CompileLimits:
     # nodes' and /32 or /128 ipBlocks'). None: unbounded (tests).
     ipcache_capacity: int | None = None
     ipcache_hosts_capacity: int | None = None
+    policy_capacity: int | None = None  # the policy map's
 
 
 _NOTHING = PolicyRule((), (), valid=False)
@@ -77,9 +83,9 @@ class Admission:
 
     limits: CompileLimits = field(default_factory=CompileLimits)
     # key -> (the snapshot's version, the fail-closed stand-in taken in for
-    # it, and for a refusal for room: the prefixes in force then; fewer
-    # now, it is tried again)
-    _over_limit: dict[str, tuple[NetworkPolicy, NetworkPolicy, int | None]] = field(default_factory=dict)
+    # it, and for a refusal for room: which map and how much of it was in
+    # use then; less now, it is tried again)
+    _over_limit: dict[str, tuple[NetworkPolicy, NetworkPolicy, tuple[str, int] | None]] = field(default_factory=dict)
     # key -> (the version waiting, prefixes staged into force for it)
     staged: dict[str, tuple[NetworkPolicy, list[IPNetwork]]] = field(default_factory=dict)
     _blocks: dict[str, tuple[NetworkPolicy, tuple[IPBlock, ...]]] = field(default_factory=dict)
@@ -103,6 +109,36 @@ class Admission:
     def refused_for_room(self) -> list[str]:
         return sorted(key for key, (_, _, at) in self._over_limit.items() if at is not None)
 
+    def refuse_for_policy_room(self, wanted: Mapping[str, NetworkPolicy], entries_by_policy: Mapping[str, int],
+                               total: int) -> list[str]:
+        """The policy map cannot hold what the pass compiled: refuse the
+        policies with the most entries (a flood is its author's) until the
+        rest fits. They are taken in fail-closed and named; tried again when
+        fewer entries are in use. Returns the keys refused."""
+        capacity = self.limits.policy_capacity
+        assert capacity is not None
+        refused = []
+        for key, n in sorted(entries_by_policy.items(), key=lambda kv: (-kv[1], kv[0])):
+            if total <= capacity:
+                break
+            pol = wanted.get(key)
+            if pol is None or n == 0:
+                continue
+            stand_in = fail_closed(pol, f"compiles to {n} policy map entries on this node and the policy map "
+                                        f"({capacity} entries) cannot hold all policies: the largest are refused "
+                                        f"first; its rules allow nothing")
+            self._over_limit[key] = (pol, stand_in, ("policy", total))
+            total -= n
+            refused.append(key)
+        return refused
+
+    def policy_room_used(self, keys: Iterable[str], total: int) -> None:
+        """The policy map entries in use once `keys` were refused: they are
+        tried again when fewer are."""
+        for key in keys:
+            pol, stand_in, _ = self._over_limit[key]
+            self._over_limit[key] = (pol, stand_in, ("policy", total))
+
     @staticmethod
     def _room(capacity: int | None, in_use: int) -> int:
         return max(0, capacity - in_use) if capacity is not None else 1 << 62
@@ -119,16 +155,16 @@ class Admission:
     def admit(self, wanted: Mapping[str, NetworkPolicy], in_force: Mapping[str, NetworkPolicy],
               local_pods: Callable[[str], Iterable[Pod]], prefixes_of: Callable[[NetworkPolicy], frozenset[IPNetwork]],
               is_in_force: Callable[[IPNetwork], bool], is_resolved: Callable[[IPBlock], bool],
-              in_use: tuple[int, int] = (0, 0)
+              in_use: tuple[int, int] = (0, 0), policy_entries: int = 0
               ) -> tuple[dict[str, NetworkPolicy], list[IPNetwork], list[IPNetwork], list[IPBlock]]:
         """The policies this pass compiles, given the snapshot's (`wanted`)
         and last pass's (`in_force`). Returns them with the prefixes to
         stage into force now, the staged prefixes to release (their policy
         was taken in, replaced or deleted) and the blocks of waiting
         versions to resolve now. `in_use`: ipcache entries in use (prefixes,
-        full-length entries)."""
+        full-length entries); `policy_entries`: policy map entries in use."""
         out = dict(wanted)
-        used = sum(in_use)
+        now_in_use = {"ipcache": sum(in_use), "policy": policy_entries}
         room = [self._room(self.limits.ipcache_capacity, in_use[0]),
                 self._room(self.limits.ipcache_hosts_capacity, in_use[1])]
         release: list[IPNetwork] = []
@@ -136,12 +172,11 @@ class Admission:
             del self._over_limit[key]
         waiting: list[tuple[int, str, NetworkPolicy, list[IPNetwork], list[IPBlock]]] = []
         for key, pol in wanted.items():
-            current = in_force.get(key)
-            if current is pol:
-                continue
             over = self._over_limit.get(key)
-            if over is not None and over[0] is pol and (over[2] is None or used >= over[2]):
+            if over is not None and over[0] is pol and (over[2] is None or now_in_use[over[2][0]] >= over[2][1]):
                 out[key] = over[1]
+                continue
+            if in_force.get(key) is pol:
                 continue
             prefixes = prefixes_of(pol)
             limit = self.limits.max_prefixes_per_policy
@@ -171,7 +206,7 @@ class Admission:
                 stand_in = fail_closed(pol, f"its {len(missing)} new ipBlock prefixes do not fit in this node's "
                                             f"ipcache ({in_use[0]} prefixes and {in_use[1]} addresses in use): "
                                             f"its rules allow nothing")
-                self._over_limit[key] = (pol, stand_in, used)
+                self._over_limit[key] = (pol, stand_in, ("ipcache", now_in_use["ipcache"]))
                 out[key] = stand_in
                 continue
             room[0] -= need[0]

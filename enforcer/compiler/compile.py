@@ -180,6 +180,14 @@ class Compiler:
         # next one starts from nothing.
         self._state = None
         out = state.compile(snap, node)
+        capacity = self.limits.policy_capacity
+        if capacity is not None and len(out.policy) > capacity:
+            # Refuse the largest policies and compile again (only what they
+            # touched is redone).
+            refused = state.admission.refuse_for_policy_room(state.policies, out.entries_by_policy, len(out.policy))
+            if refused:
+                out = state.compile(snap, node)
+                state.admission.policy_room_used(refused, len(out.policy))
         self._state = state
         return out
 
@@ -344,7 +352,8 @@ class _Incremental:
 
         policies, staging, released, warm = self.admission.admit(
             snap.policies, self.policies, self._local_pods_in(), self._policy_prefixes, self.prefixes.__contains__,
-            lambda block: ("ip", block) in self.peers, self._ipcache_in_use())
+            lambda block: ("ip", block) in self.peers, self._ipcache_in_use(),
+            len(self.prev.policy) if self.prev is not None else 0)
         self._update_policies(policies)
         if self.error_policies:
             errs = self.error_policies

@@ -91,11 +91,13 @@ class Daemon:
         self._view: StateView | None = None
         self.on_sync: list[Callable[[float], None]] = []  # called with each pass's duration
         self._ct_count: tuple[float, int] = (0.0, 0)
-        # Admission keeps ipBlock prefixes within the ipcache maps' room.
+        # Admission keeps ipBlock prefixes within the ipcache maps' room and
+        # compiled entries within the policy map's.
         limits = dataclasses.replace(
             config.limits,
             ipcache_capacity=config.limits.ipcache_capacity or config.datapath.ipcache_max,
-            ipcache_hosts_capacity=config.limits.ipcache_hosts_capacity or config.datapath.ipcache_hosts_max)
+            ipcache_hosts_capacity=config.limits.ipcache_hosts_capacity or config.datapath.ipcache_hosts_max,
+            policy_capacity=config.limits.policy_capacity or config.datapath.policy_max)
         self.compiler = Compiler(config.datapath.max_endpoint_id, limits)
         self.resolver = InterfaceResolver()
         self.attacher = TcAttacher()

@@ -197,3 +197,30 @@ def test_a_policy_that_does_not_fit_the_ipcache_fails_closed_and_is_tried_again(
     state = n.converge()
     assert not state.errors, state.errors
     assert allowed(state, "y/a", inside_second)
+
+
+def test_when_the_policy_map_cannot_hold_everything_the_largest_policy_is_refused():
+    """Not left to the order of writes: the flood fails closed and is named,
+    an allow elsewhere that fits is in force; once room is freed (the flood
+    shrinks), it is taken in."""
+    n = Node(CompileLimits(policy_capacity=60))
+    small = policy("y", "from-x", {"podSelector": {}, "policyTypes": ["Ingress"],
+                                    "ingress": [{"from": [{"namespaceSelector": {}}]}]})
+    n.store.upsert(small)
+    flood = policy("x", "flood", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [
+        {"ports": [{"port": p} for p in range(1000, 1040)]}]})
+    n.store.upsert(flood)
+    state = n.converge()
+    assert len(state.policy) <= 60
+    errors = [str(e) for e in state.errors]
+    assert [e for e in errors if "policy map" in e] and all(e.startswith("NetworkPolicy x/flood: ") for e in errors
+                                                            if "policy map" in e), errors
+    assert allowed(state, "z/c", "y/a"), "the small allow elsewhere is in force"
+    assert not allowed(state, "x/a", "8.8.8.8", "TCP", 1000), "the flood fails closed: x isolated, nothing allowed"
+    again = n.compile()  # nothing changed: stays refused, no churn
+    assert again.policy == state.policy and any("x/flood" in str(e) for e in again.errors)
+    flood["spec"]["egress"][0]["ports"] = [{"port": 1000}]
+    n.store.upsert(flood)
+    state = n.converge()
+    assert not any("policy map" in str(e) for e in state.errors), state.errors
+    assert allowed(state, "x/a", "8.8.8.8", "TCP", 1000) and allowed(state, "z/c", "y/a")
