@@ -25,7 +25,7 @@ from .harness import PIN_PREFIX, PIN_ROOT, DaemonLab
 TAG = os.getpid() % 1000
 # One letter per module, so modules never share a namespace prefix; k, f
 # and g are tests/faults' (which make their labs with make_daemon_lab too).
-PREFIX_LETTERS = "blrvi" + "kfg" + "pm"
+PREFIX_LETTERS = "blrvi" + "kfg" + "pmx"
 _OWNED = re.compile(rf"^{PIN_PREFIX}(\d+)-")
 
 
