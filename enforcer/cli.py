@@ -60,7 +60,8 @@ def _datapath_run(args: argparse.Namespace) -> int:
 # --map-size names -> DatapathConfig fields.
 MAP_SIZE_FIELDS = {"ipcache": "ipcache_max", "ipcache_hosts": "ipcache_hosts_max", "endpoints": "endpoints_max",
                    "policy": "policy_max", "conntrack": "ct_max", "fragments": "fragments_max",
-                   "services": "services_max", "svc_pending": "svc_pending_max"}
+                   "services": "services_max", "svc_pending": "svc_pending_max",
+                   "endpoint_ids": "max_endpoint_id"}  # local pods + 1 (id 0 is no pod's)
 
 
 def _map_size(text: str) -> tuple[str, int]:

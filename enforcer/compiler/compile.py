@@ -113,6 +113,9 @@ class DesiredState:
     # Policies whose latest version waits while its prefixes are staged
     # (admission.py): another pass is due at once.
     pending: list[str] = field(default_factory=list)
+    # Interfaces of local pods that got no endpoint id: the programs go on
+    # them all the same and, finding no endpoint, drop (fail-closed).
+    blocked_interfaces: set[int] = field(default_factory=set)
     # What changed since the compiler's previous result (see MapContents).
     _token: object = field(default_factory=object, repr=False, compare=False)
     _base: object = field(default=None, repr=False, compare=False)
@@ -868,7 +871,9 @@ class _Incremental:
             if ep_id is None:
                 out.errors.append(InvalidObjectError(
                     "Pod", pod.namespace, pod.name,
-                    f"no endpoint id left (at most {self.c.endpoint_ids.max_id - 1} local pods): not enforced"))
+                    f"no endpoint id left (at most {self.c.endpoint_ids.max_id - 1} local pods): its traffic is "
+                    f"dropped (fail-closed) until one is free"))
+                out.blocked_interfaces.add(ifindex)
                 continue
             ips = self.live[key]
             shared = ep_id in ep_pods

@@ -322,7 +322,7 @@ class Daemon:
         """from_pod/to_pod on every local pod's interface, to_network on the
         node's other interfaces; our filters go from everything else."""
         assert self.loaded is not None
-        want = {e.ifindex for e in desired.endpoints.values()}
+        want = {e.ifindex for e in desired.endpoints.values()} | desired.blocked_interfaces
         want_node = self._node_devices(want)
         have, have_node = self.status.attached, self.status.node_devices
         for ifindex in sorted(want - have):

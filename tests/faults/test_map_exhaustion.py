@@ -49,3 +49,19 @@ def test_a_flood_that_cannot_fit_the_policy_map_fails_closed_and_costs_nothing_e
     lines = [ln for ln in env.daemon.log_tail(100000).splitlines()  # type: ignore[union-attr]
              if "flood" in ln and "enforcer.flows" not in ln]
     assert len(lines) <= 5, lines
+
+
+def test_a_pod_without_an_endpoint_id_is_cut_off_not_left_open(request):
+    """Endpoint ids exhausted (--map-size endpoint_ids=4: three local pods):
+    the fourth pod is named and its interface still gets the programs,
+    which find no endpoint and drop (fail-closed), even with no policy at
+    all; the others are untouched."""
+    env = make_daemon_lab(request, "x", ["a", "b", "c", "d"], daemon_args=["--map-size", "endpoint_ids=4"])
+    status = env.daemon.status()  # type: ignore[union-attr]
+    blocked = [e for e in status["errors"] if "no endpoint id left" in e]
+    assert len(blocked) == 1 and "dropped (fail-closed)" in blocked[0], status["errors"]
+    cut = blocked[0].split("Pod default/")[1].split(":")[0]
+    others = [p for p in "abcd" if p != cut]
+    assert len(env.attachments()) == 4, "every pod interface has the programs"
+    env.check_flows([Flow(others[0], cut, 80, "tcp", DENIED), Flow(cut, others[0], 80, "tcp", DENIED),
+                     Flow(others[0], others[1], 80, "tcp", OK), Flow(others[2], others[0], 80, "tcp", OK)], 4)
