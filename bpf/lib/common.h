@@ -30,6 +30,10 @@
 #define IDENTITY_ANY 0
 #define IDENTITY_HOST 1   /* addresses of this node: always allowed */
 #define IDENTITY_WORLD 2  /* an address the ipcache does not know */
+/* A Service address whose frontends the services map could not hold: its
+ * packets are judged before DNAT, and no peer rule (only "any peer") allows
+ * this identity, so an ipBlock around it opens nothing. */
+#define IDENTITY_SERVICE_UNWRITTEN 3
 #define IDENTITY_FIRST_ALLOCATED 256
 
 #ifndef IPPROTO_SCTP

@@ -11,7 +11,7 @@ from typing import Sequence, TypeVar
 
 from ..compiler.compile import CidrIdentity, DesiredState, EndpointSpec, PodIdentity
 from ..compiler.diagnose import Diagnostic, diagnose
-from ..datapath.layout import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD
+from ..datapath.layout import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_SERVICE_UNWRITTEN, IDENTITY_WORLD
 from ..model.objects import IPAddress, Pod
 from ..model.state import ClusterSnapshot
 
@@ -75,6 +75,8 @@ class StateView:
             return "host (this node)"
         if ident == IDENTITY_WORLD:
             return "world (no pod, no ipBlock)"
+        if ident == IDENTITY_SERVICE_UNWRITTEN:
+            return "a Service address the services map could not hold (only rules allowing every peer allow it)"
         if ident == IDENTITY_ANY:
             return "any peer"
         key = self.desired.identities.get(ident)

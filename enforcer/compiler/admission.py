@@ -63,6 +63,7 @@ class CompileLimits:
     ipcache_capacity: int | None = None
     ipcache_hosts_capacity: int | None = None
     policy_capacity: int | None = None  # the policy map's
+    services_capacity: int | None = None  # the services map's (frontends: compiler/services.py)
 
 
 _NOTHING = PolicyRule((), (), valid=False)

@@ -23,6 +23,7 @@ from ..datapath.layout import (
     IDENTITY_ANY,
     IDENTITY_FIRST_ALLOCATED,
     IDENTITY_HOST,
+    IDENTITY_SERVICE_UNWRITTEN,
     POLICY_PREFIX_EXACT,
     POLICY_PREFIX_PROTO,
 )
@@ -46,7 +47,7 @@ from ..model.state import ClusterSnapshot
 from .admission import Admission, CompileLimits
 from .ids import EndpointIds, StableIds
 from .prefixes import BlockIndex, PrefixSet
-from .services import Frontend, service_frontends
+from .services import Frontend, fit_frontends, service_frontends
 
 DIRECTIONS = ((INGRESS, DIR_INGRESS), (EGRESS, DIR_EGRESS))
 
@@ -325,6 +326,7 @@ class _Incremental:
         self.pod_ipcache: dict[IPNetwork, int] = {}
         self.ipcache_dirty: set[IPNetwork] = set()  # this pass
         self.node_nets: tuple[IPNetwork, ...] = ()
+        self.unwritten_services: dict[IPNetwork, int] = {}  # Service addresses left out (fit_frontends)
         # Identity sets of peers.
         self.peers: dict[PeerKey, frozenset[int]] = {}
         # Local endpoints as last compiled, and the last result.
@@ -408,7 +410,21 @@ class _Incremental:
         if node_nets != self.node_nets:
             self.ipcache_dirty.update(self.node_nets, node_nets)
             self.node_nets = node_nets
+        out.services, left_out = fit_frontends(service_frontends(snap.services, node.addresses),
+                                               self.c.limits.services_capacity, node.addresses)
+        unwritten = {_host_network(ip): IDENTITY_SERVICE_UNWRITTEN for ips in left_out.values() for ip in ips}
+        if unwritten != self.unwritten_services:
+            self.ipcache_dirty.update(unwritten.keys() ^ self.unwritten_services.keys())
+            self.unwritten_services = unwritten
+        for key, ips in left_out.items():
+            ns, name = key.split("/", 1)
+            out.errors.append(InvalidObjectError(
+                "Service", ns, name, f"the services map ({self.c.limits.services_capacity} frontends) cannot hold "
+                f"every Service: the largest are left out first; its addresses "
+                f"({', '.join(map(str, ips[:4]))}{', ...' if len(ips) > 4 else ''}) are allowed only by rules "
+                f"allowing every peer"))
         ipc = dict(self.cidr_ids)
+        ipc.update(unwritten)
         ipc.update(self.pod_ipcache)
         for net in node_nets:
             ipc[net] = IDENTITY_HOST
@@ -419,7 +435,6 @@ class _Incremental:
         identities.update(self.cidr_keys)
         out.identities = identities
 
-        out.services = service_frontends(snap.services, node.addresses)
         changed_peers = self._refresh_peers(flips, ns_changed, block_changes)
         for block in warm:  # a waiting version's blocks, resolved ahead (admission.py)
             self._peer(("ip", block))

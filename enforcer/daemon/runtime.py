@@ -97,7 +97,8 @@ class Daemon:
             config.limits,
             ipcache_capacity=config.limits.ipcache_capacity or config.datapath.ipcache_max,
             ipcache_hosts_capacity=config.limits.ipcache_hosts_capacity or config.datapath.ipcache_hosts_max,
-            policy_capacity=config.limits.policy_capacity or config.datapath.policy_max)
+            policy_capacity=config.limits.policy_capacity or config.datapath.policy_max,
+            services_capacity=config.limits.services_capacity or config.datapath.services_max)
         self.compiler = Compiler(config.datapath.max_endpoint_id, limits)
         self.resolver = InterfaceResolver()
         self.attacher = TcAttacher()

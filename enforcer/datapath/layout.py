@@ -23,6 +23,7 @@ DIR_EGRESS = 1
 IDENTITY_ANY = 0
 IDENTITY_HOST = 1
 IDENTITY_WORLD = 2
+IDENTITY_SERVICE_UNWRITTEN = 3  # a Service address left out of the services map (compiler/services.py)
 IDENTITY_FIRST_ALLOCATED = 256
 ADDR_LEN = 16
 

@@ -72,3 +72,69 @@ def test_invalid_addresses_name_the_service(extra, field):
     with pytest.raises(InvalidObjectError, match=field) as e:
         svc("bad", **extra)
     assert "ns" in str(e.value) and "bad" in str(e.value)
+
+
+def many_ports(n: int) -> list[dict]:
+    return [{"port": 1000 + i, "name": f"p{i}"} for i in range(n)]
+
+
+@pytest.mark.parametrize("capacity, services, kept, left_out", [
+    pytest.param(None, {"a": (("10.96.0.1",), 3), "b": (("10.96.0.2",), 1)}, 4, {}, id="unbounded"),
+    pytest.param(4, {"a": (("10.96.0.1",), 3), "b": (("10.96.0.2",), 1)}, 4, {}, id="fits"),
+    pytest.param(3, {"a": (("10.96.0.1",), 3), "b": (("10.96.0.2",), 1)}, 1, {"ns/a": ("10.96.0.1",)},
+                 id="largest-left-out-whole"),
+    # b shares a's address; of its ports, 80 and 81 are a's already.
+    pytest.param(2, {"a": (("10.96.0.1",), 2), "b": (("10.96.0.1",), 3)}, 0, {"ns/a": ("10.96.0.1",)},
+                 id="an-address-left-out-for-every-service"),
+])
+def test_fit_frontends(capacity, services, kept, left_out):
+    from enforcer.compiler.services import fit_frontends
+
+    objs = {f"ns/{name}": svc(name, cluster_ips=ips, ports=[{"port": 80 + i, "name": f"p{i}"} for i in range(n)])
+            for name, (ips, n) in services.items()}
+    got, out = fit_frontends(service_frontends(objs, NODE), capacity, NODE)
+    assert len(got) == kept
+    assert {k: tuple(map(str, v)) for k, v in out.items()} == left_out
+
+
+def test_node_ports_are_kept_whatever_they_cost():
+    from enforcer.compiler.services import fit_frontends
+
+    s = svc("np", type_="NodePort", ports=[{"port": 80 + i, "nodePort": 30000 + i, "name": f"p{i}"}
+                                           for i in range(3)])
+    got, out = fit_frontends(service_frontends({s.key: s}, NODE), 2, NODE)
+    assert set(got) == {fe(str(a), TCP, 30000 + i) for a in NODE for i in range(3)}
+    assert {k: tuple(map(str, v)) for k, v in out.items()} == {"ns/np": ("10.96.0.10",)}
+
+
+def test_a_service_left_out_of_the_map_opens_nothing_through_an_ip_block():
+    """Its ClusterIP gets IDENTITY_SERVICE_UNWRITTEN: an ipBlock around it
+    does not allow it (its packets would be judged before DNAT, whatever
+    the backend); a rule allowing every peer does."""
+    from enforcer.compiler.admission import CompileLimits
+    from enforcer.compiler.compile import Compiler
+    from enforcer.datapath.layout import IDENTITY_SERVICE_UNWRITTEN
+
+    from .cluster import allowed, base_objects, compile_objects, policy
+
+    def service(name: str, ip: str, n: int) -> dict:
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "y"},
+                "spec": {"type": "ClusterIP", "clusterIPs": [ip], "selector": {"pod": "a"}, "ports": many_ports(n)}}
+
+    block = policy("x", "out", {"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+                                "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]})
+    anyone = policy("x", "out-b", {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+                                   "egress": [{}]})
+    objs = base_objects() + [service("big", "10.96.0.1", 30), service("small", "10.96.0.2", 2), block, anyone]
+    state = compile_objects(objs, compiler=Compiler(limits=CompileLimits(services_capacity=10)))
+    assert {str(fe[0]) for fe in state.services} == {"10.96.0.2"}
+    assert state.ipcache[ipaddress.ip_network("10.96.0.1/32")] == IDENTITY_SERVICE_UNWRITTEN
+    assert [str(e) for e in state.errors if e.kind == "Service"] and all(
+        e.name == "big" for e in state.errors if e.kind == "Service")
+    assert not allowed(state, "x/a", "10.96.0.1", port=1000), "an ipBlock does not allow a Service left out"
+    assert allowed(state, "x/b", "10.96.0.1", port=1000), "a rule allowing every peer does"
+    # Room again: the address is a frontend again and its identity goes.
+    state = compile_objects(objs[:-4] + [service("big", "10.96.0.1", 3), service("small", "10.96.0.2", 2),
+                                         block, anyone], compiler=Compiler(limits=CompileLimits(services_capacity=10)))
+    assert ipaddress.ip_network("10.96.0.1/32") not in state.ipcache
+    assert not [e for e in state.errors if e.kind == "Service"]
