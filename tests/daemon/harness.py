@@ -498,11 +498,11 @@ class Prober:
 
     # -- what is expected when --
 
-    def change(self, flows: Mapping[tuple[Flow, int], Outcome] = {},  # noqa: B006 - read only
-               streams: Mapping[Stream, bool] = {}) -> Change:  # noqa: B006
+    def change(self, flows: Mapping[tuple[Flow, int], Outcome] | None = None,
+               streams: Mapping[Stream, bool] | None = None) -> Change:
         """Call just before writing the policy that changes these
         expectations; mark_applied() the result once the daemon reports it."""
-        ch = Change(dict(flows), dict(streams), time.monotonic())
+        ch = Change(dict(flows or {}), dict(streams or {}), time.monotonic())
         self.changes.append(ch)
         self.note("policy written: " + ", ".join([f.text(fam) for f, fam in ch.flows]
                                                  + [s.text() for s in ch.streams]))
