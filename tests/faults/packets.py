@@ -391,3 +391,20 @@ def nd_typed(spoof_ally: bool = False) -> Builder:
 def mld_typed(e: Ends, m: bytes) -> list[bytes]:
     """An MLD query (hop limit 1, link-local source) to the target."""
     return [bytes(e.eth() / IPv6(src="fe80::7", dst=e.dst[1], hlim=1) / ICMPv6MLQuery() / Raw(body(m)))]
+
+
+# -- what policy allows, fragmented -----------------------------------------------------
+
+def allowed_fragmented(family: int, dstopt: bool = False) -> Builder:
+    """A UDP datagram to the pinhole (allowed) in two fragments, every one
+    of them marked; for IPv6, optionally with a destination options header
+    after the fragment header (RFC 8200 puts it there when it is for the
+    final destination only)."""
+    def build(e: Ends, m: bytes) -> list[bytes]:
+        dgram = UDP(sport=e.sport, dport=PINHOLE) / Raw(body(m))
+        if family == 4:
+            data = bytes(dgram)
+            return frags4(e, 17, data, [(0, 16, True), (16, len(data), False)])
+        data = bytes(opt6(m) / dgram) if dstopt else bytes(dgram)
+        return frags6(e, 60 if dstopt else 17, data, [(0, 24, True), (24, len(data), False)])
+    return build
