@@ -24,7 +24,6 @@ Held against policy at the moment each probe started:
 from __future__ import annotations
 
 import signal
-import time
 
 import grpc
 import pytest
