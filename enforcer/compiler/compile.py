@@ -11,9 +11,10 @@ tell apart is apart.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from ..datapath.layout import (
     DIR_EGRESS,
@@ -24,10 +25,9 @@ from ..datapath.layout import (
     IDENTITY_FIRST_ALLOCATED,
     IDENTITY_HOST,
     IDENTITY_SERVICE_UNWRITTEN,
-    POLICY_PREFIX_EXACT,
     POLICY_PREFIX_PROTO,
 )
-from ..datapath.maps import port_range_prefixes
+from ..datapath.policykeys import PortMatch, port_matches
 from ..datapath.sync import MapContents
 from ..errors import InvalidObjectError
 from ..model.objects import (
@@ -41,8 +41,10 @@ from ..model.objects import (
     NetworkPolicy,
     Peer,
     Pod,
+    PolicyPort,
 )
 from ..model.selectors import LabelSelector
+from ..records import EndpointIdRecord, EndpointRecord, PolicyMapKey
 from ..model.state import ClusterSnapshot
 from .admission import Admission, CompileLimits
 from .ids import EndpointIds, StableIds
@@ -51,9 +53,6 @@ from .services import Frontend, fit_frontends, service_frontends
 
 DIRECTIONS = ((INGRESS, DIR_INGRESS), (EGRESS, DIR_EGRESS))
 
-# (identity, endpoint_id, direction, protocol, port, prefixlen): one policy
-# map key in plain values; protocol 0 and port 0 where the prefix stops first.
-PolicyEntry = tuple[int, int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +101,7 @@ class EndpointSpec:
 class DesiredState:
     ipcache: dict[IPNetwork, int] = field(default_factory=dict)
     endpoints: dict[IPAddress, EndpointSpec] = field(default_factory=dict)
-    policy: dict[PolicyEntry, int] = field(default_factory=dict)  # -> rule id
+    policy: dict[PolicyMapKey, int] = field(default_factory=dict)  # -> rule id
     services: dict[Frontend, str] = field(default_factory=dict)  # -> Service "ns/name"
     # Read-side context (API, explain): not written to maps.
     rules: dict[int, RuleRef] = field(default_factory=dict)
@@ -125,9 +124,11 @@ class DesiredState:
     def map_contents(self) -> MapContents:
         return MapContents(
             ipcache=dict(self.ipcache),
-            endpoints={ip: (e.endpoint_id, e.ifindex, e.identity, e.flags) for ip, e in self.endpoints.items()},
+            endpoints={ip: EndpointRecord(e.endpoint_id, e.ifindex, e.identity, e.flags)
+                       for ip, e in self.endpoints.items()},
             policy=dict(self.policy),
-            endpoint_ids={e.endpoint_id: (e.ifindex, e.identity, e.flags) for e in self.endpoints.values()},
+            endpoint_ids={e.endpoint_id: EndpointIdRecord(e.ifindex, e.identity, e.flags)
+                          for e in self.endpoints.values()},
             services=set(self.services),
             token=self._token, base=self._base, changed=self._changed,
         )
@@ -249,7 +250,7 @@ class _Endpoint:
         self.ifindex = ifindex
         self.ips = ips
         self.endpoints: dict[IPAddress, EndpointSpec] = {}
-        self.policy: dict[PolicyEntry, int] = {}
+        self.policy: dict[PolicyMapKey, int] = {}
         self.rules: dict[int, RuleRef] = {}
         self.by_policy: list[tuple[str, int]] = []
         self.peers: frozenset[PeerKey] = frozenset()
@@ -916,7 +917,7 @@ class _Incremental:
             # id): the last result with the redone pods' entries replaced.
             assert prev is not None
             policy = dict(prev.policy)
-            dirty: set[PolicyEntry] = set()
+            dirty: set[PolicyMapKey] = set()
             for before, _ in redone:
                 if before is not None:
                     dirty.update(before.policy)
@@ -978,7 +979,7 @@ class _Incremental:
             self._fill(rec, rec.policy)
         return rec
 
-    def _fill(self, rec: _Endpoint, policy: dict[PolicyEntry, int]) -> None:
+    def _fill(self, rec: _Endpoint, policy: dict[PolicyMapKey, int]) -> None:
         """The pod's policy entries, into `policy` (lowest rule id owns an
         entry); per policy, how many entries it added."""
         deps: set[PeerKey] = set()
@@ -993,13 +994,13 @@ class _Incremental:
         rec.peers = frozenset(deps)
 
     def _policy_entries(self, rec: _Endpoint, pod: Pod, ep_id: int, pol: NetworkPolicy,
-                        policy: dict[PolicyEntry, int], deps: set[PeerKey]) -> None:
+                        policy: dict[PolicyMapKey, int], deps: set[PeerKey]) -> None:
         """One policy's entries for one pod, all or none: past the limit of
         entries per policy and pod, the policy allows this pod nothing (its
         isolation stays) and is reported; generation stops at the limit, so
         a policy's cost is bounded whatever it names."""
         limit = self.c.limits.max_entries_per_policy_pod
-        mine: dict[PolicyEntry, int] = {}
+        mine: dict[PolicyMapKey, int] = {}
         for type_name, direction in DIRECTIONS:
             if type_name not in pol.policy_types:
                 continue
@@ -1028,38 +1029,36 @@ class _Incremental:
                 policy[entry] = rule_id
 
     def _rule_entries(self, pod: Pod, ep_id: int, direction: int, peers: frozenset[int] | None,
-                      ports) -> Iterable[PolicyEntry]:  # type: ignore[no-untyped-def]
+                      ports: tuple[PolicyPort, ...]) -> Iterator[PolicyMapKey]:
+        """A rule's keys for one pod: its peers' identities (IDENTITY_ANY
+        for any peer) crossed with where its ports make a key stop
+        (policykeys.port_matches, which the datapath tests use too); a named
+        port resolves on the pod it names a port of."""
+        key = PolicyMapKey
         idents = (IDENTITY_ANY,) if peers is None else tuple(sorted(peers))
-        if not ports:
-            for ident in idents:
-                yield (ident, ep_id, direction, 0, 0, POLICY_PREFIX_EXACT)
-            return
-        for port in ports:
-            proto = PROTOCOLS[port.protocol]
-            if port.port is None:
+        for proto, port, plen in _port_matches(ports):
+            if port >= 0:
                 for ident in idents:
-                    yield (ident, ep_id, direction, proto, 0, POLICY_PREFIX_PROTO)
-            elif isinstance(port.port, int):
-                for start, bits in port_range_prefixes(port.port, port.end_port or port.port):
-                    for ident in idents:
-                        yield (ident, ep_id, direction, proto, start, POLICY_PREFIX_PROTO + bits)
-            elif direction == DIR_INGRESS:
+                    yield key(ident, ep_id, direction, proto, port, plen)
+                continue
+            name, protocol = ports[-port - 1].port, ports[-port - 1].protocol
+            if direction == DIR_INGRESS:
                 # Named port, ingress: the selected pod's own container port.
-                num = pod.named_port(port.port, port.protocol)
+                num = pod.named_port(name, protocol)  # type: ignore[arg-type]
                 if num is not None:
                     for ident in idents:
-                        yield (ident, ep_id, direction, proto, num, POLICY_PREFIX_PROTO + 16)
-            else:
-                # Named port, egress: each peer pod's container port. "Any
-                # peer" means every pod identity having that port; addresses
-                # that are not pods have no named ports.
-                candidates = peers if peers is not None else self._all_pod_identities()
-                for ident in sorted(candidates):
-                    key = self.keys.get(ident)
-                    if key is not None:
-                        num = key.named_port(port.port, port.protocol)
-                        if num is not None:
-                            yield (ident, ep_id, direction, proto, num, POLICY_PREFIX_PROTO + 16)
+                        yield key(ident, ep_id, direction, proto, num, plen)
+                continue
+            # Named port, egress: each peer pod's container port. "Any peer"
+            # means every pod identity having that port; addresses that are
+            # not pods have no named ports.
+            candidates = peers if peers is not None else self._all_pod_identities()
+            for ident in sorted(candidates):
+                ident_key = self.keys.get(ident)
+                if ident_key is not None:
+                    num = ident_key.named_port(name, protocol)  # type: ignore[arg-type]
+                    if num is not None:
+                        yield key(ident, ep_id, direction, proto, num, plen)
 
     # -- id tables --
 
@@ -1079,6 +1078,23 @@ class _Incremental:
                 ids.forget(key)
         for i in prev.rules.keys() - out.rules.keys():
             rules.forget(prev.rules[i])
+
+
+@functools.lru_cache(maxsize=4096)
+def _port_matches(ports: tuple[PolicyPort, ...]) -> list[PortMatch]:
+    """Where the keys of a rule's ports stop (the same for every pod); a
+    named port is (protocol, -(its index + 1), exact port prefix), resolved
+    per pod."""
+    if not ports:
+        return port_matches(None)
+    out: list[PortMatch] = []
+    for i, port in enumerate(ports):
+        proto = PROTOCOLS[port.protocol]
+        if isinstance(port.port, str):
+            out.append((proto, -(i + 1), POLICY_PREFIX_PROTO + 16))
+        else:
+            out += port_matches(proto, port.port, port.end_port)
+    return out
 
 
 def _matching(pod_sel: LabelSelector | None, flips: list[tuple[int, dict[str, str], bool]]) -> list[tuple[int, bool]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from ..datapath.sync import FrontendTuple as Frontend  # (address, protocol number, port)
+from ..records import Frontend
 from ..model.objects import PROTOCOLS, IPAddress, Service
 
 
@@ -28,10 +28,10 @@ def service_frontends(services: Mapping[str, Service], node_addresses: Iterable[
         for port in svc.ports:
             proto = PROTOCOLS[port.protocol]
             for ip in (*svc.cluster_ips, *svc.external_ips, *svc.load_balancer_ips):
-                out.setdefault((ip, proto, port.port), key)
+                out.setdefault(Frontend(ip, proto, port.port), key)
             if svc.external and port.node_port:
                 for ip in node:
-                    out.setdefault((ip, proto, port.node_port), key)
+                    out.setdefault(Frontend(ip, proto, port.node_port), key)
     return out
 
 

@@ -44,6 +44,8 @@ from .layout import (
     addr_from_bytes,
     is_host,
 )
+from ..records import Frontend
+from .policykeys import policy_map_keys, to_policy_key
 from .reasons import REASON_SLOTS, Reason
 from .source import DEFAULT_PIN_DIR
 
@@ -143,22 +145,6 @@ class BpfMap(Generic[K, V]):
             raise MapError(self.name, op, e.errno) from e
 
 
-def port_range_prefixes(start: int, end: int) -> list[tuple[int, int]]:
-    """Cover [start, end] with aligned power-of-two blocks: (port, prefix
-    bits of the 16-bit port that must match). 80-80 -> [(80, 16)];
-    1-65535 -> 16 blocks."""
-    if not (0 <= start <= end <= 65535):
-        raise ValueError(f"invalid port range {start}-{end}")
-    out: list[tuple[int, int]] = []
-    while start <= end:
-        size = start & -start if start else 1 << 16
-        while size > end - start + 1:
-            size >>= 1
-        out.append((start, 16 - size.bit_length() + 1))
-        start += size
-    return out
-
-
 @dataclass(frozen=True)
 class PolicyRule:
     """One allow as the datapath sees it. protocol None = every protocol
@@ -174,19 +160,9 @@ class PolicyRule:
     rule_id: int
 
     def keys(self) -> list[PolicyKey]:
-        base = dict(identity=self.identity, endpoint_id=self.endpoint_id, direction=self.direction)
-        if self.protocol is None:
-            if self.port is not None:
-                raise ValueError("a port needs a protocol")
-            return [PolicyKey(prefixlen=POLICY_PREFIX_EXACT, **base)]
-        if self.port is None:
-            return [PolicyKey(prefixlen=POLICY_PREFIX_PROTO, protocol=self.protocol, **base)]
-        end = self.end_port if self.end_port is not None else self.port
-        return [
-            PolicyKey(prefixlen=POLICY_PREFIX_PROTO + bits, protocol=self.protocol,
-                      dport=socket.htons(port), **base)
-            for port, bits in port_range_prefixes(self.port, end)
-        ]
+        """The keys the compiler would write for this allow (policykeys.py)."""
+        return [to_policy_key(k) for k in policy_map_keys(self.identity, self.endpoint_id, self.direction,
+                                                          self.protocol, self.port, self.end_port)]
 
 
 def policy_key_text(key: PolicyKey) -> str:
@@ -285,8 +261,8 @@ class DatapathMaps:
         ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
         return self._maps["services"].delete(ServiceKey.of(ip, proto, port))
 
-    def services(self) -> set[tuple[IPAddress, int, int]]:  # sync.FrontendTuple
-        return {k.frontend() for k in self._maps["services"].keys()}
+    def services(self) -> set[Frontend]:
+        return {Frontend(*k.frontend()) for k in self._maps["services"].keys()}
 
     # policy
     def add_rule(self, rule: PolicyRule) -> int:

@@ -92,30 +92,21 @@ from .layout import (
     IPAddress,
     IPNetwork,
     PolicyEntry,
-    PolicyKey,
     addr_from_bytes,
 )
+from ..records import EndpointIdRecord, EndpointRecord, Frontend, PolicyMapKey
 from .maps import DatapathMaps
+from .policykeys import from_policy_key, to_policy_key
 
 log = logging.getLogger(__name__)
-
-# (identity, endpoint_id, direction, protocol, port, prefixlen)
-PolicyTuple = tuple[int, int, int, int, int, int]
-# (endpoint_id, ifindex, identity, flags)
-EndpointTuple = tuple[int, int, int, int]
-# endpoint_id -> (ifindex, identity, flags)
-EndpointIdTuple = tuple[int, int, int]
-# (address, protocol number, port)
-FrontendTuple = tuple[IPAddress, int, int]
-
 
 @dataclass
 class MapContents:
     ipcache: dict[IPNetwork, int] = field(default_factory=dict)
-    endpoints: dict[IPAddress, EndpointTuple] = field(default_factory=dict)
-    policy: dict[PolicyTuple, int] = field(default_factory=dict)
-    endpoint_ids: dict[int, EndpointIdTuple] = field(default_factory=dict)
-    services: set[FrontendTuple] = field(default_factory=set)
+    endpoints: dict[IPAddress, EndpointRecord] = field(default_factory=dict)
+    policy: dict[PolicyMapKey, int] = field(default_factory=dict)  # -> rule id
+    endpoint_ids: dict[int, EndpointIdRecord] = field(default_factory=dict)
+    services: set[Frontend] = field(default_factory=set)
     # Optional hint from a producer that knows what it changed: this content
     # (`token`) equals the content `base` except, at most, at the keys in
     # `changed[kind]` (a kind not named may differ anywhere). MapSync.apply
@@ -192,16 +183,6 @@ class SyncReport:
         return not self.not_written and not self.held_removals
 
 
-def policy_key(t: PolicyTuple) -> PolicyKey:
-    identity, ep, direction, proto, port, prefixlen = t
-    return PolicyKey(prefixlen=prefixlen, identity=identity, endpoint_id=ep, direction=direction,
-                     protocol=proto, dport=socket.htons(port))
-
-
-def policy_tuple(k: PolicyKey) -> PolicyTuple:
-    return (k.identity, k.endpoint_id, k.direction, k.protocol, socket.ntohs(k.dport), k.prefixlen)
-
-
 class MapSync:
     """Owns what it believes the maps hold; read back from the maps at start
     so a restarted daemon only writes the difference."""
@@ -215,9 +196,10 @@ class MapSync:
         m = self.maps
         return MapContents(
             ipcache=m.identities(),
-            endpoints={k.ip(): (v.id, v.ifindex, v.identity, v.flags) for k, v in m["endpoints"].items()},
-            policy={policy_tuple(k): v.rule_id for k, v in m["policy"].items()},
-            endpoint_ids={int(k.value): (v.ifindex, v.identity, v.flags) for k, v in m["endpoint_ids"].items()},
+            endpoints={k.ip(): EndpointRecord(v.id, v.ifindex, v.identity, v.flags) for k, v in m["endpoints"].items()},
+            policy={from_policy_key(k): v.rule_id for k, v in m["policy"].items()},
+            endpoint_ids={int(k.value): EndpointIdRecord(v.ifindex, v.identity, v.flags)
+                          for k, v in m["endpoint_ids"].items()},
             services=m.services(),
         )
 
@@ -284,8 +266,8 @@ class _Pass:
         m, pol, eps = maps, maps["policy"], maps["endpoints"]
         self.report = report
         self.tables = {
-            "policy": _Table("policy", "policy", lambda t, rule: pol.update(policy_key(t), PolicyEntry(rule_id=rule)),
-                             lambda t: pol.delete(policy_key(t)), have.policy),
+            "policy": _Table("policy", "policy", lambda t, rule: pol.update(to_policy_key(t), PolicyEntry(rule_id=rule)),
+                             lambda t: pol.delete(to_policy_key(t)), have.policy),
             "ipcache": _Table("ipcache", "ipcache", m.set_identity, m.delete_identity, have.ipcache),
             "endpoint_ids": _Table("endpoint", "endpoint_ids", lambda i, info: m.set_endpoint_id(i, *info),
                                    m.delete_endpoint_id, have.endpoint_ids),

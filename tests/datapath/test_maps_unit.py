@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from enforcer.datapath.layout import POLICY_PREFIX_EXACT, POLICY_PREFIX_FULL, POLICY_PREFIX_PROTO
-from enforcer.datapath.maps import PolicyRule, port_range_prefixes
+from enforcer.datapath.maps import PolicyRule
+from enforcer.datapath.policykeys import port_range_prefixes
 from enforcer.datapath.source import DatapathConfig
 from enforcer.errors import ConfigError
 

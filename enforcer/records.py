@@ -1,0 +1,51 @@
+"""Plain records that cross layers: what the compiler produces, sync
+writes and the maps hold, in plain values. The kernel's layouts of the same
+things (ctypes, mirrored in bpf/lib) are in enforcer/datapath/layout.py; the
+conversions between the two are in enforcer/datapath/sync.py.
+
+NamedTuples: they hash and compare as the tuples they are (a dict keyed by
+them is as fast as one keyed by tuples), and say what each field is."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import NamedTuple
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class PolicyMapKey(NamedTuple):
+    """One policy map key (layout.PolicyKey) in plain values: protocol 0
+    and port 0 where the prefix stops first (policykeys.py)."""
+
+    identity: int
+    endpoint_id: int
+    direction: int
+    protocol: int
+    port: int  # host byte order
+    prefixlen: int
+
+
+class EndpointRecord(NamedTuple):
+    """What the endpoints map holds for one local pod address."""
+
+    endpoint_id: int
+    ifindex: int
+    identity: int
+    flags: int
+
+
+class EndpointIdRecord(NamedTuple):
+    """What the endpoint_ids map holds for one endpoint id."""
+
+    ifindex: int
+    identity: int
+    flags: int
+
+
+class Frontend(NamedTuple):
+    """A Service frontend kube-proxy DNATs on this node (services.h)."""
+
+    address: IPAddress
+    protocol: int  # IP protocol number
+    port: int
