@@ -24,7 +24,6 @@ from .layout import (
     MAP_LAYOUTS,
     PIN_NAMES,
     POLICY_PREFIX_EXACT,
-    POLICY_PREFIX_FULL,
     POLICY_PREFIX_PROTO,
     Counter,
     CtEntry,
