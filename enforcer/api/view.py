@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Sequence, TypeVar
 
-from ..compiler.compile import CidrIdentity, DesiredState, EndpointSpec, PodIdentity
+from ..compiler.desired import CidrIdentity, DesiredState, EndpointSpec, PodIdentity
 from ..compiler.diagnose import Diagnostic, diagnose
 from ..datapath.layout import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_SERVICE_UNWRITTEN, IDENTITY_WORLD
 from ..model.objects import IPAddress, Pod

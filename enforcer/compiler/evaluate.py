@@ -24,7 +24,7 @@ from ..datapath.layout import (
 )
 from ..datapath.reasons import Reason
 from ..datapath.sync import TrackedConnection
-from .compile import DesiredState, EndpointSpec, RuleRef
+from .desired import DesiredState, EndpointSpec, RuleRef
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 PORTED = (6, 17, 132)

@@ -109,7 +109,7 @@ def test_staging_keeps_the_version_in_force_and_converges(change):
             n.store.delete("NetworkPolicy", "x", "big")
     state = n.converge()
     assert_same(state, fresh_compile(n.compiler, n.store.snapshot(), n.node), change)
-    assert len(n.compiler._state.prefixes) == len(fresh_compile(n.compiler, n.store.snapshot(), n.node).ipcache) - \
+    assert len(n.compiler._state.cidrs.prefixes) == len(fresh_compile(n.compiler, n.store.snapshot(), n.node).ipcache) - \
         sum(1 for net in state.ipcache if net.prefixlen == net.max_prefixlen), "staged prefixes left behind"
 
 

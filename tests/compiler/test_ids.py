@@ -11,7 +11,7 @@ import pytest
 
 PROGRAM = """
 import ipaddress
-from enforcer.compiler.compile import CidrIdentity, PodIdentity, RuleRef
+from enforcer.compiler.desired import CidrIdentity, PodIdentity, RuleRef
 from enforcer.compiler.ids import StableIds
 ids = StableIds(256, 2**31 - 1)
 labels = frozenset({("app", "web"), ("tier", "front"), ("team", "a"), ("version", "v2"), ("pod", "x")})

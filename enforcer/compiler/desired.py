@@ -1,0 +1,122 @@
+"""What the compiler produces: the datapath state one node needs
+(DesiredState: ipcache, endpoints, policy entries, Service frontends) and
+what it was made of, for the API and explain (identities, rules), and the
+node context it is given."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ..datapath.sync import MapContents
+from ..errors import InvalidObjectError
+from ..model.objects import IPAddress, IPNetwork
+from ..records import EndpointIdRecord, EndpointRecord, Frontend, PolicyMapKey
+
+
+@dataclass(frozen=True, slots=True)
+class PodIdentity:
+    """Per address family: a dual-stack pod has one identity per family, so
+    an IPv4 ipBlock holding its IPv4 address says nothing of its IPv6 one."""
+
+    namespace: str
+    labels: frozenset[tuple[str, str]]
+    family: int
+    block_class: IPNetwork | None  # innermost ipBlock prefix holding the IP
+    named_ports: frozenset[tuple[str, str, int]]  # (name, protocol, port)
+
+    def named_port(self, name: str, protocol: str) -> int | None:
+        for n, p, num in self.named_ports:
+            if n == name and p == protocol:
+                return num
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CidrIdentity:
+    prefix: IPNetwork
+
+
+IdentityKey = PodIdentity | CidrIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRef:
+    policy: str  # namespace/name
+    direction: str  # Ingress / Egress
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    pod: str  # namespace/name
+    endpoint_id: int
+    ifindex: int
+    identity: int
+    flags: int
+
+
+@dataclass
+class DesiredState:
+    ipcache: dict[IPNetwork, int] = field(default_factory=dict)
+    endpoints: dict[IPAddress, EndpointSpec] = field(default_factory=dict)
+    policy: dict[PolicyMapKey, int] = field(default_factory=dict)  # -> rule id
+    services: dict[Frontend, str] = field(default_factory=dict)  # -> Service "ns/name"
+    # Read-side context (API, explain): not written to maps.
+    rules: dict[int, RuleRef] = field(default_factory=dict)
+    identities: dict[int, IdentityKey] = field(default_factory=dict)
+    selected_by: dict[str, list[str]] = field(default_factory=dict)  # pod -> policies
+    entries_by_policy: dict[str, int] = field(default_factory=dict)
+    errors: list[InvalidObjectError] = field(default_factory=list)
+    unplaced: list[str] = field(default_factory=list)  # local pods without an interface yet
+    # Policies whose latest version waits while its prefixes are staged
+    # (admission.py): another pass is due at once.
+    pending: list[str] = field(default_factory=list)
+    # Interfaces of local pods that got no endpoint id: the programs go on
+    # them all the same and, finding no endpoint, drop (fail-closed).
+    blocked_interfaces: set[int] = field(default_factory=set)
+    # What changed since the compiler's previous result (see MapContents).
+    _token: object = field(default_factory=object, repr=False, compare=False)
+    _base: object = field(default=None, repr=False, compare=False)
+    _changed: dict[str, set] | None = field(default=None, repr=False, compare=False)  # type: ignore[type-arg]
+
+    def map_contents(self) -> MapContents:
+        return MapContents(
+            ipcache=dict(self.ipcache),
+            endpoints={ip: EndpointRecord(e.endpoint_id, e.ifindex, e.identity, e.flags)
+                       for ip, e in self.endpoints.items()},
+            policy=dict(self.policy),
+            endpoint_ids={e.endpoint_id: EndpointIdRecord(e.ifindex, e.identity, e.flags)
+                          for e in self.endpoints.values()},
+            services=set(self.services),
+            token=self._token, base=self._base, changed=self._changed,
+        )
+
+    def endpoint_by_id(self) -> dict[int, EndpointSpec]:
+        return {e.endpoint_id: e for e in self.endpoints.values()}
+
+    def describe(self, kind: str, key: object) -> str:
+        """Which object a map entry is for, for error messages."""
+        if kind == "policy" and isinstance(key, tuple):
+            ref = self.rules.get(self.policy.get(key, -1))
+            return f"NetworkPolicy {ref.policy} ({ref.direction.lower()} rule {ref.index})" if ref else f"policy entry {key}"
+        if kind == "endpoint" and key in self.endpoints:
+            return f"Pod {self.endpoints[key].pod} (address {key})"
+        if kind == "service" and key in self.services:
+            ip, proto, port = key  # type: ignore[misc]
+            return f"Service {self.services[key]} (frontend {ip} {proto}/{port})"
+        if kind == "ipcache":
+            ident = self.ipcache.get(key)
+            what = self.identities.get(ident) if ident is not None else None
+            return f"ipcache {key} ({what})" if what else f"ipcache {key}"
+        return f"{kind} {key}"
+
+
+@dataclass
+class NodeContext:
+    """What the compiler needs to know about the node, gathered by the
+    daemon (the compiler does no I/O)."""
+
+    name: str
+    addresses: tuple[IPAddress, ...] = ()
+    interfaces: Mapping[str, int] = field(default_factory=dict)  # pod key -> host-side ifindex
