@@ -27,7 +27,7 @@ from ..datapath.layout import (
     family_of,
 )
 from ..datapath.maps import DatapathMaps
-from ..model.objects import EGRESS, INGRESS
+from ..model.objects import EGRESS, INGRESS, IPAddress
 from ..v1 import enforcer_pb2 as pb
 from .flows import peer_pb
 from .view import PROTOCOL_NUMBERS, StateView, capped, clip
@@ -70,6 +70,13 @@ def maps_hook(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int, p
     return False, f"isolated (flags {ep.flags:#x}); no policy entry for identity {ident} or any peer"
 
 
+def _one_endpoint(maps: DatapathMaps, a: IPAddress, b: IPAddress) -> bool:
+    ends = [maps["endpoints"].lookup(EndpointKey.of(ip)) for ip in (a, b)]
+    if ends[0] is None and ends[1] is None:
+        return True
+    return ends[0] is not None and ends[1] is not None and ends[0].id == ends[1].id
+
+
 def _rule_pb(ref) -> pb.RuleRef:  # type: ignore[no-untyped-def]
     return pb.RuleRef(policy=ref.policy, rule_index=ref.index,
                       direction=pb.DIRECTION_INGRESS if ref.direction == INGRESS else pb.DIRECTION_EGRESS)
@@ -86,8 +93,10 @@ def explain(view: StateView, maps: DatapathMaps | None, req: pb.ExplainRequest) 
     src_pod, dst_pod = view.pod_by_ip.get(src), view.pod_by_ip.get(dst)
     if src == dst or (src_pod is not None and src_pod is dst_pod):
         # Delivered inside the pod's own network namespace: it never
-        # crosses the host-side interface, so no policy applies.
-        return pb.ExplainResponse(allowed=True, maps_agree=maps is not None,
+        # crosses the host-side interface, so no policy applies. The maps
+        # agree when they hold both addresses as one endpoint, or neither
+        # (not a local pod: nothing here decides).
+        return pb.ExplainResponse(allowed=True, maps_agree=maps is not None and _one_endpoint(maps, src, dst),
                                   source=peer_pb(view, src, 0), destination=peer_pb(view, dst, port),
                                   summary=f"{req.source} -> {req.destination} {proto_name}/{port}: ALLOWED "
                                           "(a pod's traffic to itself never leaves the pod; no policy applies)")

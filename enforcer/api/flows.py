@@ -99,10 +99,6 @@ class FlowHub:
                 self.dropped_for_slow_subscribers += 1
         return flow
 
-    def recent(self) -> list[pb.Flow]:
-        with self._lock:
-            return list(self._recent)
-
     def subscribe(self, req: pb.StreamFlowsRequest, alive: Callable[[], bool]) -> Iterator[pb.Flow]:
         q: queue.Queue[pb.Flow] = queue.Queue(maxsize=SUBSCRIBER_QUEUE)
         with self._lock:

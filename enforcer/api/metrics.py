@@ -16,8 +16,9 @@ from ..datapath.sync import REASONS, WRITTEN_MAPS
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, daemon, flows=None) -> None:  # type: ignore[no-untyped-def]
         self.daemon = daemon
+        self.flows = flows  # the FlowHub, when flows are served
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         verdicts = CounterMetricFamily("enforcer_verdicts", "Packets by verdict reason, endpoint and direction",
@@ -61,6 +62,10 @@ class DaemonCollector(Collector):
                                   value=events.get("suppressed", 0))
         yield CounterMetricFamily("enforcer_events_lost", "Verdict events lost to a full ring buffer",
                                   value=events.get("lost", 0))
+        if self.flows is not None:
+            yield CounterMetricFamily("enforcer_flows_dropped_slow_subscribers",
+                                      "Flows not delivered to a StreamFlows subscriber whose queue was full",
+                                      value=self.flows.dropped_for_slow_subscribers)
 
 
 class Metrics:
@@ -71,8 +76,8 @@ class Metrics:
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                                       registry=self.registry)
 
-    def attach(self, daemon) -> None:  # type: ignore[no-untyped-def]
-        self.registry.register(DaemonCollector(daemon))
+    def attach(self, daemon, flows=None) -> None:  # type: ignore[no-untyped-def]
+        self.registry.register(DaemonCollector(daemon, flows))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

@@ -5,7 +5,7 @@ what an identity is, which endpoint an id is)."""
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence, TypeVar
 
@@ -43,7 +43,6 @@ PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPV6": 58}
 class StateView:
     snapshot: ClusterSnapshot
     desired: DesiredState
-    extra: dict = field(default_factory=dict, compare=False)  # type: ignore[type-arg]
 
     @cached_property
     def pod_by_ip(self) -> dict[IPAddress, Pod]:

@@ -53,9 +53,6 @@ class StableIds(Generic[T]):
         self._by_id[candidate] = key
         return candidate
 
-    def key_of(self, ident: int) -> T | None:
-        return self._by_id.get(ident)
-
     def forget(self, key: T) -> None:
         """Forget one key (its content is gone); no-op when unknown."""
         ident = self._by_key.pop(key, None)

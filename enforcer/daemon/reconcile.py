@@ -28,7 +28,6 @@ class BoundedRunner:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.passes = 0
 
     def trigger(self) -> None:
         self._dirty.set()
@@ -60,5 +59,4 @@ class BoundedRunner:
             except Exception:
                 log.exception("reconcile pass failed; retrying")
                 again = True
-            self.passes += 1
             wait = self.retry if again else self.resync

@@ -225,11 +225,6 @@ def prog_fd_by_id(prog_id: int) -> int:
     return _bpf(BPF_PROG_GET_FD_BY_ID, _GetIdAttr(id=prog_id))
 
 
-def obj_pin(fd: int, path: str) -> None:
-    p = ctypes.create_string_buffer(path.encode())
-    _bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(p), bpf_fd=fd))
-
-
 def map_info(fd: int) -> MapInfo:
     info = MapInfo()
     attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))

@@ -236,10 +236,6 @@ class DatapathMaps:
         self._maps["endpoints"].update(
             EndpointKey.of(ip), EndpointInfo(ifindex=ifindex, identity=identity, id=endpoint_id, flags=flags))
 
-    def delete_endpoint(self, ip: IPAddress | str) -> bool:
-        ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-        return self._maps["endpoints"].delete(EndpointKey.of(ip))
-
     def endpoints(self) -> dict[IPAddress, EndpointInfo]:
         return {k.ip(): v for k, v in self._maps["endpoints"].items()}
 
@@ -269,9 +265,6 @@ class DatapathMaps:
         for k in keys:
             self._maps["policy"].update(k, PolicyEntry(rule_id=rule.rule_id))
         return len(keys)
-
-    def delete_rule(self, rule: PolicyRule) -> int:
-        return sum(self._maps["policy"].delete(k) for k in rule.keys())
 
     # conntrack
     def conntrack(self) -> list[tuple[CtKey, CtEntry]]:

@@ -506,10 +506,6 @@ def _tracked(k: CtKey, v: CtEntry) -> TrackedConnection:
                              v.reason)
 
 
-def tracked_connections(maps: DatapathMaps) -> list[tuple[CtKey, TrackedConnection]]:
-    return [(k, _tracked(k, v)) for k, v in maps["conntrack"].items()]
-
-
 def revoke_connections(maps: DatapathMaps, still_allowed: Callable[[TrackedConnection], bool],
                        endpoint_ids_gone: set[int], recheck_services: bool = False) -> int:
     """Delete conntrack entries of endpoints that are gone (their ids will be

@@ -1,6 +1,7 @@
 """The API's Reason enum mirrors bpf/lib/reasons.h: every C reason under the
-same value, named REASON_<C name>, and nothing else; and the generated code
-(enforcer/v1, build output) is what the checked-in .proto compiles to."""
+same value, named REASON_<C name> (the zero value REASON_UNSPECIFIED, as
+protobuf style asks), and nothing else; and the generated code (enforcer/v1,
+build output) is what the checked-in .proto compiles to."""
 
 from pathlib import Path
 
@@ -16,6 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
 PROTO = "enforcer/v1/enforcer.proto"
 GOLDEN = ROOT / "tests" / "datapath" / "reasons.golden"
+
+
+def proto_name(c_name: str) -> str:
+    return "REASON_UNSPECIFIED" if c_name == "REASON_UNSPEC" else f"REASON_{c_name}"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> descriptor_pb2.FileDes
 
 
 def test_reason_enum_mirrors_the_c_header():
-    c = {f"REASON_{k}": v for k, v in parse_reasons().items() if not k.startswith("__")}
+    c = {proto_name(k): v for k, v in parse_reasons().items() if not k.startswith("__")}
     proto = {v.name: v.number for v in pb.Reason.DESCRIPTOR.values}
     assert proto == c
 
@@ -57,8 +62,8 @@ def test_proto_reasons_follow_the_header_in_order_and_are_append_only(compiled):
     published reason (reasons.golden) keeps its number."""
     (reason,) = [e for e in compiled.enum_type if e.name == "Reason"]
     declared = [(v.name, v.number) for v in reason.value]
-    header = [(f"REASON_{k}", v) for k, v in parse_reasons().items() if not k.startswith("__")]
+    header = [(proto_name(k), v) for k, v in parse_reasons().items() if not k.startswith("__")]
     assert declared == header
     assert [n for _, n in declared] == list(range(len(declared))), "numbers are not 0, 1, 2, ... in order"
     published = [line.split() for line in GOLDEN.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    assert published and declared[:len(published)] == [(f"REASON_{name}", int(v)) for name, v in published]
+    assert published and declared[:len(published)] == [(proto_name(name), int(v)) for name, v in published]
