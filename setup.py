@@ -37,6 +37,11 @@ class BuildPyWithProtos(build_py):
 
     def run(self) -> None:
         generate_protos()
+        # Package discovery ran before the code was generated: in a fresh
+        # clone it did not see enforcer/v1, which the wheel must still carry.
+        for pkg in sorted({".".join(p.relative_to(ROOT / "proto").parent.parts) for p in PROTOS}):
+            if self.packages is not None and pkg not in self.packages:
+                self.packages.append(pkg)
         super().run()
         if not getattr(self, "editable_mode", False):
             import shutil
