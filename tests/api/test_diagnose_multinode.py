@@ -22,11 +22,11 @@ from typing import Iterator
 
 import pytest
 
-from enforcer.lab.kubeproxy import LOCAL, Service, ServicePort
-from enforcer.lab.multinode import EXT, EXT_IPV4, MultiNodeLab
 from enforcer.lab.probe import Outcome, ProbeSpec, probe_many
 
 from tests.lab.multinode_daemons import DENIED, OK, MultiNodeDaemons, node_port_manifest
+from tests.support.kubeproxy import LOCAL, Service, ServicePort
+from tests.support.multinode import EXT, EXT_IPV4, MultiNodeLab
 
 pytestmark = pytest.mark.lab
 

@@ -1,7 +1,7 @@
 """Replays the upstream cases (cases.py) on two nodes, probing pod IPs or,
 as upstream does, each pod's own Service ClusterIP through kube-proxy.
 
-Topology (enforcer.lab.multinode.MultiNodeLab): nodes n1 and n2 on an
+Topology (tests.support.multinode.MultiNodeLab): nodes n1 and n2 on an
 underlay, routed pod CIDRs, kube-proxy's iptables rules emulated on both.
 
   n1: x/a x/b y/a y/b z/a z/b        n2: x/c y/c z/c
@@ -45,11 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enforcer.lab.kubeproxy import Service, ServicePort
 from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
-from enforcer.lab.multinode import MultiNodeLab
 from enforcer.lab.probe import ProbeSpec, probe_many
 from enforcer.sources.directory import directory_revision
+
+from tests.support.kubeproxy import Service, ServicePort
+from tests.support.multinode import MultiNodeLab
 
 from . import cases as C
 from . import model as M

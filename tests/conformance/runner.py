@@ -35,6 +35,8 @@ from . import cases as C
 from . import model as M
 
 NODE_NAME = "lab-node"
+# Run as a script (tests/ is not an installed package): it imports only enforcer.
+PACKET_VERDICT = Path(__file__).resolve().parents[1] / "support" / "packet_verdict.py"
 
 
 def lab_name(pod: str) -> str:
@@ -241,7 +243,7 @@ class ConformanceLab(ConformanceBase):
                           "src_if": self.lab.pod(lab_name(s)).host_ifname,
                           "dst_if": self.lab.pod(lab_name(d)).host_ifname})
         proc = subprocess.run(
-            ["nsenter", f"--net={netns_path(self.lab.node_netns)}", sys.executable, "-m", "enforcer.lab.packet_verdict"],
+            ["nsenter", f"--net={netns_path(self.lab.node_netns)}", sys.executable, str(PACKET_VERDICT)],
             input=json.dumps(flows), capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"packet_verdict failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

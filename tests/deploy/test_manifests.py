@@ -469,6 +469,7 @@ def test_venv_sees_debians_bcc_and_the_project_is_installed_from_its_source():
     workdirs = [a.strip() for i, a in containerfile_instructions() if i == "WORKDIR"]
     assert workdirs[0] == source
     assert {"bpf", "enforcer", "proto"} <= copies
+    assert not [c for c in copies if c.split("/")[0] == "tests"], "test support stays out of the image"
 
 
 def test_every_copied_path_exists():

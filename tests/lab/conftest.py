@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.lab.session import LabSession
+from tests.support.session import LabSession
 
 PODS = ("a", "b", "c")
 TAG = os.getpid() % 10000

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from enforcer.lab.probe import Outcome, ProbeSpec, probe_many
-from enforcer.lab.session import LabSession
 from enforcer.lab.topology import NODE
+
+from tests.support.session import LabSession
 
 OK = Outcome.OK
 DENIED = Outcome.TIMEOUT    # dropped: nothing comes back

@@ -20,9 +20,10 @@ import yaml
 from enforcer.datapath.maps import DatapathMaps
 from enforcer.datapath.reasons import Reason
 from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
-from enforcer.lab.multinode import MultiNodeLab
 from enforcer.lab.probe import Outcome, ProbeSpec, probe_many
 from enforcer.sources.directory import directory_revision
+
+from tests.support.multinode import MultiNodeLab
 
 OK, DENIED = Outcome.OK, Outcome.TIMEOUT
 

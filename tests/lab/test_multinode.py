@@ -28,11 +28,12 @@ import pytest
 
 from enforcer.datapath.reasons import Reason
 from enforcer.datapath.layout import DIR_EGRESS, DIR_INGRESS
-from enforcer.lab import kubeproxy
-from enforcer.lab.kubeproxy import LOCAL, Endpoint, Service, ServicePort
-from enforcer.lab.multinode import EXT, EXT_IPV4, EXT_IPV6, MultiNodeLab
 from enforcer.lab.netns import ip_json
 from enforcer.lab.probe import Outcome, ProbeResult, ProbeSpec, probe_many
+
+from tests.support import kubeproxy
+from tests.support.kubeproxy import LOCAL, Endpoint, Service, ServicePort
+from tests.support.multinode import EXT, EXT_IPV4, EXT_IPV6, MultiNodeLab
 
 from .multinode_daemons import MultiNodeDaemons
 

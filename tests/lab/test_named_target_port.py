@@ -34,10 +34,11 @@ import pytest
 
 from enforcer.datapath.layout import DIR_EGRESS
 from enforcer.datapath.reasons import Reason
-from enforcer.lab import kubeproxy
-from enforcer.lab.kubeproxy import ContainerPort, Endpoint, Service, ServicePort
-from enforcer.lab.multinode import MultiNodeLab
 from enforcer.lab.probe import Outcome, ProbeResult, ProbeSpec, probe_many
+
+from tests.support import kubeproxy
+from tests.support.kubeproxy import ContainerPort, Endpoint, Service, ServicePort
+from tests.support.multinode import MultiNodeLab
 
 from .multinode_daemons import MultiNodeDaemons
 

@@ -21,7 +21,8 @@ from enforcer.datapath.attach import TcAttacher
 from enforcer.datapath.layout import CtEntry, CtKey, DIR_INGRESS, MAP_LAYOUTS, addr_bytes, family_of
 from enforcer.datapath.reasons import Reason
 from enforcer.lab.probe import connect_tcp, exchange
-from enforcer.lab.session import LabSession
+
+from tests.support.session import LabSession
 
 from .conftest import new_session
 from .flows import DENIED, OK, check_flows, flows

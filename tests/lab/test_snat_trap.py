@@ -25,9 +25,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from enforcer.lab.kubeproxy import LOCAL, Service, ServicePort
-from enforcer.lab.multinode import EXT, EXT_IPV4, MultiNodeLab
 from enforcer.lab.probe import ProbeSpec, probe_many
+
+from tests.support.kubeproxy import LOCAL, Service, ServicePort
+from tests.support.multinode import EXT, EXT_IPV4, MultiNodeLab
 
 from .multinode_daemons import DENIED, OK, MultiNodeDaemons, node_port_manifest
 

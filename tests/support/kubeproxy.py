@@ -56,7 +56,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .netns import run
+from enforcer.lab.netns import run
 
 MASQ_MARK = "0x4000"
 NODEPORT_RANGE = range(30000, 32768)

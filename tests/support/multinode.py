@@ -57,12 +57,14 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from enforcer.lab.netns import ip_batch, ip_json, netns_add, netns_delete, netns_list, sysctl
+from enforcer.lab.probe import ProbeResult, ProbeSpec, probe, probe_many
+from enforcer.lab.topology import (DEFAULT_PORTS, GATEWAY4, IFNAMSIZ, Pod, disable_bridge_netfilter,
+                                   make_node_netns, make_pod_netns, start_server, stop_process, wait_servers,
+                                   wire_routed_pod)
+
 from . import kubeproxy
 from .kubeproxy import ContainerPort, Endpoint, Service, ServicePort
-from .netns import ip_batch, ip_json, netns_add, netns_delete, netns_list, sysctl
-from .probe import ProbeResult, ProbeSpec, probe, probe_many
-from .topology import (DEFAULT_PORTS, GATEWAY4, IFNAMSIZ, Pod, disable_bridge_netfilter, make_node_netns,
-                       make_pod_netns, start_server, stop_process, wait_servers, wire_routed_pod)
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ on its host-side interface, then, if that passed, the receiver's to_pod
 program on its own. Run inside the node namespace (the skb's ifindex must
 name an interface there):
 
-    nsenter --net=/run/netns/<node> python -m enforcer.lab.packet_verdict < flows.json
+    nsenter --net=/run/netns/<node> python tests/support/packet_verdict.py < flows.json
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import struct
 import sys
 from typing import Any
 
-from ..datapath import bpfsys
-from ..datapath.attach import TcAttacher
+from enforcer.datapath import bpfsys
+from enforcer.datapath.attach import TcAttacher
 
 TC_ACT_SHOT = 2
 ETH = bytes.fromhex("020000000002" "020000000001")

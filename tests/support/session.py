@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from ..datapath.attach import TcAttacher
-from ..datapath.loader import remove_pins
-from ..datapath.maps import DatapathMaps
-from ..datapath.source import DatapathConfig
-from .loader import LoaderProcess
-from .netns import entered, netns_path
-from .topology import Lab
+from enforcer.datapath.attach import TcAttacher
+from enforcer.datapath.loader import remove_pins
+from enforcer.datapath.maps import DatapathMaps
+from enforcer.datapath.source import DatapathConfig
+from enforcer.lab.loader import LoaderProcess
+from enforcer.lab.netns import entered, netns_path
+from enforcer.lab.topology import Lab
+
 from .world import LabWorld
 
 log = logging.getLogger(__name__)

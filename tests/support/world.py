@@ -11,7 +11,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..datapath.layout import (
+from enforcer.datapath.layout import (
     DIR_EGRESS,
     DIR_INGRESS,
     EP_F_EGRESS_ISOLATED,
@@ -20,9 +20,9 @@ from ..datapath.layout import (
     IDENTITY_FIRST_ALLOCATED,
     IDENTITY_HOST,
 )
-from ..datapath.maps import DatapathMaps, PolicyRule
-from ..datapath.reasons import Reason
-from .topology import NODE_IPV4, NODE_IPV6, Lab
+from enforcer.datapath.maps import DatapathMaps, PolicyRule
+from enforcer.datapath.reasons import Reason
+from enforcer.lab.topology import NODE_IPV4, NODE_IPV6, Lab
 
 DIRECTIONS = {"ingress": DIR_INGRESS, "egress": DIR_EGRESS}
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132,
