@@ -7,7 +7,7 @@ import enum
 import re
 from pathlib import Path
 
-from .source import BPF_DIR
+from .paths import BPF_DIR
 
 REASONS_HEADER = BPF_DIR / "lib" / "reasons.h"
 _ENTRY = re.compile(r"^\s*([A-Z_][A-Z0-9_]*)\s*=\s*(\d+)\s*,")

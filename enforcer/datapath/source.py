@@ -17,19 +17,10 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .layout import MARK_EP_BITS
+from .paths import BPF_DIR, DEFAULT_PIN_DIR
+from .reasons import REASON_SLOTS
 
-def _bpf_dir() -> Path:
-    """bpf/ of a checkout (editable install), else the copy an installed
-    package ships as enforcer/_bpf."""
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package.parent / "bpf", package / "_bpf"):
-        if (candidate / "pod_tc.c").exists():
-            return candidate
-    raise RuntimeError(f"BPF sources not found next to {package} (bpf/ or enforcer/_bpf)")
-
-
-BPF_DIR = _bpf_dir()
-DEFAULT_PIN_DIR = Path("/sys/fs/bpf/enforcer")
+__all__ = ["BPF_DIR", "DEFAULT_PIN_DIR", "DatapathConfig", "amalgamate"]
 
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
@@ -145,12 +136,6 @@ class DatapathConfig:
             "endpoint_ids": self.max_endpoint_id,
             "services": self.services_max,
             "svc_pending": self.svc_pending_max,
-            "metrics": self.max_endpoint_id * 2 * _reason_slots(),
+            "metrics": self.max_endpoint_id * 2 * REASON_SLOTS,
             "event_limit": 1,
         }
-
-
-def _reason_slots() -> int:
-    from .reasons import REASON_SLOTS
-
-    return REASON_SLOTS
