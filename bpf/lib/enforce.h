@@ -2,7 +2,8 @@
  * attach points; dir says which policy direction of the pod it is.
  *
  * Order, cheapest and most common first:
- *   parse (fast path, else full) -> IPv6 link control -> fragments
+ *   parse (fast path, else full; ARP: its sender checked, then passes)
+ *   -> IPv6 link control -> fragments
  *   -> [to_pod: a sender's egress deferred to here, services.h;
  *       the pod's own packet back through a Service: passes]
  *   -> conntrack (established/reply: done, no other lookup)
@@ -59,6 +60,25 @@ static __always_inline int is_ipv6_link_control(const struct flow *f)
 	if ((f->icmp_type >= 130 && f->icmp_type <= 132) || f->icmp_type == 143)
 		return f->hop_limit == 1 && is_ipv6_link_local(f->saddr);
 	return 0;
+}
+
+/* Is addr the address of the pod behind interface ifindex? The
+ * anti-spoofing test of endpoint_of, for any address. */
+static __always_inline int is_pod_address(__u8 family, const __u8 *addr, __u32 ifindex)
+{
+	struct endpoint_info *ep = endpoint_lookup(family, addr);
+	return ep && ep->ifindex == ifindex;
+}
+
+/* ARP from the pod names the pod's own IPv4 address as its sender, or
+ * 0.0.0.0 (an RFC 5227 probe): a claim to another address is how a pod
+ * would poison its neighbours' caches on a bridge. parse_arp left the
+ * sender address in f->saddr. */
+static __always_inline int arp_sender_is_pods(struct __sk_buff *skb, const struct flow *f)
+{
+	__u32 spa;
+	__builtin_memcpy(&spa, f->saddr, 4);
+	return spa == 0 || is_pod_address(FAMILY_V4, f->saddr, skb->ifindex);
 }
 
 static __always_inline int pass(struct flow *f, int dir, __u16 ep_id, int reason)
@@ -162,8 +182,13 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 
 	if (!parse_fast(skb, &f)) {
 		int ret = parse_packet(skb, &f);
-		if (ret == ALLOW_NON_IP)
+		if (ret == ALLOW_NON_IP) { /* ARP */
+			if (dir == DIR_EGRESS && !arp_sender_is_pods(skb, &f)) {
+				f.family = FAMILY_V4; /* the event shows the addresses */
+				return drop(skb, &f, dir, 0, DROP_SPOOFED_SOURCE, IDENTITY_ANY, now);
+			}
 			return pass(&f, dir, 0, ALLOW_NON_IP);
+		}
 		if (ret)
 			return drop(skb, &f, dir, 0, ret, IDENTITY_ANY, now);
 		if (is_ipv6_link_control(&f))

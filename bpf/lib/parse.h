@@ -4,6 +4,45 @@
  * All reads go through bpf_skb_load_bytes so non-linear skbs (GRO on veth)
  * parse the same as linear ones and the verifier needs no packet-range
  * proofs for variable offsets (IPv4 options, IPv6 extension chains).
+ *
+ * What is not IP. A pod's interface carries IP and ARP; every other kind
+ * of frame is one a pod has no business sending or receiving there, and
+ * some are IP in disguise: something on the way (the node's stack, the
+ * bridge of a flannel-style node, a switch further on) may take the
+ * wrapper off and route or deliver the IP packet inside, which nobody
+ * judged. So the decision per ethertype is:
+ *
+ *   IPv4, IPv6        judged (the rest of the datapath).
+ *   802.1Q 0x8100,    VLAN tags: walked, at most VLAN_MAX_TAGS of them in
+ *   802.1ad 0x88a8,   the frame, and what they carry is judged as if
+ *   0x9100            untagged. The kernel takes one outer 802.1Q/802.1ad
+ *                     tag off before tc (skb->vlan_tci), so that is one
+ *                     more than the frame shows. A frame still tagged after
+ *                     the budget is dropped (DROP_MALFORMED): its IP header
+ *                     is out of our sight but not out of the node's, which
+ *                     strips VLAN 0 (priority) tags and routes what is
+ *                     inside, or of a bridge, which delivers it to a pod
+ *                     that does the same. 0x9100 (pre-standard QinQ) is
+ *                     not a tag to Linux, but it is to some switches.
+ *   ARP 0x0806        passes (ALLOW_NON_IP): IPv4 needs it (proxy ARP from
+ *                     the node, pod to pod on a bridge) and it carries no
+ *                     IP packet. What a pod sends must name the pod's own
+ *                     IPv4 address as sender (or 0.0.0.0, an RFC 5227
+ *                     probe): enforce.h, the ARP twin of the IPv6 ND checks.
+ *   anything else     dropped (DROP_NON_IP), both ways:
+ *                     MPLS 0x8847/0x8848: an MPLS-enabled router pops the
+ *                     labels and routes the IP packet inside;
+ *                     PPPoE session 0x8864: a PPPoE server (on the node,
+ *                     or a pod on the same bridge) ends the session and
+ *                     routes the IP inside; PPPoE discovery 0x8863 only
+ *                     sets such sessions up;
+ *                     802.3 length frames (LLC, SNAP, which can also wrap
+ *                     IP, STP BPDUs that could reconfigure a bridge), LLDP,
+ *                     802.1X, MACsec, and ethertypes of no standard at all:
+ *                     none is needed for a pod's networking, and on a
+ *                     bridge each would be a channel between pods that no
+ *                     policy could close.
+ * So ARP, bare or behind tags, is the only non-IP frame that ever passes.
  */
 #ifndef ENFORCER_PARSE_H
 #define ENFORCER_PARSE_H
@@ -13,6 +52,10 @@
 
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
+#define ETH_P_QINQ_9100_ 0x9100
+#define ETH_P_ARP_ 0x0806
+/* VLAN tags walked in the frame (the kernel may hold one more outside it). */
+#define VLAN_MAX_TAGS 2
 #define IPV6_MAX_EXT_HEADERS 8
 
 #define TCP_FLAG_FIN 0x01
@@ -73,6 +116,13 @@ struct ipv6_hdr_ {
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
+
+static __always_inline int is_vlan_tag(__be16 ethertype)
+{
+	return ethertype == bpf_htons(ETH_P_8021Q_) ||
+	       ethertype == bpf_htons(ETH_P_8021AD_) ||
+	       ethertype == bpf_htons(ETH_P_QINQ_9100_);
+}
 
 static __always_inline int is_ext_header(__u8 nh)
 {
@@ -292,8 +342,25 @@ slow:
 	return 0;
 }
 
+/* An ARP frame at off: its sender and target protocol addresses into
+ * f->saddr and f->daddr (family stays 0: not IP). Returns ALLOW_NON_IP,
+ * or DROP_MALFORMED when it is not Ethernet/IPv4 ARP. */
+static __always_inline int parse_arp(struct __sk_buff *skb, struct flow *f, __u32 off)
+{
+	/* htype(2) ptype(2) hlen(1) plen(1) op(2) sha(6) spa(4) tha(6) tpa(4) */
+	__u8 arp[28];
+	if (bpf_skb_load_bytes(skb, off, arp, sizeof(arp)) < 0)
+		return DROP_MALFORMED;
+	if (arp[2] != 0x08 || arp[3] != 0x00 || arp[4] != 6 || arp[5] != 4)
+		return DROP_MALFORMED;
+	__builtin_memcpy(f->saddr, &arp[14], 4);
+	__builtin_memcpy(f->daddr, &arp[24], 4);
+	return ALLOW_NON_IP;
+}
+
 /* Fill *f from the frame. Returns 0 for an IP packet, ALLOW_NON_IP for
- * anything else, or a DROP_ reason. */
+ * ARP, or a DROP_ reason (DROP_NON_IP for any other frame: see the top of
+ * this file). */
 static __always_inline int parse_packet(struct __sk_buff *skb, struct flow *f)
 {
 	__u32 off = ETH_HLEN;
@@ -303,8 +370,8 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct flow *f)
 	if (bpf_skb_load_bytes(skb, 12, &proto, sizeof(proto)) < 0)
 		return DROP_MALFORMED;
 #pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (proto != bpf_htons(ETH_P_8021Q_) && proto != bpf_htons(ETH_P_8021AD_))
+	for (int i = 0; i < VLAN_MAX_TAGS; i++) {
+		if (!is_vlan_tag(proto))
 			break;
 		if (bpf_skb_load_bytes(skb, off + 2, &proto, sizeof(proto)) < 0)
 			return DROP_MALFORMED;
@@ -351,8 +418,12 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct flow *f)
 		f->frag = frag;
 		f->frag_id = id;
 		f->l4_off = l4;
+	} else if (proto == bpf_htons(ETH_P_ARP_)) {
+		return parse_arp(skb, f, off);
+	} else if (is_vlan_tag(proto)) {
+		return DROP_MALFORMED; /* more tags than VLAN_MAX_TAGS */
 	} else {
-		return ALLOW_NON_IP;
+		return DROP_NON_IP;
 	}
 	return parse_l4(skb, f);
 }

@@ -21,7 +21,7 @@ enum verdict_reason {
 	ALLOW_REPLY = 5,              /* conntrack: reply of an allowed flow */
 	ALLOW_RELATED = 6,            /* ICMP error about an allowed flow */
 	ALLOW_NEIGHBOR_DISCOVERY = 7, /* IPv6 ND/MLD on the link */
-	ALLOW_NON_IP = 8,             /* ARP and other non-IP frames */
+	ALLOW_NON_IP = 8,             /* ARP (the only non-IP frame that passes: parse.h) */
 	DROP_POLICY = 9,              /* isolated and no policy entry allows it */
 	DROP_SPOOFED_SOURCE = 10,     /* pod sent with an address not its own */
 	DROP_UNKNOWN_ENDPOINT = 11,   /* destination is not this interface's pod */
@@ -30,7 +30,8 @@ enum verdict_reason {
 	DROP_EXT_HEADERS = 14,        /* IPv6 extension header chain too long */
 	ALLOW_SERVICE_DEFERRED = 15,  /* to a Service frontend: judged after DNAT (services.h) */
 	ALLOW_SELF = 16,              /* the pod's own packet back to it through a Service */
-	__REASON_MAX = 17,
+	DROP_NON_IP = 17,             /* neither IP nor ARP: MPLS, PPPoE, LLC, ... (parse.h) */
+	__REASON_MAX = 18,
 };
 
 /* Counter slots per endpoint and direction; leaves room to append. */

@@ -84,9 +84,25 @@ def neighbor_solicitation(src: str, target: str, hlim: int = 255) -> bytes:
     return bytes(Ether(**ETHER) / IPv6(src=src, dst="ff02::1:ff00:1", hlim=hlim) / ICMPv6ND_NS(tgt=target))
 
 
-def arp() -> bytes:
-    return bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=ETHER["src"]) / ARP(psrc="10.0.0.1", pdst="10.0.0.2"))
+def arp(psrc: str = "10.0.0.1", pdst: str = "10.0.0.2", **kw: object) -> bytes:
+    return bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=ETHER["src"]) / ARP(psrc=psrc, pdst=pdst, **kw))
 
 
 def vlan_tcp(src: str, dst: str, sport: int, dport: int) -> bytes:
     return bytes(Ether(**ETHER) / Dot1Q(vlan=5) / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="S"))
+
+
+def tagged(tags: list[int], inner: bytes) -> bytes:
+    """A frame (`inner`, built with frames' Ethernet header) behind VLAN
+    tags with these TPIDs, outermost first (VLAN id 0, a priority tag).
+    BPF_PROG_TEST_RUN leaves every tag in the frame: on a real interface
+    the kernel takes the outermost 802.1Q/802.1ad one off before tc."""
+    head = inner[:12]
+    for tpid in tags:
+        head += tpid.to_bytes(2, "big") + b"\x00\x00"
+    return head + inner[12:]
+
+
+def ethertype(etype: int, payload: bytes) -> bytes:
+    """A frame of any ethertype (or 802.3 length) with this payload."""
+    return bytes(Ether(**ETHER, type=etype) / Raw(payload))
