@@ -42,24 +42,36 @@
 #define VERDICT_PASS TC_ACT_UNSPEC
 #define VERDICT_DROP TC_ACT_SHOT
 
-static __always_inline int is_ipv6_link_local(const __u8 *a)
+/* ICMPv6 types of neighbour discovery (RFC 4861) and MLD (RFC 2710, 3810). */
+#define ICMPV6_MLD_QUERY 130
+#define ICMPV6_MLD_REPORT 131
+#define ICMPV6_MLD_DONE 132
+#define ICMPV6_ND_RS 133
+#define ICMPV6_ND_RA 134
+#define ICMPV6_ND_NS 135
+#define ICMPV6_ND_NA 136
+#define ICMPV6_ND_REDIRECT 137
+#define ICMPV6_MLD2_REPORT 143
+
+static __always_inline int ipv6_is_link_local(const __u8 *a)
 {
-	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80; /* fe80::/10 */
 }
 
-/* Neighbour discovery and MLD keep a link working and never leave it:
- * receivers discard ND unless the hop limit is 255 (RFC 4861) and MLD
- * comes from a link-local source with hop limit 1 (RFC 3810). Requiring
- * the same here means no routed traffic passes as "link control". */
-static __always_inline int is_ipv6_link_control(const struct flow *f)
+static __always_inline int ipv6_is_multicast(const __u8 *a)
 {
-	if (f->family != FAMILY_V6 || f->proto != IPPROTO_ICMPV6_)
-		return 0;
-	if (f->icmp_type >= 133 && f->icmp_type <= 137)
-		return f->hop_limit == 255;
-	if ((f->icmp_type >= 130 && f->icmp_type <= 132) || f->icmp_type == 143)
-		return f->hop_limit == 1 && is_ipv6_link_local(f->saddr);
-	return 0;
+	return a[0] == 0xff;
+}
+
+static __always_inline int ipv6_is_link_multicast(const __u8 *a)
+{
+	return a[0] == 0xff && a[1] == 0x02; /* ff02::/16 */
+}
+
+static __always_inline int ipv6_is_unspecified(const __u8 *a)
+{
+	const __u64 *w = (const __u64 *)a;
+	return (w[0] | w[1]) == 0;
 }
 
 /* Is addr the address of the pod behind interface ifindex? The
@@ -68,6 +80,123 @@ static __always_inline int is_pod_address(__u8 family, const __u8 *addr, __u32 i
 {
 	struct endpoint_info *ep = endpoint_lookup(family, addr);
 	return ep && ep->ifindex == ifindex;
+}
+
+/* On its way to a pod, may addr be the source? Not when it is another local
+ * pod's address and the packet did not come in through that pod's
+ * interface (on a bridge, a pod's frame to another enters the node on the
+ * sender's host-side interface: skb->ingress_ifindex). */
+static __always_inline int may_come_from(struct __sk_buff *skb, const __u8 *addr)
+{
+	struct endpoint_info *ep = endpoint_lookup(FAMILY_V6, addr);
+	return !ep || ep->ifindex == skb->ingress_ifindex;
+}
+
+/* IPv6 link control: neighbour discovery and MLD, which keep a link working
+ * and never leave it, pass before policy (ALLOW_NEIGHBOR_DISCOVERY), but
+ * only what really is link-scoped and claims no address but the sender's:
+ * anything else that looks like it would be a way past policy (a payload
+ * in an ND option, routed on by the node) or past anti-spoofing (another
+ * pod's address in a solicitation or advertisement: neighbour cache
+ * poisoning on a bridge).
+ *
+ *   Never fragmented (RFC 6980): a fragment is judged as any packet.
+ *   MLD (130-132, 143): link-local source, hop limit 1 (RFC 3810), to a
+ *     multicast or link-local address. Such a packet cannot leave the
+ *     link: the node neither forwards a link-local source off its link nor
+ *     anything with hop limit 1. Other MLD-typed packets are judged as any
+ *     packet (a link-local source is then spoofed).
+ *   ND (133-137) must have hop limit 255 (RFC 4861): a router decrements
+ *     it, so a receiver knows ND from its link. One with any other hop
+ *     limit is invalid, and is dropped (DROP_MALFORMED) rather than judged
+ *     as any packet: a pod's solicitation that the node routed to another
+ *     pod arrives with 254, and must not reach it under that pod's policy.
+ *   From the pod (dir EGRESS), the source passes the anti-spoofing that
+ *     any packet from the pod does (its own address: endpoints, this
+ *     interface), with two additions for ND alone: a link-local source
+ *     (the pod's own link-local address is not in the endpoints map, so
+ *     any fe80::/10), and the unspecified address for NS and RS to
+ *     ff02::/16 (DAD, RFC 4862; a host without an address yet). The
+ *     destination must be link-scoped (ff02::/16, fe80::/10) or, for NS
+ *     and NA only, another local pod's address: on a bridge, pods resolve
+ *     and probe each other by their global addresses (the unicast answer
+ *     to a solicitation; RFC 4861 NUD probes, which Linux sends from the
+ *     link-local address when no packet of its own is waiting). Routed
+ *     there instead (the pod's next hop is the node in routed mode), it
+ *     reaches that pod with hop limit 254 and is dropped there (above),
+ *     or, from a link-local source, not at all (the node does not forward
+ *     those). Any other unicast destination is judged as any packet: ND
+ *     to a remote address has no business leaving the link, and with a
+ *     link-local source it is spoofed.
+ *     An NA's target must also be the pod's (its own address or a
+ *     link-local one): an advertisement for another pod's address is how a
+ *     pod would poison its neighbours' caches (DROP_SPOOFED_SOURCE).
+ *     RA and Redirect are a router's: a pod is a host, so they are judged
+ *     as any packet (RFC 4861 wants a link-local source, hence spoofed).
+ *   To the pod (dir INGRESS), from the node or a pod on the same bridge:
+ *     to a link-scoped destination or this pod's own address; from a
+ *     link-local or unspecified (only to ff02::/16) source, or from an
+ *     address that, if it is a local pod's, came in through that pod's
+ *     interface; an NA about a local pod's address likewise. The sender's
+ *     own hook has already checked a pod's ND; this holds if it did not.
+ *
+ * Returns 0 when f is not link control (judge it as any packet),
+ * ALLOW_NEIGHBOR_DISCOVERY, or a DROP_ reason. */
+static __always_inline int ipv6_link_control(struct __sk_buff *skb, const struct flow *f, int dir)
+{
+	if (f->family != FAMILY_V6 || f->proto != IPPROTO_ICMPV6_ || f->frag != FRAG_NONE)
+		return 0;
+	__u8 type = f->icmp_type;
+	const __u8 *src = f->saddr, *dst = f->daddr;
+
+	if ((type >= ICMPV6_MLD_QUERY && type <= ICMPV6_MLD_DONE) || type == ICMPV6_MLD2_REPORT) {
+		if (f->hop_limit == 1 && ipv6_is_link_local(src) &&
+		    (ipv6_is_multicast(dst) || ipv6_is_link_local(dst)))
+			return ALLOW_NEIGHBOR_DISCOVERY;
+		return 0;
+	}
+	if (type < ICMPV6_ND_RS || type > ICMPV6_ND_REDIRECT)
+		return 0;
+	if (f->hop_limit != 255)
+		return DROP_MALFORMED;
+
+	int link_dst = ipv6_is_link_multicast(dst) || ipv6_is_link_local(dst);
+	__u8 target[16];
+	if (type == ICMPV6_ND_NA &&
+	    bpf_skb_load_bytes(skb, f->l4_off + 8, target, sizeof(target)) < 0)
+		return DROP_MALFORMED;
+
+	if (dir == DIR_EGRESS) {
+		if (type == ICMPV6_ND_RA || type == ICMPV6_ND_REDIRECT)
+			return 0;
+		if (ipv6_is_unspecified(src)) {
+			if ((type != ICMPV6_ND_NS && type != ICMPV6_ND_RS) ||
+			    !ipv6_is_link_multicast(dst))
+				return 0;
+		} else if (!ipv6_is_link_local(src) &&
+			   !is_pod_address(FAMILY_V6, src, skb->ifindex)) {
+			return 0;
+		}
+		if (!link_dst && ((type != ICMPV6_ND_NS && type != ICMPV6_ND_NA) ||
+				  !endpoint_lookup(FAMILY_V6, dst)))
+			return 0;
+		if (type == ICMPV6_ND_NA && !ipv6_is_link_local(target) &&
+		    !is_pod_address(FAMILY_V6, target, skb->ifindex))
+			return DROP_SPOOFED_SOURCE;
+		return ALLOW_NEIGHBOR_DISCOVERY;
+	}
+
+	if (!link_dst && !is_pod_address(FAMILY_V6, dst, skb->ifindex))
+		return 0;
+	if (ipv6_is_unspecified(src)) {
+		if (!ipv6_is_link_multicast(dst))
+			return 0;
+	} else if (!ipv6_is_link_local(src) && !may_come_from(skb, src)) {
+		return DROP_SPOOFED_SOURCE;
+	}
+	if (type == ICMPV6_ND_NA && !may_come_from(skb, target))
+		return DROP_SPOOFED_SOURCE;
+	return ALLOW_NEIGHBOR_DISCOVERY;
 }
 
 /* ARP from the pod names the pod's own IPv4 address as its sender, or
@@ -191,9 +320,11 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 		}
 		if (ret)
 			return drop(skb, &f, dir, 0, ret, IDENTITY_ANY, now);
-		if (is_ipv6_link_control(&f))
+		ret = ipv6_link_control(skb, &f, dir);
+		if (ret == ALLOW_NEIGHBOR_DISCOVERY)
 			return pass(&f, dir, 0, ALLOW_NEIGHBOR_DISCOVERY);
-		ret = frag_track(&f);
+		if (!ret)
+			ret = frag_track(&f);
 		if (ret) {
 			struct endpoint_info *owner = endpoint_of(skb, &f, dir);
 			return drop(skb, &f, dir, owner ? owner->id : 0, ret, IDENTITY_ANY, now);

@@ -7,7 +7,14 @@ from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
+    ICMPv6MLQuery,
+    ICMPv6MLReport,
+    ICMPv6MLReport2,
+    ICMPv6ND_NA,
     ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_Redirect,
+    ICMPv6ND_RS,
     IPv6,
     IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
@@ -106,3 +113,41 @@ def tagged(tags: list[int], inner: bytes) -> bytes:
 def ethertype(etype: int, payload: bytes) -> bytes:
     """A frame of any ethertype (or 802.3 length) with this payload."""
     return bytes(Ether(**ETHER, type=etype) / Raw(payload))
+
+
+ND_TYPES = {"rs": 133, "ra": 134, "ns": 135, "na": 136, "redirect": 137,
+            "mld-query": 130, "mld-report": 131, "mld2-report": 143}
+
+
+def link_control(kind: str, src: str, dst: str, hlim: int | None = None, target: str | None = None) -> bytes:
+    """ICMPv6 neighbour discovery or MLD of `kind` (ND_TYPES); hop limit
+    255 for ND and 1 for MLD unless given; target: of an NS, NA or
+    Redirect."""
+    mld = kind.startswith("mld")
+    layer = {
+        "rs": lambda: ICMPv6ND_RS(),
+        "ra": lambda: ICMPv6ND_RA(),
+        "ns": lambda: ICMPv6ND_NS(tgt=target or "fe80::1"),
+        "na": lambda: ICMPv6ND_NA(tgt=target or src, R=0, S=1, O=1),
+        "redirect": lambda: ICMPv6ND_Redirect(tgt=target or "fe80::1", dst="2001:db8::99"),
+        "mld-query": lambda: ICMPv6MLQuery(),
+        "mld-report": lambda: ICMPv6MLReport(mladdr=dst),
+        "mld2-report": lambda: ICMPv6MLReport2(),
+    }[kind]()
+    return bytes(ip(src, dst, hlim=hlim if hlim is not None else (1 if mld else 255)) / layer)
+
+
+def ipv6_fragments(src: str, dst: str, data: bytes, pieces: list[tuple[int, int, bool]], nh: int,
+                   ident: int = 0x4242, before: list[Packet] | None = None) -> list[bytes]:
+    """IPv6 fragments of `data` (everything after the fragment header, from
+    the first header of the fragmentable part on, whose type is nh): one
+    frame per (start, end, more) byte range, starts multiples of 8; `before`:
+    extension headers ahead of the fragment header, in every fragment."""
+    out = []
+    for start, end, more in pieces:
+        pkt = Ether(**ETHER) / IPv6(src=src, dst=dst)
+        for h in before or []:
+            pkt = pkt / h.copy()
+        pkt = pkt / IPv6ExtHdrFragment(nh=nh, offset=start // 8, m=int(more), id=ident) / Raw(data[start:end])
+        out.append(bytes(pkt))
+    return out

@@ -1,7 +1,8 @@
 """Packet-level cases for the holes the fault suite found on the wire
 (tests/faults/test_packet_fuzz.py), so that a regression fails here,
 without a lab: frames behind more VLAN tags than the parser walks and
-other non-IP frames (parse.h).
+other non-IP frames (parse.h), and ICMPv6 dressed as link control
+(enforce.h, ipv6_link_control).
 
 Each table row is one frame through one hook, with the verdict, the
 counter that must move (endpoint, direction, reason) and, for drops, the
@@ -19,6 +20,7 @@ from enforcer.datapath.reasons import Reason
 from . import frames
 from .harness import DIR_EGRESS, DIR_INGRESS, PEERS, POD_A, POD_B, TC_ACT_SHOT, TC_ACT_UNSPEC
 
+ICMP6 = 58
 OTHER = PEERS["other_pod"]  # (v4, v6, identity)
 B_IFINDEX = 5    # pod B sits behind another interface of this node
 C_IFINDEX = 7    # and a third pod, c, behind yet another
@@ -134,3 +136,105 @@ L2_ROWS = [
 def test_non_ip_and_vlan_frames(dp, row):
     world(dp)
     check(dp, row)
+
+
+# --- 2. ICMPv6 link control (enforce.h, ipv6_link_control) ------------------------
+
+A6, B6, O6 = POD_A["v6"], POD_B["v6"], OTHER[1]
+NODE6 = PEERS["host"][1]
+LL_A, LL_NODE, LL_C = "fe80::a", "fe80::1", "fe80::c"
+SOLICITED_A, SOLICITED_B = "ff02::1:ff00:1", "ff02::1:ff00:2"
+ND = frames.link_control
+OK = R.ALLOW_NEIGHBOR_DISCOVERY
+A_ID = POD_A["id"]
+
+EGRESS_ND = [
+    # link-scoped, from the pod's own addresses
+    ("NS link-local to solicited-node", ND("ns", LL_A, SOLICITED_B, target=B6), PASS, OK, 0),
+    ("NS own address to solicited-node", ND("ns", A6, "ff02::1:ff00:1", target=LL_NODE), PASS, OK, 0),
+    ("NS own address to the gateway's link-local (NUD)", ND("ns", A6, LL_NODE, target=LL_NODE), PASS, OK, 0),
+    ("DAD NS from ::", ND("ns", "::", SOLICITED_A, target=A6), PASS, OK, 0),
+    ("RS link-local to all-routers", ND("rs", LL_A, "ff02::2"), PASS, OK, 0),
+    ("RS from :: to all-routers", ND("rs", "::", "ff02::2"), PASS, OK, 0),
+    ("NA own address to the node's link-local", ND("na", A6, LL_NODE, target=A6), PASS, OK, 0),
+    ("NA link-local to all-nodes", ND("na", LL_A, "ff02::1", target=LL_A), PASS, OK, 0),
+    # pod to pod on a bridge: unicast to another local pod's address
+    ("NA own address to local pod B", ND("na", A6, B6, target=A6), PASS, OK, 0),
+    ("NS own address to local pod B (NUD)", ND("ns", A6, B6, target=B6), PASS, OK, 0),
+    ("NS link-local to local pod B (Linux's NUD probe)", ND("ns", LL_A, B6, target=B6), PASS, OK, 0),
+    ("NA link-local to local pod B", ND("na", LL_A, B6, target=LL_A), PASS, OK, 0),
+    ("MLDv2 report to ff02::16", ND("mld2-report", LL_A, "ff02::16"), PASS, OK, 0),
+    ("MLDv1 report to a site-scoped group", ND("mld-report", LL_A, "ff05::1:3"), PASS, OK, 0),
+    # not link-scoped: judged as any packet from A (A allows nothing)
+    ("NS to a remote pod", ND("ns", A6, O6, target=O6), DROP, R.DROP_POLICY, A_ID),
+    ("RS to a remote pod", ND("rs", A6, O6), DROP, R.DROP_POLICY, A_ID),
+    ("RS to local pod B", ND("rs", A6, B6), DROP, R.DROP_POLICY, A_ID),
+    ("MLDv2 report from the pod's global address", ND("mld2-report", A6, "ff02::16"), DROP, R.DROP_POLICY, A_ID),
+    # spoofed: another pod's address, a link-local or :: source off the link
+    ("NS claiming B's address", ND("ns", B6, SOLICITED_A, target=A6), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    ("NS claiming B's address to a pod", ND("ns", B6, O6, target=O6), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    ("NA claiming B's address", ND("na", B6, "ff02::1", target=B6), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    ("NS link-local to a remote address", ND("ns", LL_A, O6, target=O6), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    ("RS link-local to local pod B", ND("rs", LL_A, B6), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    ("NS from :: to a global address", ND("ns", "::", B6, target=B6), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    ("NA from ::", ND("na", "::", "ff02::1", target=A6), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    ("NA advertising B's address", ND("na", A6, "ff02::1", target=B6), DROP, R.DROP_SPOOFED_SOURCE, A_ID),
+    ("NA advertising B's address from link-local", ND("na", LL_A, "ff02::1", target=B6), DROP,
+     R.DROP_SPOOFED_SOURCE, 0),
+    ("MLD query to a pod's address", ND("mld-query", "fe80::7", B6), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    ("MLDv2 report with hop limit 2", ND("mld2-report", LL_A, "ff02::16", hlim=2), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    # a pod is a host: its router advertisements and redirects are no link control
+    ("RA to all-nodes", ND("ra", LL_A, "ff02::1"), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    ("Redirect to the node", ND("redirect", LL_A, LL_NODE), DROP, R.DROP_SPOOFED_SOURCE, 0),
+    # ND that a router could have forwarded is no ND
+    ("NS with hop limit 64", ND("ns", LL_A, SOLICITED_B, hlim=64), DROP, R.DROP_MALFORMED, 0),
+    ("NS with hop limit 254 to B", ND("ns", A6, B6, hlim=254, target=B6), DROP, R.DROP_MALFORMED, A_ID),
+]
+
+INGRESS_ND = [
+    # from the node (skb->ingress_ifindex 0)
+    ("node's NS to A's solicited-node", ND("ns", LL_NODE, SOLICITED_A, target=A6), PASS, OK, 0, 0),
+    ("node's NUD probe to A's address", ND("ns", LL_NODE, A6, target=A6), PASS, OK, 0, 0),
+    ("gateway's NA to A's address", ND("na", LL_NODE, A6, target=LL_NODE), PASS, OK, 0, 0),
+    ("bridge gateway's NA from a global address", ND("na", NODE6, A6, target=NODE6), PASS, OK, 0, 0),
+    ("node's RA", ND("ra", LL_NODE, "ff02::1"), PASS, OK, 0, 0),
+    ("neighbour's DAD NS", ND("ns", "::", SOLICITED_A, target=A6), PASS, OK, 0, 0),
+    ("MLD general query", ND("mld-query", LL_NODE, "ff02::1"), PASS, OK, 0, 0),
+    # from pod B over a bridge: it comes in through B's interface
+    ("B's NS to A's solicited-node", ND("ns", B6, SOLICITED_A, target=A6), PASS, OK, 0, B_IFINDEX),
+    ("B's NA to A", ND("na", B6, A6, target=B6), PASS, OK, 0, B_IFINDEX),
+    # c claiming B's address: not from B's interface
+    ("c's NS claiming B's address", ND("ns", B6, SOLICITED_A, target=A6), DROP, R.DROP_SPOOFED_SOURCE, 0,
+     C_IFINDEX),
+    ("c's NS claiming B's address, unicast", ND("ns", B6, A6, target=A6), DROP, R.DROP_SPOOFED_SOURCE, A_ID,
+     C_IFINDEX),
+    ("c's NA advertising B's address", ND("na", LL_C, "ff02::1", target=B6), DROP, R.DROP_SPOOFED_SOURCE, 0,
+     C_IFINDEX),
+    # routed on by the node: hop limit 254
+    ("NS routed to A", ND("ns", O6, A6, hlim=254, target=A6), DROP, R.DROP_MALFORMED, A_ID, 9),
+    ("RS routed to A", ND("rs", O6, A6, hlim=254), DROP, R.DROP_MALFORMED, A_ID, 9),
+    # not for this pod, or from :: off the link: judged as any packet
+    ("NS to B's address through A's interface", ND("ns", LL_NODE, B6, target=B6), DROP,
+     R.DROP_UNKNOWN_ENDPOINT, 0, 0),
+    ("NS from :: to A's address", ND("ns", "::", A6, target=A6), DROP, R.DROP_POLICY, A_ID, 0),
+]
+
+ND_ROWS = ([Row(f"egress {n}", "egress", f, p, r, ep) for n, f, p, r, ep in EGRESS_ND]
+           + [Row(f"ingress {n}", "ingress", f, p, r, ep, iif) for n, f, p, r, ep, iif in INGRESS_ND])
+
+
+@pytest.mark.parametrize("row", ND_ROWS, ids=[r.name for r in ND_ROWS])
+def test_ipv6_link_control(dp, row):
+    world(dp)
+    check(dp, row)
+
+
+def test_fragmented_nd_is_no_link_control(dp):
+    """RFC 6980: ND is never fragmented; a fragment is judged as any packet
+    (here from a link-local source: spoofed)."""
+    world(dp)
+    ns = frames.link_control("ns", LL_A, SOLICITED_B, target=B6)
+    first = frames.ipv6_fragments(LL_A, SOLICITED_B, ns[14 + 40:], [(0, 16, True)], nh=ICMP6)[0]
+    raw = bytearray(first)
+    raw[14 + 7] = 255  # hop limit
+    check(dp, Row("fragmented NS", "egress", bytes(raw), DROP, R.DROP_SPOOFED_SOURCE))

@@ -144,19 +144,10 @@ assert len({c.name for c in CASES}) == len(CASES)
 # failures, so a fix turns them into errors to be removed from here.
 # Fixed, with packet-level cases in tests/datapath/test_crafted.py: frames
 # behind 4 stacked VLAN tags passed as non-IP (parse.h: a frame still
-# tagged after the parser's budget is dropped).
-_ND = ("ICMPv6 router/neighbour solicitations with hop limit 255 pass {hooks} as link control "
-       "(ALLOW_NEIGHBOR_DISCOVERY) whatever their destination and source, before the anti-spoofing check; {then}")
-KNOWN_HOLES: dict[tuple[str, str, str], str] = {
-    (ROUTED, "e", "v6-nd-typed-to-pod"): "e's egress policy bypassed: " + _ND.format(
-        hooks="from_pod", then="the node routes them on to b (hop limit 254), which admits e, with their payload"),
-    **{(ROUTED, who, "v6-nd-typed-spoofed-ally"): "anti-spoofing bypassed: " + _ND.format(
-        hooks="from_pod", then=f"{who}'s solicitations claiming a's address are routed to b and judged as a's, "
-                               "which b admits") for who in ATTACKERS},
-    **{(BRIDGE, who, "v6-nd-typed-spoofed-ally"): "anti-spoofing bypassed: " + _ND.format(
-        hooks="from_pod and to_pod", then=f"{who}'s solicitations claiming a's global address reach b "
-                                          "(neighbour cache poisoning)") for who in ATTACKERS},
-}
+# tagged after the parser's budget is dropped); ICMPv6 solicitations with
+# hop limit 255 passed as link control whatever their destination and
+# source (enforce.h, ipv6_link_control).
+KNOWN_HOLES: dict[tuple[str, str, str], str] = {}
 
 
 def params(mode: str) -> list:  # type: ignore[type-arg]
