@@ -229,8 +229,13 @@ class FragKey(ctypes.Structure):
     ]
 
 
-class FragPorts(ctypes.Structure):
-    _fields_ = [("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16)]
+class FragRecord(ctypes.Structure):
+    _fields_ = [
+        ("sport", ctypes.c_uint16),  # big-endian
+        ("dport", ctypes.c_uint16),  # big-endian
+        ("proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
 
 
 class Counter(ctypes.Structure):
@@ -275,7 +280,7 @@ MAP_LAYOUTS: dict[str, tuple[type[ctypes.Structure] | type[ctypes._SimpleCData],
     "endpoint_ids": (ctypes.c_uint32, EndpointInfo),
     "policy": (PolicyKey, PolicyEntry),
     "conntrack": (CtKey, CtEntry),
-    "fragments": (FragKey, FragPorts),
+    "fragments": (FragKey, FragRecord),
     "services": (ServiceKey, ServiceValue),
     "svc_pending": (SvcPendingKey, SvcPendingValue),
     "metrics": (ctypes.c_uint32, Counter),
@@ -286,3 +291,4 @@ MAP_LAYOUTS: dict[str, tuple[type[ctypes.Structure] | type[ctypes._SimpleCData],
 # a layout changes so a new daemon never misreads an old pin.
 PIN_NAMES: dict[str, str] = {name: f"{name}_v1" for name in MAP_LAYOUTS}
 PIN_NAMES["conntrack"] = "conntrack_v2"  # v2: keyed by interface and pod address
+PIN_NAMES["fragments"] = "fragments_v2"  # v2: the upper-layer protocol in the value; IPv6 keyed without it

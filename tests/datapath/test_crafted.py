@@ -1,26 +1,31 @@
 """Packet-level cases for the holes the fault suite found on the wire
 (tests/faults/test_packet_fuzz.py), so that a regression fails here,
 without a lab: frames behind more VLAN tags than the parser walks and
-other non-IP frames (parse.h), and ICMPv6 dressed as link control
-(enforce.h, ipv6_link_control).
+other non-IP frames (parse.h), ICMPv6 dressed as link control
+(enforce.h, ipv6_link_control), and IPv6 later fragments behind an
+extension header (fragments.h).
 
 Each table row is one frame through one hook, with the verdict, the
 counter that must move (endpoint, direction, reason) and, for drops, the
 event's reason.
 """
+
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
 
 import pytest
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
+from scapy.packet import Raw
 
 from enforcer.datapath.reasons import Reason
 
 from . import frames
 from .harness import DIR_EGRESS, DIR_INGRESS, PEERS, POD_A, POD_B, TC_ACT_SHOT, TC_ACT_UNSPEC
 
-ICMP6 = 58
+UDP_, ICMP6 = 17, 58
 OTHER = PEERS["other_pod"]  # (v4, v6, identity)
 B_IFINDEX = 5    # pod B sits behind another interface of this node
 C_IFINDEX = 7    # and a third pod, c, behind yet another
@@ -238,3 +243,82 @@ def test_fragmented_nd_is_no_link_control(dp):
     raw = bytearray(first)
     raw[14 + 7] = 255  # hop limit
     check(dp, Row("fragmented NS", "egress", bytes(raw), DROP, R.DROP_SPOOFED_SOURCE))
+
+
+# --- 3. IPv6 later fragments behind extension headers (fragments.h) ------------------
+
+def _udp_with_dstopt(sport: int, dport: int) -> bytes:
+    """What follows the fragment header: a destination options header (RFC
+    8200 puts one meant for the final destination only there), then UDP."""
+    return bytes(IPv6ExtHdrDestOpt(nh=UDP_) / UDP(sport=sport, dport=dport) / Raw(b"p" * 48))
+
+
+def _frags(dport: int, ident: int, src: str = O6, dst: str = A6, before: list | None = None) -> list[bytes]:
+    data = _udp_with_dstopt(next(_ports), dport)
+    return frames.ipv6_fragments(src, dst, data, [(0, 24, True), (24, 48, True), (48, len(data), False)],
+                                 nh=60, ident=ident, before=before)
+
+
+def _allow_udp_53(dp) -> None:
+    dp.set_pod(POD_A, ingress=True)
+    dp.allow(POD_A, DIR_INGRESS, OTHER[2], UDP_, 53)
+
+
+@pytest.mark.parametrize("before", [[], [IPv6ExtHdrHopByHop()]], ids=["dstopt", "hbh-frag-dstopt"])
+def test_later_fragments_behind_an_extension_header_follow_the_first(dp, before):
+    """The later fragments take the first's protocol (UDP, not 60) and ports:
+    an allowed datagram arrives whole, a denied one not at all."""
+    _allow_udp_53(dp)
+    for dport, ident, passed in ((53, 0x1001, True), (54, 0x1002, False)):
+        first, *later = [dp.ingress(f) for f in _frags(dport, ident, before=before)]
+        reason = R.ALLOW_POLICY if passed else R.DROP_POLICY
+        assert first.reasons == {(A_ID, DIR_INGRESS, reason): 1}, first.reasons
+        for out in later:
+            reason = R.ALLOW_ESTABLISHED if passed else R.DROP_POLICY
+            assert out.passed == passed and out.reasons == {(A_ID, DIR_INGRESS, reason): 1}, out.reasons
+            if not passed:
+                (ev,) = out.events
+                assert (ev.proto, ev.dport) == (UDP_, 54)
+
+
+def test_later_fragment_does_not_borrow_another_datagrams_record(dp):
+    """A record is the datagram's (source, destination, id): a later
+    fragment of another id, or of the same id from another source, finds
+    none; of the same datagram, whatever its fragment header's next header
+    says, it gets the first's (Linux reassembles them together)."""
+    _allow_udp_53(dp)
+    allowed = _frags(53, 0x2001)
+    denied = _frags(54, 0x2002)
+    assert dp.ingress(allowed[0]).passed
+    assert not dp.ingress(denied[0]).passed
+    out = dp.ingress(denied[1])
+    assert out.reasons == {(A_ID, DIR_INGRESS, R.DROP_POLICY): 1} and out.events[0].dport == 54
+    # the allowed datagram's id from another source: no record
+    stranger = _frags(53, 0x2001, src=PEERS["cidr"][1])[1]
+    assert dp.ingress(stranger).reasons == {(A_ID, DIR_INGRESS, R.DROP_FRAGMENT_UNKNOWN): 1}
+    # the allowed datagram's own later fragment, claiming TCP in its fragment header
+    claims_tcp = bytearray(allowed[1])
+    claims_tcp[14 + 40] = 6
+    out = dp.ingress(bytes(claims_tcp))
+    assert out.reasons == {(A_ID, DIR_INGRESS, R.ALLOW_ESTABLISHED): 1}
+
+
+@pytest.mark.parametrize("nh", [ICMP6, 60, UDP_], ids=["icmpv6", "dstopt", "udp"])
+def test_ipv6_later_fragment_without_its_first_is_dropped(dp, nh):
+    """Its upper-layer protocol is unknown without the first fragment,
+    whatever the fragment header's next header claims."""
+    dp.set_pod(POD_A, ingress=True)
+    dp.allow(POD_A, DIR_INGRESS, OTHER[2])  # every protocol, every port
+    later = frames.ipv6_fragments(O6, A6, b"q" * 64, [(16, 64, False)], nh=nh, ident=0x3001)[0]
+    assert dp.ingress(later).reasons == {(A_ID, DIR_INGRESS, R.DROP_FRAGMENT_UNKNOWN): 1}
+
+
+def test_fragmented_echo_behind_a_destination_options_header(dp):
+    """ICMPv6 echo: the later fragments get the echo id and protocol 58."""
+    dp.set_pod(POD_A, ingress=True)
+    dp.allow(POD_A, DIR_INGRESS, OTHER[2])
+    data = bytes(IPv6ExtHdrDestOpt(nh=ICMP6) / ICMPv6EchoRequest(id=77, cksum=0) / Raw(b"e" * 48))
+    first, later = frames.ipv6_fragments(O6, A6, data, [(0, 24, True), (24, len(data), False)], nh=60, ident=0x4001)
+    assert dp.ingress(first).reasons == {(A_ID, DIR_INGRESS, R.ALLOW_POLICY): 1}
+    out = dp.ingress(later)
+    assert out.reasons == {(A_ID, DIR_INGRESS, R.ALLOW_ESTABLISHED): 1}

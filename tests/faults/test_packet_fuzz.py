@@ -20,7 +20,7 @@ Both lab modes: routed (Calico-style, the node routes) and bridge
 Allowed traffic must not be lost either: the controls of every case, and
 fragmented datagrams through the pinhole (test_allowed_fragments_arrive_whole).
 Holes found are kept as strict expected failures with their symptom
-(KNOWN_HOLES, _FRAG_LOSS), not left out.
+(KNOWN_HOLES), not left out, until they are fixed.
 """
 
 from __future__ import annotations
@@ -141,12 +141,13 @@ CASES = [
 assert len({c.name for c in CASES}) == len(CASES)
 
 # (mode, attacker, case) -> the symptom, for holes found: strict expected
-# failures, so a fix turns them into errors to be removed from here.
-# Fixed, with packet-level cases in tests/datapath/test_crafted.py: frames
-# behind 4 stacked VLAN tags passed as non-IP (parse.h: a frame still
+# failures, so a fix turns them into errors to be removed from here. None
+# is open. Fixed, each with packet-level cases in tests/datapath/test_crafted.py:
+# frames behind 4 stacked VLAN tags passed as non-IP (parse.h: a frame still
 # tagged after the parser's budget is dropped); ICMPv6 solicitations with
 # hop limit 255 passed as link control whatever their destination and
-# source (enforce.h, ipv6_link_control).
+# source (enforce.h, ipv6_link_control); later IPv6 fragments behind a
+# destination options header were lost (fragments.h).
 KNOWN_HOLES: dict[tuple[str, str, str], str] = {}
 
 
@@ -280,16 +281,10 @@ def test_bridged_crafted_frames_never_reach_the_target(bridge: FuzzLab, attacker
 
 FRAGMENTED = {"v4": P.allowed_fragmented(4), "v6": P.allowed_fragmented(6),
               "v6-dstopt-after-fragment-header": P.allowed_fragmented(6, dstopt=True)}
-_FRAG_LOSS = ("the later fragment of an allowed datagram is dropped: a fragment header's next header is the "
-              "destination options header, so later fragments are keyed (fragments map) and judged under protocol "
-              "60 while the first recorded its ports under UDP; found no ports, they meet policy without any "
-              "(DROP_POLICY) and the pinhole (UDP {port}) does not match")
 
 
 def fragmented_params() -> list:  # type: ignore[type-arg]
-    return [pytest.param(mode, sender, name, id=f"{mode}-{sender}-{name}",
-                         marks=[pytest.mark.xfail(strict=True, reason=_FRAG_LOSS.format(port=P.PINHOLE))]
-                         if name.startswith("v6-dstopt") else [])
+    return [pytest.param(mode, sender, name, id=f"{mode}-{sender}-{name}")
             for mode in (ROUTED, BRIDGE) for sender in ATTACKERS for name in FRAGMENTED]
 
 
