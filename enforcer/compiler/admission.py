@@ -237,9 +237,9 @@ class Admission:
         # Staged prefixes of versions no longer waiting go (a version taken
         # in counts its prefixes itself from this pass on).
         for key in list(self.staged):
-            pol, prefixes = self.staged[key]
+            pol, staged_prefixes = self.staged[key]
             if out.get(key) is pol or wanted.get(key) is not pol:
-                release += prefixes
+                release += staged_prefixes
                 del self.staged[key]
         for key in [k for k in self._blocks if k not in wanted]:
             del self._blocks[key]

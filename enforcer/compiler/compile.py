@@ -76,7 +76,7 @@ def _is_live(pod: Pod) -> bool:
     return pod.is_running and not pod.host_network
 
 
-def _same(a: tuple, b: tuple) -> bool:  # type: ignore[type-arg]
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
@@ -148,7 +148,7 @@ class _Incremental:
 
     def compile(self, snap: ClusterSnapshot, node: NodeContext) -> DesiredState:
         out = DesiredState(errors=list(snap.errors))
-        self.ipcache_dirty: set[IPNetwork] = set()
+        self.ipcache_dirty = set()
         self.pods_ids.begin_pass(self.ipcache_dirty)
         self.peer_sets.begin_pass()
         ns_changed = self._update_namespaces(snap.namespaces)

@@ -6,7 +6,7 @@ node context it is given."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import AbstractSet, Mapping
 
 from ..datapath.sync import MapContents
 from ..errors import InvalidObjectError
@@ -78,7 +78,7 @@ class DesiredState:
     # What changed since the compiler's previous result (see MapContents).
     _token: object = field(default_factory=object, repr=False, compare=False)
     _base: object = field(default=None, repr=False, compare=False)
-    _changed: dict[str, set] | None = field(default=None, repr=False, compare=False)  # type: ignore[type-arg]
+    _changed: Mapping[str, AbstractSet[object]] | None = field(default=None, repr=False, compare=False)
 
     def map_contents(self) -> MapContents:
         return MapContents(
@@ -98,14 +98,13 @@ class DesiredState:
     def describe(self, kind: str, key: object) -> str:
         """Which object a map entry is for, for error messages."""
         if kind == "policy" and isinstance(key, tuple):
-            ref = self.rules.get(self.policy.get(key, -1))
+            ref = self.rules.get(self.policy.get(PolicyMapKey(*key), -1))
             return f"NetworkPolicy {ref.policy} ({ref.direction.lower()} rule {ref.index})" if ref else f"policy entry {key}"
-        if kind == "endpoint" and key in self.endpoints:
+        if kind == "endpoint" and isinstance(key, IPAddress) and key in self.endpoints:
             return f"Pod {self.endpoints[key].pod} (address {key})"
-        if kind == "service" and key in self.services:
-            ip, proto, port = key  # type: ignore[misc]
-            return f"Service {self.services[key]} (frontend {ip} {proto}/{port})"
-        if kind == "ipcache":
+        if kind == "service" and isinstance(key, tuple) and (fe := Frontend(*key)) in self.services:
+            return f"Service {self.services[fe]} (frontend {fe.address} {fe.protocol}/{fe.port})"
+        if kind == "ipcache" and isinstance(key, IPNetwork):
             ident = self.ipcache.get(key)
             what = self.identities.get(ident) if ident is not None else None
             return f"ipcache {key} ({what})" if what else f"ipcache {key}"

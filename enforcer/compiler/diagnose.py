@@ -96,7 +96,7 @@ def diagnose(snap: ClusterSnapshot) -> tuple[Diagnostic, ...]:
         backends = sorted((p for p in pods_by_ns.get(svc.namespace, ()) if p.key in in_slices), key=lambda p: p.key)
         if not backends:
             continue
-        families = {ip.version for ip in svc.cluster_ips} or {4, 6}
+        families: set[int] = {ip.version for ip in svc.cluster_ips} or {4, 6}
         for pol, rules in candidates[svc.namespace]:
             found = _snat_trap(svc, backends, pol, rules, families, nodes)
             if found is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from ..datapath.layout import (
     DIR_EGRESS,
@@ -24,9 +25,11 @@ from ..datapath.layout import (
 )
 from ..datapath.reasons import Reason
 from ..datapath.sync import TrackedConnection
+from ..records import PolicyMapKey
 from .desired import DesiredState, EndpointSpec, RuleRef
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PORTED = (6, 17, 132)
 
 
@@ -56,7 +59,7 @@ class IpcacheIndex:
     holds them (full-length entries, pods' and the node's addresses, live in
     the host map: ipcache.h)."""
 
-    def __init__(self, ipcache: dict, prefixes_only: bool = False) -> None:  # type: ignore[type-arg]
+    def __init__(self, ipcache: Mapping[IPNetwork, int], prefixes_only: bool = False) -> None:
         self._by_len: dict[int, dict[int, dict[int, int]]] = {4: {}, 6: {}}
         for net, ident in ipcache.items():
             if prefixes_only and net.prefixlen == net.max_prefixlen:
@@ -94,14 +97,15 @@ def matching_rule_ids(state: DesiredState, endpoint_id: int, direction: int, ide
         if proto in PORTED:
             for bits in range(16, -1, -1):
                 masked = port >> (16 - bits) << (16 - bits) if bits else 0
-                rid = state.policy.get((ident, endpoint_id, direction, proto, masked, POLICY_PREFIX_PROTO + bits))
+                rid = state.policy.get(PolicyMapKey(ident, endpoint_id, direction, proto, masked,
+                                                    POLICY_PREFIX_PROTO + bits))
                 if rid is not None:
                     found.append(rid)
         else:
-            rid = state.policy.get((ident, endpoint_id, direction, proto, 0, POLICY_PREFIX_PROTO))
+            rid = state.policy.get(PolicyMapKey(ident, endpoint_id, direction, proto, 0, POLICY_PREFIX_PROTO))
             if rid is not None:
                 found.append(rid)
-        rid = state.policy.get((ident, endpoint_id, direction, 0, 0, POLICY_PREFIX_EXACT))
+        rid = state.policy.get(PolicyMapKey(ident, endpoint_id, direction, 0, 0, POLICY_PREFIX_EXACT))
         if rid is not None:
             found.append(rid)
     return found
@@ -156,4 +160,4 @@ def connection_still_allowed(state: DesiredState, endpoints_by_id: dict[int, End
     direction = DIR_EGRESS if conn.origin_egress else DIR_INGRESS
     port = conn.peer_port if conn.origin_egress else conn.pod_port
     return _hook(state, ep, direction, conn.peer, conn.proto, port,
-                 node_sent=conn.reason == Reason.ALLOW_HOST).allowed
+                 node_sent=conn.reason == Reason["ALLOW_HOST"]).allowed

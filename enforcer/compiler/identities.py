@@ -30,7 +30,7 @@ def host_network(ip: IPAddress) -> IPNetwork:
     """ipaddress.ip_network(ip), made from the integer (no text round trip)."""
     if ip.version == 4:
         return ipaddress.IPv4Network((int(ip), 32))
-    if ip.scope_id:  # type: ignore[union-attr]
+    if ip.scope_id:
         return ipaddress.ip_network(ip)
     return ipaddress.IPv6Network((int(ip), 128))
 
@@ -211,7 +211,9 @@ class PodIdentities:
     def conflict_errors(self, pods: Mapping[str, Pod]) -> list[InvalidObjectError]:
         found = []
         for ip in self.conflicts:
-            owner, *others = self.claims[ip]
+            claimants = self.claims[ip]
+            assert isinstance(claimants, list)  # several claim a conflicting address
+            owner, *others = claimants
             for other in others:
                 pod = pods[other]
                 found.append(((other, pod.ips.index(ip)), InvalidObjectError(

@@ -18,7 +18,7 @@ from ..model.objects import IPBlock, IPNetwork, Peer
 from ..model.selectors import LabelSelector
 from .identities import CidrIdentities, Flip, PodIdentities
 
-PeerKey = tuple  # type: ignore[type-arg]
+PeerKey = tuple  # ("ip", block) | ("sel", ns selector, pod selector) | ("pod", namespace, pod selector)
 
 _EMPTY_SELECTOR = LabelSelector()
 

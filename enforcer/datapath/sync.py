@@ -77,7 +77,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import AbstractSet, Any, Callable, Mapping
 
 from ..errors import MapError, MapFullError
 from . import bpfsys
@@ -114,7 +114,7 @@ class MapContents:
     # then compares just those keys instead of every entry.
     token: object = field(default=None, compare=False, repr=False)
     base: object = field(default=None, compare=False, repr=False)
-    changed: dict[str, set] | None = field(default=None, compare=False, repr=False)  # type: ignore[type-arg]
+    changed: Mapping[str, AbstractSet[object]] | None = field(default=None, compare=False, repr=False)
 
 
 # How a write that did not happen is counted (SyncReport.not_written).
@@ -470,7 +470,8 @@ class _Prefixes:
         return False
 
 
-def _diff(have: dict, want: dict, hint: dict[str, set] | None, kind: str) -> tuple[list, list]:  # type: ignore[type-arg]
+def _diff(have: dict[Any, Any], want: dict[Any, Any], hint: Mapping[str, AbstractSet[object]] | None,
+          kind: str) -> tuple[list[Any], list[Any]]:
     """(entries of `want` to write, keys of `have` to delete): in `want`'s
     and `have`'s order, or, given a hint, in no particular order and looking
     only at the keys it names (the only ones that can differ)."""
