@@ -36,11 +36,11 @@ def call(fn: Callable[..., Any], request: Any, **kw: Any) -> Any:
     try:
         return fn(request, timeout=kw.pop("timeout", TIMEOUT), **kw)
     except grpc.RpcError as e:
-        code = e.code()  # type: ignore[attr-defined]
+        code = e.code()
         if code == grpc.StatusCode.UNAVAILABLE:
-            raise ApiUnavailable(f"the daemon is not answering ({e.details()}); "  # type: ignore[attr-defined]
+            raise ApiUnavailable(f"the daemon is not answering ({e.details()}); "
                                  "is `enforcer run` running, and are you root?") from None
-        raise EnforcerError(f"{code.name}: {e.details()}") from None  # type: ignore[attr-defined]
+        raise EnforcerError(f"{code.name}: {e.details()}") from None
 
 
 def reason_name(value: int) -> str:
@@ -148,8 +148,8 @@ def stream_flows(stub: pb_grpc.EnforcerStub, as_machine: bool, req: pb.StreamFlo
         for f in stub.StreamFlows(req, timeout=None if req.follow else TIMEOUT):
             out(json.dumps(MessageToDict(f, preserving_proto_field_name=True)) if as_machine else flow_line(f))
     except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
-            raise ApiUnavailable(f"the daemon is not answering ({e.details()})") from None  # type: ignore[attr-defined]
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            raise ApiUnavailable(f"the daemon is not answering ({e.details()})") from None
         raise
 
 

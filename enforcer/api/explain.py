@@ -33,7 +33,7 @@ from .flows import peer_pb
 from .view import PROTOCOL_NUMBERS, StateView, capped, clip
 
 
-def maps_identity(maps: DatapathMaps, ip, prefixes_only: bool = False) -> int:  # type: ignore[no-untyped-def]
+def maps_identity(maps: DatapathMaps, ip, prefixes_only: bool = False) -> int:
     """The identity the datapath finds for ip: host entry, else LPM
     (`prefixes_only`: LPM alone, ipcache_cidr_identity in ipcache.h)."""
     v = None if prefixes_only else maps["ipcache_hosts"].lookup(IpcacheHostKey.of(ip))
@@ -44,7 +44,7 @@ def maps_identity(maps: DatapathMaps, ip, prefixes_only: bool = False) -> int:  
     return int(v.identity) if v is not None else IDENTITY_WORLD
 
 
-def maps_hook(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int, port: int,  # type: ignore[no-untyped-def]
+def maps_hook(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int, port: int,
               node_sent: bool = True) -> tuple[bool, str]:
     """The datapath's decision re-taken from the live maps (enforce.h):
     a node address passes as a destination, and as a source the node itself
@@ -77,7 +77,7 @@ def _one_endpoint(maps: DatapathMaps, a: IPAddress, b: IPAddress) -> bool:
     return ends[0] is not None and ends[1] is not None and ends[0].id == ends[1].id
 
 
-def _rule_pb(ref) -> pb.RuleRef:  # type: ignore[no-untyped-def]
+def _rule_pb(ref) -> pb.RuleRef:
     return pb.RuleRef(policy=ref.policy, rule_index=ref.index,
                       direction=pb.DIRECTION_INGRESS if ref.direction == INGRESS else pb.DIRECTION_EGRESS)
 
@@ -109,10 +109,10 @@ def explain(view: StateView, maps: DatapathMaps | None, req: pb.ExplainRequest) 
         egress = hook.direction == "egress"
         direction = DIR_EGRESS if egress else DIR_INGRESS
         type_name = EGRESS if egress else INGRESS
-        isolating = [k for k in view.desired.selected_by.get(hook.pod, [])
-                     if (pol := view.snapshot.policies.get(k)) is not None and type_name in pol.policy_types]
+        isolating_all = [k for k in view.desired.selected_by.get(hook.pod, [])
+                         if (pol := view.snapshot.policies.get(k)) is not None and type_name in pol.policy_types]
         rules, rules_omitted = capped(hook.rules)
-        isolating, isolating_omitted = capped(isolating)
+        isolating, isolating_omitted = capped(isolating_all)
         h = pb.HookExplanation(endpoint=hook.pod, allowed=hook.allowed, why=hook.reason,
                                direction=pb.DIRECTION_EGRESS if egress else pb.DIRECTION_INGRESS,
                                rules=[_rule_pb(r) for r in rules], rules_omitted=rules_omitted,

@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 from ..datapath.events import Verdict
 from ..v1 import enforcer_pb2 as pb
@@ -18,11 +18,16 @@ RECENT = 4096
 SUBSCRIBER_QUEUE = 1024
 
 
-def direction_pb(direction: str) -> int:
+def direction_pb(direction: str) -> pb.Direction:
     return pb.DIRECTION_INGRESS if direction == "ingress" else pb.DIRECTION_EGRESS
 
 
-def peer_pb(view: StateView | None, ip, port: int, identity: int | None = None) -> pb.Peer:  # type: ignore[no-untyped-def]
+def reason_pb(reason: int) -> pb.Reason:
+    """The API's Reason for the datapath's (the same value: test_proto_mirror)."""
+    return cast(pb.Reason, int(reason))
+
+
+def peer_pb(view: StateView | None, ip, port: int, identity: int | None = None) -> pb.Peer:
     peer = pb.Peer(ip=str(ip), port=port)
     if view is None:
         return peer
@@ -49,7 +54,7 @@ def flow_from_verdict(v: Verdict, view: StateView | None, boot_offset: float) ->
     flow = pb.Flow(
         time_unix=v.timestamp_ns / 1e9 + boot_offset,
         allowed=v.allowed,
-        reason=int(v.reason),
+        reason=reason_pb(v.reason),
         direction=direction_pb(v.direction),
         source=peer_pb(view, v.src, v.sport, src_ident),
         destination=peer_pb(view, v.dst, v.dport, dst_ident),

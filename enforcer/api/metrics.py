@@ -16,7 +16,7 @@ from ..datapath.sync import REASONS, WRITTEN_MAPS
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon, flows=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, daemon, flows=None) -> None:
         self.daemon = daemon
         self.flows = flows  # the FlowHub, when flows are served
 
@@ -76,7 +76,7 @@ class Metrics:
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                                       registry=self.registry)
 
-    def attach(self, daemon, flows=None) -> None:  # type: ignore[no-untyped-def]
+    def attach(self, daemon, flows=None) -> None:
         self.registry.register(DaemonCollector(daemon, flows))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

@@ -14,17 +14,17 @@ from ..datapath.reasons import is_drop
 from ..v1 import enforcer_pb2 as pb
 from ..v1 import enforcer_pb2_grpc as pb_grpc
 from .explain import explain
-from .flows import FlowHub
+from .flows import FlowHub, reason_pb
 from .view import LIST_MAX, capped, clip
 
 
 class EnforcerService(pb_grpc.EnforcerServicer):
-    def __init__(self, daemon, flows: FlowHub, source: str) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, daemon, flows: FlowHub, source: str) -> None:
         self.daemon = daemon
         self.flows = flows
         self.source = source
 
-    def _view(self, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+    def _view(self, context: grpc.ServicerContext):
         view = self.daemon.view()
         if view is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon has not completed its first sync")
@@ -106,7 +106,8 @@ class EnforcerService(pb_grpc.EnforcerServicer):
                 continue
             for (direction, reason), (pkts, nbytes) in sorted(self.daemon.counters(ep_id).items()):
                 resp.counters.append(pb.Counter(
-                    namespace=ns, pod=pod, reason=int(reason), allowed=not is_drop(reason), packets=pkts,
+                    namespace=ns, pod=pod, reason=reason_pb(reason), allowed=not is_drop(reason),
+                    packets=pkts,
                     bytes=nbytes, direction=pb.DIRECTION_INGRESS if direction == DIR_INGRESS else pb.DIRECTION_EGRESS))
 
         return resp

@@ -40,7 +40,7 @@ class WriteFailures:
 
     @classmethod
     def of(cls, report: SyncReport) -> "WriteFailures":
-        objects = []
+        objects: list[str] = []
         for name, n in report.objects.items():
             if len(objects) == OBJECTS_KEPT:
                 break
@@ -64,7 +64,7 @@ class WriteFailures:
                 + (f"; e.g. {_cut(self.samples[0], 300)}" if self.samples else "")
                 + "; retried, what they would change is not in force (`enforcer status`)")
 
-    def as_dict(self) -> dict:  # type: ignore[type-arg]
+    def as_dict(self) -> dict:
         return {"entries": self.entries, "by_map": {m: dict(r) for m, r in self.by_map.items()},
                 "objects": list(self.objects), "objects_total": self.objects_total,
                 "samples": list(self.samples), "held_removals": self.held_removals}

@@ -218,7 +218,7 @@ class Daemon:
         with self._lock:
             return self._view
 
-    def counters(self, endpoint_id: int) -> dict:  # type: ignore[type-arg]
+    def counters(self, endpoint_id: int) -> dict:
         return self.maps.counters(endpoint_id) if self.maps is not None else {}
 
     def event_stats(self) -> dict[str, int]:
@@ -309,7 +309,7 @@ class Daemon:
                     log.warning("resetting counters of endpoint id %d: %s", ep_id, e)
                     break
 
-    def _seed_endpoint_ids(self, local: list) -> None:  # type: ignore[type-arg]
+    def _seed_endpoint_ids(self, local: list) -> None:
         assert self.sync is not None
         by_ip = self.sync.applied.endpoints
         for pod in local:

@@ -65,6 +65,8 @@ def check_api_version(raw: Mapping[str, Any], kind: str, supported: str) -> None
     """Another version of the kind has other fields: never read it as this one."""
     api = raw.get("apiVersion")
     if api not in (None, supported):
-        meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+        meta = raw.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
         raise InvalidObjectError(kind, meta.get("namespace"), meta.get("name", "<unnamed>"),
                                  f"unsupported apiVersion {api!r}")

@@ -64,7 +64,7 @@ class Pod:
             raw_ips = [status["podIP"]]
         for ip in raw_ips:
             try:
-                addr = ipaddress.ip_address(ip)
+                addr = ipaddress.ip_address(ip)  # type: ignore[arg-type]  # not a string: TypeError, reported
             except (ValueError, TypeError) as e:
                 raise InvalidObjectError("Pod", ns, name, f"status.podIPs: invalid address {ip!r}") from e
             if addr not in ips:
@@ -75,7 +75,7 @@ class Pod:
         host_ips: list[IPAddress] = []
         for ip in raw_host_ips:
             try:
-                host_ips.append(ipaddress.ip_address(ip))
+                host_ips.append(ipaddress.ip_address(ip))  # type: ignore[arg-type]  # as above
             except (ValueError, TypeError) as e:
                 raise InvalidObjectError("Pod", ns, name, f"status.hostIPs: invalid address {ip!r}") from e
         ports: list[ContainerPort] = []

@@ -22,12 +22,14 @@ class Interner(Generic[T]):
 
     def __init__(self, key: Callable[[T], Hashable]) -> None:
         self._key = key
-        self._table: weakref.WeakValueDictionary[Hashable, T] = weakref.WeakValueDictionary()  # type: ignore[type-var]
+        self._table: weakref.WeakValueDictionary[Hashable, T] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
 
     def __call__(self, obj: T) -> T:
         key = self._key(obj)
-        ref = self._table.data.get(key)  # the common case, without the lock
+        # The common case, without the lock: WeakValueDictionary keeps its
+        # weak references in .data (not in its type stubs).
+        ref = self._table.data.get(key)  # type: ignore[attr-defined]
         found = ref() if ref is not None else None
         if found is not None:
             return found

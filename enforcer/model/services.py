@@ -83,7 +83,7 @@ def _from_pods(service: Service, pods: Iterable[Pod]) -> list[Backend]:
         # is stored as none: the API server's storage keeps no empty maps.)
         return []
     families = {ip.version for ip in service.cluster_ips}
-    out = []
+    out: list[Backend] = []
     for pod in sorted((p for p in pods if p.is_running and service.selects(p)), key=lambda p: p.key):
         ports = tuple(_target_port(pod, sp.target_port, sp.protocol) for sp in service.ports)
         out.extend(Backend(ip, ports, pod.key, pod.node_name, True)

@@ -161,7 +161,7 @@ class Reflector:
                 self.store.upsert(self._complete(obj), self.revision())
             elif kind == "DELETED":
                 meta = obj.get("metadata") or {}
-                self.store.delete(self.kind.name, meta.get("namespace"), meta.get("name"), self.revision())
+                self.store.delete(self.kind.name, meta.get("namespace"), str(meta.get("name", "")), self.revision())
             elif kind == "BOOKMARK":
                 self.store.set_source_revision(self.revision())
 
