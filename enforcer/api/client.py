@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import textwrap
-
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -52,7 +52,10 @@ def direction_name(value: int) -> str:
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
+    if not rows:
+        widths = [len(h) for h in header]
+    else:
+        widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*header)] + [fmt.format(*map(str, r)) for r in rows])
 
@@ -81,7 +84,8 @@ def show_status(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
                   + (f" and {st.unplaced_pods_omitted} more" if st.unplaced_pods_omitted else "")]
     if st.invalid_objects:
         lines += ["", "invalid objects (not enforced as written; never opened):"]
-        lines += [f"  {o.kind} {o.namespace + '/' if o.namespace else ''}{o.name}: {o.error}" for o in st.invalid_objects]
+        lines += [f"  {o.kind} {o.namespace + '/' if o.namespace else ''}{o.name}: {o.error}"
+                  for o in st.invalid_objects]
         lines += more(st.invalid_objects_omitted, "invalid objects")
     if st.sync_failures or st.entries_not_written:
         per_map = "; ".join(f"{m.map}: " + ", ".join(f"{n} {w}" for n, w in ((m.full, "no room"), (m.other, "failed"),

@@ -5,7 +5,6 @@ datapath makes, to show the kernel holds what the daemon believes."""
 
 from __future__ import annotations
 
-
 import socket
 
 from ..compiler.evaluate import HookVerdict, evaluate

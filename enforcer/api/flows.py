@@ -8,7 +8,8 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterator, cast
+from collections.abc import Callable, Iterator
+from typing import cast
 
 from ..datapath.events import Verdict
 from ..v1 import enforcer_pb2 as pb

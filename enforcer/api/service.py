@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import grpc
 
@@ -64,7 +63,8 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             resp.maps.append(pb.MapOccupancy(name=name, entries=entries, capacity=capacity))
         return resp
 
-    def ListEndpoints(self, request: pb.ListEndpointsRequest, context: grpc.ServicerContext) -> pb.ListEndpointsResponse:
+    def ListEndpoints(self, request: pb.ListEndpointsRequest,
+                      context: grpc.ServicerContext) -> pb.ListEndpointsResponse:
         view = self._view(context)
         names = self.daemon.interface_names()
         resp = pb.ListEndpointsResponse()
@@ -100,7 +100,8 @@ class EnforcerService(pb_grpc.EnforcerServicer):
     def GetCounters(self, request: pb.GetCountersRequest, context: grpc.ServicerContext) -> pb.GetCountersResponse:
         view = self._view(context)
         resp = pb.GetCountersResponse()
-        targets = [(0, "", "")] + [(ep_id, *spec.pod.split("/", 1)) for ep_id, spec in sorted(view.endpoint_by_id.items())]
+        targets = [(0, "", "")] + [(ep_id, *spec.pod.split("/", 1))
+                                   for ep_id, spec in sorted(view.endpoint_by_id.items())]
         for ep_id, ns, pod in targets:
             if (request.namespace and ns != request.namespace) or (request.pod and pod != request.pod):
                 continue

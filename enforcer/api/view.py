@@ -5,9 +5,10 @@ what an identity is, which endpoint an id is)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 from ..compiler.desired import CidrIdentity, DesiredState, EndpointSpec, PodIdentity
 from ..compiler.diagnose import Diagnostic, diagnose

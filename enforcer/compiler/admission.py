@@ -40,8 +40,8 @@ in at once.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 from ..model.objects import IPBlock, IPNetwork, NetworkPolicy, Pod, PolicyRule
 

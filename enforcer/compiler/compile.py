@@ -18,7 +18,7 @@ orchestrates a pass; the work is by concern:
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from ..datapath.layout import IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_SERVICE_UNWRITTEN
 from ..errors import InvalidObjectError
@@ -77,7 +77,7 @@ def _is_live(pod: Pod) -> bool:
 
 
 def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=False))
 
 
 def _block_prefixes(policies: Iterable[NetworkPolicy]) -> set[IPNetwork]:
@@ -166,7 +166,8 @@ class _Incremental:
                 self.local.pop(key, None)
 
         policies, staging, released, warm = self.admission.admit(
-            snap.policies, self.policies, self._local_pods_in(), self._policy_prefixes, self.cidrs.prefixes.__contains__,
+            snap.policies, self.policies, self._local_pods_in(), self._policy_prefixes,
+            self.cidrs.prefixes.__contains__,
             lambda block: ("ip", block) in self.peer_sets.sets, self._ipcache_in_use(),
             len(self.prev.policy) if self.prev is not None else 0)
         self._update_policies(policies)

@@ -5,8 +5,9 @@ node context it is given."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import AbstractSet, Mapping
 
 from ..datapath.sync import MapContents
 from ..errors import InvalidObjectError
@@ -99,7 +100,9 @@ class DesiredState:
         """Which object a map entry is for, for error messages."""
         if kind == "policy" and isinstance(key, tuple):
             ref = self.rules.get(self.policy.get(PolicyMapKey(*key), -1))
-            return f"NetworkPolicy {ref.policy} ({ref.direction.lower()} rule {ref.index})" if ref else f"policy entry {key}"
+            if ref is None:
+                return f"policy entry {key}"
+            return f"NetworkPolicy {ref.policy} ({ref.direction.lower()} rule {ref.index})"
         if kind == "endpoint" and isinstance(key, IPAddress) and key in self.endpoints:
             return f"Pod {self.endpoints[key].pod} (address {key})"
         if kind == "service" and isinstance(key, tuple) and (fe := Frontend(*key)) in self.services:

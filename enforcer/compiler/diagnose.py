@@ -25,8 +25,8 @@ runs no pod is not known.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 from ..model.objects import INGRESS, IPAddress, IPBlock, NetworkPolicy, Pod, PolicyRule, Service, ServicePort
 from ..model.services import service_backends, slices_by_service
@@ -91,8 +91,8 @@ def diagnose(snap: ClusterSnapshot) -> tuple[Diagnostic, ...]:
     for svc in services:
         # The backends kube-proxy sends to: its EndpointSlices' pods (a
         # Service without selector included), else the selector's.
-        in_slices = {b.pod for b in service_backends(snap, svc, slices.get(svc.key, []), pods_by_ns.get(svc.namespace, []))
-                     if b.pod}
+        own = service_backends(snap, svc, slices.get(svc.key, []), pods_by_ns.get(svc.namespace, []))
+        in_slices = {b.pod for b in own if b.pod}
         backends = sorted((p for p in pods_by_ns.get(svc.namespace, ()) if p.key in in_slices), key=lambda p: p.key)
         if not backends:
             continue

@@ -6,7 +6,7 @@ datapath tests and benchmarks use too)."""
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..datapath.layout import (
     DIR_EGRESS,

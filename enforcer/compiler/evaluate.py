@@ -9,8 +9,8 @@ cross-check it against the real programs.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ..datapath.layout import (
     DIR_EGRESS,

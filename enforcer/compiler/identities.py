@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..errors import InvalidObjectError
 from ..model.objects import IPAddress, IPBlock, IPNetwork, Pod
@@ -112,7 +112,8 @@ class PodIdentities:
     def add_pod(self, key: str, pod: Pod) -> None:
         labels = frozenset(pod.labels.items())
         named = frozenset((p.name, p.protocol, p.port) for p in pod.ports if p.name)
-        ips = tuple((ip, self.acquire(PodIdentity(pod.namespace, labels, ip.version, self.prefixes.class_of(ip), named)))
+        ips = tuple((ip, self.acquire(PodIdentity(pod.namespace, labels, ip.version, self.prefixes.class_of(ip),
+                                                  named)))
                     for ip in pod.ips)
         self.live[key] = ips
         for ip, ident in ips:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
-from typing import Any, Generic, Hashable, TypeVar
+from collections.abc import Hashable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T", bound=Hashable)
 

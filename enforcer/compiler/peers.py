@@ -12,7 +12,7 @@ A peer's set is computed from (its cache key):
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from ..model.objects import IPBlock, IPNetwork, Peer
 from ..model.selectors import LabelSelector

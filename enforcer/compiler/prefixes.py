@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from collections import defaultdict
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ..model.objects import IPBlock
 

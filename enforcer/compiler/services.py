@@ -10,10 +10,10 @@ Services have no frontend: nothing translates their traffic.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-from ..records import Frontend
 from ..model.objects import PROTOCOLS, IPAddress, Service
+from ..records import Frontend
 
 
 def service_frontends(services: Mapping[str, Service], node_addresses: Iterable[IPAddress]) -> dict[Frontend, str]:

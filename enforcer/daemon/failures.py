@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..datapath.sync import REASONS, SyncReport
 
@@ -39,7 +39,7 @@ class WriteFailures:
     held_removals: int = 0  # ipcache entries kept for a write that failed
 
     @classmethod
-    def of(cls, report: SyncReport) -> "WriteFailures":
+    def of(cls, report: SyncReport) -> WriteFailures:
         objects: list[str] = []
         for name, n in report.objects.items():
             if len(objects) == OBJECTS_KEPT:

@@ -10,11 +10,12 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Callable
 
+from ..api.view import StateView
 from ..compiler.admission import CompileLimits
 from ..compiler.compile import Compiler, DesiredState, NodeContext
 from ..compiler.diagnose import Diagnostic, diagnostic_changes
@@ -30,7 +31,6 @@ from ..datapath.source import DatapathConfig
 from ..datapath.sync import MapSync, revoke_connections
 from ..errors import AttachError, MapError
 from ..model.state import ClusterStore
-from ..api.view import StateView
 from .failures import ERRORS_KEPT, FailureLog, WriteFailures
 from .node import InterfaceResolver, node_addresses
 from .reconcile import BoundedRunner

@@ -4,12 +4,12 @@ sees them."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ..errors import InvalidObjectError
 from .meta import PROTOCOLS, IPAddress, labels_of, meta_of, resource_version_of
-
 
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -59,7 +59,7 @@ class EndpointSlice:
         return f"{self.namespace}/{self.service_name}" if self.service_name else None
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> "EndpointSlice":
+    def parse(cls, raw: Mapping[str, Any]) -> EndpointSlice:
         ns, name = meta_of(raw, "EndpointSlice", namespaced=True)
         assert ns is not None
         labels = labels_of(raw, "EndpointSlice", ns, name)

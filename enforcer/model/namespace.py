@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .meta import labels_of, meta_of, resource_version_of
 
@@ -15,7 +16,7 @@ class Namespace:
     resource_version: str = ""
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> "Namespace":
+    def parse(cls, raw: Mapping[str, Any]) -> Namespace:
         _, name = meta_of(raw, "Namespace", namespaced=False)
         labels = labels_of(raw, "Namespace", None, name)
         # The API server sets this label on every namespace (1.21+); manifests

@@ -11,7 +11,8 @@ object.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import InvalidObjectError
 from .endpointslice import ADDRESS_TYPES, SERVICE_NAME_LABEL, EndpointSlice, SliceEndpoint, SlicePort

@@ -4,8 +4,9 @@ container ports, phase, host network)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InvalidObjectError
 from .meta import PROTOCOLS, IPAddress, labels_of, meta_of, resource_version_of
@@ -50,7 +51,7 @@ class Pod:
         return None
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> "Pod":
+    def parse(cls, raw: Mapping[str, Any]) -> Pod:
         ns, name = meta_of(raw, "Pod", namespaced=True)
         assert ns is not None
         labels = labels_of(raw, "Pod", ns, name)

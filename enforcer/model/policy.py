@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InvalidObjectError
 from .meta import IANA_SVC_NAME, PROTOCOLS, IPNetwork, meta_of, resource_version_of
@@ -99,7 +100,7 @@ class NetworkPolicy:
         return self.pod_selector is None or self.pod_selector.matches(pod.labels)
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> "NetworkPolicy":
+    def parse(cls, raw: Mapping[str, Any]) -> NetworkPolicy:
         ns, name = meta_of(raw, "NetworkPolicy", namespaced=True)
         assert ns is not None
         errors: list[str] = []

@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 import threading
 import weakref
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Hashable, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 Labels = Mapping[str, str]
 T = TypeVar("T")
@@ -95,7 +96,7 @@ class LabelSelector:
         return all(r.matches(labels) for r in self.requirements)
 
     @classmethod
-    def parse(cls, raw: Any, where: str) -> "LabelSelector":
+    def parse(cls, raw: Any, where: str) -> LabelSelector:
         if raw is None:
             return cls()
         if not isinstance(raw, dict):

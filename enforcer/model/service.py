@@ -4,8 +4,9 @@ translates, compiler/services.py)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import InvalidObjectError
 from .meta import PROTOCOLS, IPAddress, addresses_of, meta_of, resource_version_of
@@ -54,7 +55,7 @@ class Service:
                 and all(pod.labels.get(k) == v for k, v in self.selector.items()))
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any]) -> "Service":
+    def parse(cls, raw: Mapping[str, Any]) -> Service:
         ns, name = meta_of(raw, "Service", namespaced=True)
         assert ns is not None
         spec = raw.get("spec") or {}

@@ -11,8 +11,8 @@ has None for that port: kube-proxy sends that port's traffic elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from .objects import EndpointSlice, IPAddress, Pod, Service
 from .state import ClusterSnapshot

@@ -4,9 +4,10 @@ and immutable snapshots that the compiler reads."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from ..errors import InvalidObjectError
 from .objects import EndpointSlice, Namespace, NetworkPolicy, Pod, Service, parse_object
@@ -84,9 +85,9 @@ class ClusterStore:
         for i, e in enumerate(extra_errors):
             errors[f"source:{i}"] = e
         with self._lock:
-            changed = any(new != getattr(self, name) for name, new in zip(_TABLES, tables))
+            changed = any(new != getattr(self, name) for name, new in zip(_TABLES, tables, strict=False))
             changed |= bool(source_revision) and source_revision != self.source_revision
-            for name, new in zip(_TABLES, tables):
+            for name, new in zip(_TABLES, tables, strict=False):
                 setattr(self, name, new)
             self.source_revision = source_revision or self.source_revision
             if changed:
@@ -112,7 +113,7 @@ class ClusterStore:
             prefix = f"{kind}:"
             kept_errors = {k: e for k, e in self.errors.items() if not k.startswith(prefix)}
             # An object that does not parse now keeps its last valid version.
-            for key, err in fresh_errors.items():
+            for key, _err in fresh_errors.items():
                 name_key = key.split(":", 1)[1].lstrip("/") if kind == "Namespace" else key.split(":", 1)[1]
                 if name_key in table:
                     fresh[name_key] = table[name_key]
