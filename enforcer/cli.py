@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .compiler.admission import MAX_ENTRIES_PER_POLICY_POD, MAX_PREFIXES_PER_POLICY, PREFIXES_PER_PASS
 from .errors import EnforcerError
+from .datapath.registry import map_size_fields
 from .datapath.source import DEFAULT_PIN_DIR, DatapathConfig
 
 DEFAULT_SOCKET = "/run/enforcer/enforcer.sock"
@@ -57,11 +58,8 @@ def _datapath_run(args: argparse.Namespace) -> int:
     return 0
 
 
-# --map-size names -> DatapathConfig fields.
-MAP_SIZE_FIELDS = {"ipcache": "ipcache_max", "ipcache_hosts": "ipcache_hosts_max", "endpoints": "endpoints_max",
-                   "policy": "policy_max", "conntrack": "ct_max", "fragments": "fragments_max",
-                   "services": "services_max", "svc_pending": "svc_pending_max",
-                   "endpoint_ids": "max_endpoint_id"}  # local pods + 1 (id 0 is no pod's)
+# --map-size names -> DatapathConfig fields (the registry's maps an option sizes).
+MAP_SIZE_FIELDS = map_size_fields()
 
 
 def _map_size(text: str) -> tuple[str, int]:

@@ -44,11 +44,14 @@
 #undef NSEC_PER_SEC
 #define NSEC_PER_SEC 1000000000ULL
 
-/* Pin directory for maps. The loader passes -DPIN_DIR="..."; the default is
- * only for compiling this header on its own. */
-#ifndef PIN_DIR
-#define PIN_DIR "/sys/fs/bpf/enforcer"
-#endif
+/* Map facts come from the loader as -D flags, derived from one table
+ * (enforcer/datapath/registry.py), with no defaults here: PIN_DIR; per map,
+ * NAME_MAX (its capacity) and NAME_PIN (its pin name, layout version
+ * included), used as `BPF_TABLE_PINNED(..., name, NAME_MAX,
+ * PIN_DIR "/" NAME_PIN)`; and the LPM keys' prefix lengths, which the map
+ * headers check against their structs. The loader also appends a
+ * _Static_assert of every key and value struct's size and fields against
+ * their Python mirrors (enforcer/datapath/layout.py). */
 
 #define ADDR_LEN 16
 

@@ -25,9 +25,6 @@
 #include "parse.h"
 #include "clock.h"
 
-#ifndef CT_MAX
-#define CT_MAX 131072
-#endif
 /* Lifetimes in seconds (Cilium's defaults); the loader may override. */
 #ifndef CT_TIMEOUT_SYN
 #define CT_TIMEOUT_SYN 60
@@ -84,7 +81,7 @@ struct ct_entry {
 };
 
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, conntrack,
-		 CT_MAX, PIN_DIR "/conntrack_v2");
+		 CONNTRACK_MAX, PIN_DIR "/" CONNTRACK_PIN);
 
 /* Key for a packet crossing interface ifindex in direction dir. */
 static __always_inline void ct_key_for(struct ct_key *key, __u32 ifindex,

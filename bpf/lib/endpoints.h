@@ -10,14 +10,9 @@
 
 #include "common.h"
 
-#ifndef ENDPOINTS_MAX
-#define ENDPOINTS_MAX 4096 /* addresses, not pods */
-#endif
-/* Endpoint ids index the counters array, so they are bounded; 0 means "no
+/* ENDPOINTS_MAX counts addresses, not pods. Endpoint ids index the
+ * counters array, so they are bounded (below ENDPOINT_IDS_MAX); 0 means "no
  * endpoint" (spoofed or unknown traffic). */
-#ifndef MAX_ENDPOINT_ID
-#define MAX_ENDPOINT_ID 512
-#endif
 
 #define EP_F_INGRESS_ISOLATED 0x1 /* some policy selects it for ingress */
 #define EP_F_EGRESS_ISOLATED 0x2  /* some policy selects it for egress */
@@ -31,20 +26,20 @@ struct endpoint_key {
 struct endpoint_info {
 	__u32 ifindex;  /* host-side interface the pod sits behind */
 	__u32 identity; /* the pod's own identity, for events */
-	__u16 id;       /* endpoint id, < MAX_ENDPOINT_ID */
+	__u16 id;       /* endpoint id, < ENDPOINT_IDS_MAX */
 	__u8 flags;     /* EP_F_* */
 	__u8 pad;
 };
 
 BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info,
-		 endpoints, ENDPOINTS_MAX, PIN_DIR "/endpoints_v1");
+		 endpoints, ENDPOINTS_MAX, PIN_DIR "/" ENDPOINTS_PIN);
 
 /* The same endpoints by id: the hook that judges a Service packet after
  * DNAT knows the sender only by the id from_pod left in the mark
  * (services.h). A hash rather than an array so a released id has no entry
  * at all instead of a zeroed one. */
 BPF_TABLE_PINNED("hash", __u32, struct endpoint_info, endpoint_ids,
-		 MAX_ENDPOINT_ID, PIN_DIR "/endpoint_ids_v1");
+		 ENDPOINT_IDS_MAX, PIN_DIR "/" ENDPOINT_IDS_PIN);
 
 static __always_inline struct endpoint_info *endpoint_by_id(__u16 id)
 {

@@ -51,8 +51,8 @@ struct event_bucket {
 };
 
 BPF_RINGBUF_OUTPUT(events, EVENTS_RING_PAGES);
-BPF_TABLE_PINNED("percpu_array", __u32, struct event_bucket, event_limit, 1,
-		 PIN_DIR "/event_limit_v1");
+BPF_TABLE_PINNED("percpu_array", __u32, struct event_bucket, event_limit,
+		 EVENT_LIMIT_MAX, PIN_DIR "/" EVENT_LIMIT_PIN);
 
 #define EVENT_COST_NS (NSEC_PER_SEC / EVENTS_PER_SEC)
 

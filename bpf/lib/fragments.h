@@ -30,10 +30,6 @@
 #include "common.h"
 #include "parse.h"
 
-#ifndef FRAGMENTS_MAX
-#define FRAGMENTS_MAX 8192
-#endif
-
 struct frag_key {
 	__u8 saddr[ADDR_LEN];
 	__u8 daddr[ADDR_LEN];
@@ -51,7 +47,7 @@ struct frag_record {
 };
 
 BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_record, fragments,
-		 FRAGMENTS_MAX, PIN_DIR "/fragments_v2");
+		 FRAGMENTS_MAX, PIN_DIR "/" FRAGMENTS_PIN);
 
 static __always_inline void frag_key_for(struct frag_key *key, const struct flow *f)
 {

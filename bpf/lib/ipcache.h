@@ -23,12 +23,6 @@
 
 #include "common.h"
 
-#ifndef IPCACHE_MAX
-#define IPCACHE_MAX 524288
-#endif
-
-#define IPCACHE_PREFIX_BASE 32 /* bits of family + pad */
-
 struct ipcache_key {
 	__u32 prefixlen; /* IPCACHE_PREFIX_BASE + address prefix length */
 	__u8 family;
@@ -36,14 +30,15 @@ struct ipcache_key {
 	__u8 addr[ADDR_LEN];
 };
 
+/* IPCACHE_PREFIX_BASE (-D, from the Python key layout): bits of family + pad */
+_Static_assert(IPCACHE_PREFIX_BASE == 8 * (__builtin_offsetof(struct ipcache_key, addr) -
+					   __builtin_offsetof(struct ipcache_key, family)),
+	       "IPCACHE_PREFIX_BASE: the bits of struct ipcache_key from family to addr");
+
 struct ipcache_value {
 	__u32 identity;
 	__u32 flags; /* reserved for the daemon's bookkeeping, unused by C */
 };
-
-#ifndef IPCACHE_HOSTS_MAX
-#define IPCACHE_HOSTS_MAX 262144
-#endif
 
 struct ipcache_host_key {
 	__u8 family;
@@ -52,10 +47,10 @@ struct ipcache_host_key {
 };
 
 BPF_TABLE_PINNED7("lpm_trie", struct ipcache_key, struct ipcache_value,
-		  ipcache, IPCACHE_MAX, PIN_DIR "/ipcache_v1", BPF_F_NO_PREALLOC);
+		  ipcache, IPCACHE_MAX, PIN_DIR "/" IPCACHE_PIN, BPF_F_NO_PREALLOC);
 /* Not preallocated: sized for a large cluster, filled by its pod count. */
 BPF_TABLE_PINNED7("hash", struct ipcache_host_key, struct ipcache_value,
-		  ipcache_hosts, IPCACHE_HOSTS_MAX, PIN_DIR "/ipcache_hosts_v1",
+		  ipcache_hosts, IPCACHE_HOSTS_MAX, PIN_DIR "/" IPCACHE_HOSTS_PIN,
 		  BPF_F_NO_PREALLOC);
 
 /* The identity of addr among the CIDR prefixes only, host entries left

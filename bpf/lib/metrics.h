@@ -4,7 +4,7 @@
  * A per-CPU array indexed (endpoint_id, direction, reason) rather than a hash:
  * the verifier inlines array lookups to pointer arithmetic, so counting
  * costs no map call on the hot path. Endpoint ids are bounded by
- * MAX_ENDPOINT_ID for that reason; id 0 collects traffic that belongs to no
+ * ENDPOINT_IDS_MAX for that reason; id 0 collects traffic that belongs to no
  * endpoint (spoofed, unknown destination, non-IP without an endpoint).
  */
 #ifndef ENFORCER_METRICS_H
@@ -19,10 +19,11 @@ struct counter {
 	__u64 bytes;
 };
 
-#define METRICS_SLOTS (MAX_ENDPOINT_ID * 2 * REASON_SLOTS)
+_Static_assert(METRICS_MAX == ENDPOINT_IDS_MAX * 2 * REASON_SLOTS,
+	       "METRICS_MAX: a slot per (endpoint id, direction, reason)");
 
 BPF_TABLE_PINNED("percpu_array", __u32, struct counter, metrics,
-		 METRICS_SLOTS, PIN_DIR "/metrics_v1");
+		 METRICS_MAX, PIN_DIR "/" METRICS_PIN);
 
 static __always_inline void metrics_count(__u16 endpoint_id, int dir, int reason,
 					  __u32 len)

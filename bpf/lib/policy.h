@@ -21,14 +21,6 @@
 
 #include "common.h"
 
-#ifndef POLICY_MAX
-#define POLICY_MAX 262144
-#endif
-
-#define POLICY_PREFIX_EXACT 56 /* identity, endpoint, direction */
-#define POLICY_PREFIX_PROTO 64 /* + protocol: every port */
-#define POLICY_PREFIX_FULL 80  /* + destination port */
-
 struct policy_key {
 	__u32 prefixlen;
 	__u32 identity;    /* peer identity, IDENTITY_ANY for every peer */
@@ -39,12 +31,24 @@ struct policy_key {
 	__u16 pad;
 };
 
+/* The prefix lengths come as -D flags, derived from the Python key layout;
+ * they must be where this struct's fields start. */
+#define POLICY_KEY_BITS_TO(field) \
+	(8 * (__builtin_offsetof(struct policy_key, field) - \
+	      __builtin_offsetof(struct policy_key, identity)))
+_Static_assert(POLICY_PREFIX_EXACT == POLICY_KEY_BITS_TO(protocol),
+	       "POLICY_PREFIX_EXACT: identity, endpoint, direction");
+_Static_assert(POLICY_PREFIX_PROTO == POLICY_KEY_BITS_TO(dport),
+	       "POLICY_PREFIX_PROTO: + protocol, every port");
+_Static_assert(POLICY_PREFIX_FULL == POLICY_KEY_BITS_TO(pad),
+	       "POLICY_PREFIX_FULL: + destination port");
+
 struct policy_entry {
 	__u32 rule_id; /* daemon's id of the (policy, rule) that wrote it */
 };
 
 BPF_TABLE_PINNED7("lpm_trie", struct policy_key, struct policy_entry,
-		  policy, POLICY_MAX, PIN_DIR "/policy_v1", BPF_F_NO_PREALLOC);
+		  policy, POLICY_MAX, PIN_DIR "/" POLICY_PIN, BPF_F_NO_PREALLOC);
 
 /* Look the flow up for one peer identity, then for every peer.
  * Returns the entry that allows it or NULL. */

@@ -49,12 +49,6 @@
 #include "parse.h"
 #include "conntrack.h"
 
-#ifndef SERVICES_MAX
-#define SERVICES_MAX 65536
-#endif
-#ifndef SVC_PENDING_MAX
-#define SVC_PENDING_MAX 16384
-#endif
 #ifndef MARK_EP_SHIFT
 #define MARK_EP_SHIFT 20
 #endif
@@ -92,11 +86,11 @@ struct svc_pending_value {
 
 /* Not preallocated: sized for a large cluster, filled by its Service count. */
 BPF_TABLE_PINNED7("hash", struct service_key, struct service_value, services,
-		  SERVICES_MAX, PIN_DIR "/services_v1", BPF_F_NO_PREALLOC);
+		  SERVICES_MAX, PIN_DIR "/" SERVICES_PIN, BPF_F_NO_PREALLOC);
 /* LRU: an entry whose packet never reached a hook after DNAT (dropped by
  * netfilter, say) must not hold a slot for ever. */
 BPF_TABLE_PINNED("lru_hash", struct svc_pending_key, struct svc_pending_value,
-		 svc_pending, SVC_PENDING_MAX, PIN_DIR "/svc_pending_v1");
+		 svc_pending, SVC_PENDING_MAX, PIN_DIR "/" SVC_PENDING_PIN);
 
 static __always_inline int svc_is_frontend(const struct flow *f, const __u8 *addr,
 					   __be16 port)

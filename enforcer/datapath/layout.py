@@ -1,8 +1,10 @@
 """ctypes mirrors of the map keys and values in bpf/lib/*.h.
 
-The C headers are the definition; these classes follow them field by field
-and tests/datapath/test_layout.py proves, against the types bcc derives from
-the compiled C, that sizes and offsets agree. Change both or neither.
+These classes follow the C structs field by field, with the same field
+names. Which map uses which is declared in registry.py, and from there the
+loader appends to the C it compiles a `_Static_assert` for every struct's
+size and every field's offset and size: a build whose C and Python disagree
+does not compile, so the daemon does not start. Change both or neither.
 """
 
 from __future__ import annotations
@@ -27,15 +29,11 @@ IDENTITY_SERVICE_UNWRITTEN = 3  # a Service address left out of the services map
 IDENTITY_FIRST_ALLOCATED = 256
 ADDR_LEN = 16
 
-# ipcache.h
-IPCACHE_PREFIX_BASE = 32
+# ipcache.h: IPCACHE_PREFIX_BASE, derived from IpcacheKey below
 # endpoints.h
 EP_F_INGRESS_ISOLATED = 0x1
 EP_F_EGRESS_ISOLATED = 0x2
-# policy.h
-POLICY_PREFIX_EXACT = 56
-POLICY_PREFIX_PROTO = 64
-POLICY_PREFIX_FULL = 80
+# policy.h: POLICY_PREFIX_*, derived from PolicyKey below
 # conntrack.h
 CT_F_SEEN_REPLY = 0x1
 CT_F_FIN_ORIGIN = 0x2
@@ -271,24 +269,14 @@ class VerdictEvent(ctypes.Structure):
     ]
 
 
-# map name (as declared in C) -> (key type, value type); the value type of a
-# per-CPU map is the per-CPU element.
-MAP_LAYOUTS: dict[str, tuple[type[ctypes.Structure] | type[ctypes._SimpleCData], type[ctypes.Structure]]] = {
-    "ipcache": (IpcacheKey, IpcacheValue),
-    "ipcache_hosts": (IpcacheHostKey, IpcacheValue),
-    "endpoints": (EndpointKey, EndpointInfo),
-    "endpoint_ids": (ctypes.c_uint32, EndpointInfo),
-    "policy": (PolicyKey, PolicyEntry),
-    "conntrack": (CtKey, CtEntry),
-    "fragments": (FragKey, FragRecord),
-    "services": (ServiceKey, ServiceValue),
-    "svc_pending": (SvcPendingKey, SvcPendingValue),
-    "metrics": (ctypes.c_uint32, Counter),
-    "event_limit": (ctypes.c_uint32, EventBucket),
-}
+def _bits(struct: type[ctypes.Structure], first: str, end: str) -> int:
+    """Bits of an LPM key from field `first` up to where field `end` starts."""
+    return 8 * (getattr(struct, end).offset - getattr(struct, first).offset)
 
-# Pinned file name of each map: name + layout version. Bump the version when
-# a layout changes so a new daemon never misreads an old pin.
-PIN_NAMES: dict[str, str] = {name: f"{name}_v1" for name in MAP_LAYOUTS}
-PIN_NAMES["conntrack"] = "conntrack_v2"  # v2: keyed by interface and pod address
-PIN_NAMES["fragments"] = "fragments_v2"  # v2: the upper-layer protocol in the value; IPv6 keyed without it
+
+# LPM prefix lengths, from the key layouts: the C side gets them as -D flags
+# (registry.py) and checks them against its own structs with _Static_assert.
+IPCACHE_PREFIX_BASE = _bits(IpcacheKey, "family", "addr")  # family + pad: 32
+POLICY_PREFIX_EXACT = _bits(PolicyKey, "identity", "protocol")  # identity, endpoint, direction: 56
+POLICY_PREFIX_PROTO = _bits(PolicyKey, "identity", "dport")  # + protocol, every port: 64
+POLICY_PREFIX_FULL = _bits(PolicyKey, "identity", "pad")  # + destination port: 80

@@ -4,12 +4,12 @@ Maps are declared pinned in C (BPF_TABLE_PINNED): bcc reuses a pin that
 exists and creates and pins one that does not. That is what lets a restarted
 daemon pick up conntrack and every entry where the old one left them.
 Before compiling we check existing pins against what this build expects,
-because bcc would otherwise silently reuse a map of another layout or size.
+because bcc would otherwise silently reuse a map of another layout or size
+(registry.py says what each map must be).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import subprocess
@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import BuildError, PinError
 from . import bpfsys
-from .layout import MAP_LAYOUTS, PIN_NAMES
+from .registry import MAPS
 from .source import BPF_DIR, DatapathConfig, amalgamate
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,11 @@ def ensure_bpffs(path: Path = Path("/sys/fs/bpf")) -> None:
 
 def check_pins(config: DatapathConfig) -> list[str]:
     """Names of maps already pinned. Raises PinError when a pin does not
-    match the layout or size this build would create."""
-    expected_max = config.map_max_entries()
+    match what this build would create (kind, key and value sizes,
+    max_entries, flags: registry.py)."""
     present = []
-    for name, (ktype, vtype) in MAP_LAYOUTS.items():
-        path = config.pin_dir / PIN_NAMES[name]
+    for spec in MAPS:
+        path = config.pin_dir / spec.pin
         if not path.exists():
             continue
         fd = bpfsys.obj_get(str(path))
@@ -56,14 +56,13 @@ def check_pins(config: DatapathConfig) -> list[str]:
             info = bpfsys.map_info(fd)
         finally:
             os.close(fd)
-        want = (ctypes.sizeof(ktype), ctypes.sizeof(vtype), expected_max[name])
-        have = (info.key_size, info.value_size, info.max_entries)
-        if want != have:
+        wrong = spec.differences(config, info)
+        if wrong:
             raise PinError(
-                f"pinned map {path} has key/value/max_entries {have}, this build expects {want}; "
+                f"pinned map {path} has {', '.join(wrong)}; "
                 "run `enforcer cleanup` (drops conntrack and all entries) or restore the old config"
             )
-        present.append(name)
+        present.append(spec.name)
     return present
 
 
@@ -152,12 +151,14 @@ def load_parse_check_program() -> LoadedPrograms:
 
 
 def remove_pins(config: DatapathConfig) -> list[str]:
+    """Our pins in config.pin_dir (names of the maps removed), then the
+    directory if that emptied it."""
     removed = []
-    for name in MAP_LAYOUTS:
-        path = config.pin_dir / PIN_NAMES[name]
+    for spec in MAPS:
+        path = config.pin_dir / spec.pin
         if path.exists():
             path.unlink()
-            removed.append(name)
+            removed.append(spec.name)
     if config.pin_dir.exists() and not any(config.pin_dir.iterdir()):
         config.pin_dir.rmdir()
     return removed

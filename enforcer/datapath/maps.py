@@ -21,8 +21,6 @@ from .layout import (
     DIR_EGRESS,
     DIR_INGRESS,
     IDENTITY_ANY,
-    MAP_LAYOUTS,
-    PIN_NAMES,
     POLICY_PREFIX_EXACT,
     POLICY_PREFIX_PROTO,
     Counter,
@@ -46,6 +44,7 @@ from .layout import (
 from ..records import Frontend
 from .policykeys import policy_map_keys, to_policy_key
 from .reasons import REASON_SLOTS, Reason
+from .registry import MAPS
 from .source import DEFAULT_PIN_DIR
 
 K = TypeVar("K", bound=ctypes.Structure | ctypes._SimpleCData)
@@ -186,8 +185,8 @@ class DatapathMaps:
         self.pin_dir = Path(pin_dir)
         self._maps: dict[str, BpfMap] = {}
         try:
-            for name, (ktype, vtype) in MAP_LAYOUTS.items():
-                self._maps[name] = BpfMap.open_pinned(self.pin_dir / PIN_NAMES[name], ktype, vtype)
+            for spec in MAPS:
+                self._maps[spec.name] = BpfMap.open_pinned(self.pin_dir / spec.pin, spec.key, spec.value)
         except Exception:
             self.close()
             raise

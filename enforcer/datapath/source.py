@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .layout import MARK_EP_BITS
 from .paths import BPF_DIR, DEFAULT_PIN_DIR
-from .reasons import REASON_SLOTS
+from .registry import MAPS, map_cflags
 
 __all__ = ["BPF_DIR", "DEFAULT_PIN_DIR", "DatapathConfig", "amalgamate"]
 
@@ -47,7 +47,8 @@ def amalgamate(path: Path, _seen: set[Path] | None = None) -> str:
 class DatapathConfig:
     """Compile-time settings of the datapath. Map sizes are fixed when a map
     is first pinned; a later config with other sizes is refused (PinError)
-    until `enforcer cleanup` removes the pins."""
+    until `enforcer cleanup` removes the pins. Which field sizes which map,
+    and the -D names the C gets them by, is in registry.py."""
 
     pin_dir: Path = DEFAULT_PIN_DIR
     ipcache_max: int = 524288
@@ -99,15 +100,6 @@ class DatapathConfig:
         flags = [
             f"-DKERNEL_HZ={kernel_hz}",
             f'-DPIN_DIR="{self.pin_dir}"',
-            f"-DIPCACHE_MAX={self.ipcache_max}",
-            f"-DIPCACHE_HOSTS_MAX={self.ipcache_hosts_max}",
-            f"-DENDPOINTS_MAX={self.endpoints_max}",
-            f"-DMAX_ENDPOINT_ID={self.max_endpoint_id}",
-            f"-DPOLICY_MAX={self.policy_max}",
-            f"-DCT_MAX={self.ct_max}",
-            f"-DFRAGMENTS_MAX={self.fragments_max}",
-            f"-DSERVICES_MAX={self.services_max}",
-            f"-DSVC_PENDING_MAX={self.svc_pending_max}",
             f"-DMARK_EP_SHIFT={self.mark_shift}",
             f"-DCT_TIMEOUT_SERVICE_OTHER={self.ct_timeout_service_other}",
             f"-DCT_TIMEOUT_SYN={self.ct_timeout_syn}",
@@ -120,22 +112,11 @@ class DatapathConfig:
             "-Wno-unused-function",
             "-Werror=implicit-function-declaration",
         ]
+        flags += map_cflags(self)
         if self.bench_ignore_conntrack_hits:
             flags.append("-DBENCH_IGNORE_CONNTRACK_HITS")
         return flags
 
     def map_max_entries(self) -> dict[str, int]:
-        """max_entries each pinned map is created with."""
-        return {
-            "ipcache": self.ipcache_max,
-            "ipcache_hosts": self.ipcache_hosts_max,
-            "endpoints": self.endpoints_max,
-            "policy": self.policy_max,
-            "conntrack": self.ct_max,
-            "fragments": self.fragments_max,
-            "endpoint_ids": self.max_endpoint_id,
-            "services": self.services_max,
-            "svc_pending": self.svc_pending_max,
-            "metrics": self.max_endpoint_id * 2 * REASON_SLOTS,
-            "event_limit": 1,
-        }
+        """max_entries each pinned map is created with (registry.py)."""
+        return {spec.name: spec.max_entries(self) for spec in MAPS}

@@ -1,32 +1,43 @@
-"""The Python mirrors in enforcer.datapath.layout agree with the C structs:
-same size, and every field at the same offset with the same size, as bcc
-derives them from the compiled C."""
+"""The Python mirrors in enforcer.datapath.layout agree with the C structs,
+and the C map declarations with the registry.
+
+Two ways: against the types bcc derives from the compiled C (same size, and
+every field at the same offset with the same size and name), and by the
+generated _Static_asserts of registry.layout_checks, compiled with the
+datapath here."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from enforcer.datapath import layout
-from enforcer.datapath.loader import POD_PROGRAM_SOURCE
-from enforcer.datapath.source import DatapathConfig, amalgamate
+from enforcer.datapath import layout, registry
+from enforcer.datapath.loader import DATAPATH_SOURCE
+from enforcer.datapath.source import BPF_DIR, DatapathConfig, amalgamate
+from enforcer.errors import BuildError
 
-# Structs that are not a map's key or value but cross the C/Python line.
-EXTRA_STRUCTS = {"verdict_event": layout.VerdictEvent}
+SHARED = dict((c_type.removeprefix("struct "), py) for c_type, py in registry.SHARED_STRUCTS)
+
+
+def pin_dir_for(tag: str) -> Path:
+    return Path(f"/sys/fs/bpf/enforcer-test-pkt-{os.getpid()}-{tag}")
 
 
 @pytest.fixture(scope="module")
 def compiled():
+    """The datapath as the loader compiles it (layout checks included),
+    plus a map of each shared struct so bcc exposes its type."""
     from bcc import BPF
 
-    pin = Path(f"/sys/fs/bpf/enforcer-test-pkt-{os.getpid()}-layout")
+    pin = pin_dir_for("layout")
     pin.mkdir(parents=True, exist_ok=True)
-    text = amalgamate(POD_PROGRAM_SOURCE)
-    for name in EXTRA_STRUCTS:
+    text = amalgamate(DATAPATH_SOURCE) + registry.layout_checks()
+    for name in SHARED:
         text += f"BPF_HASH(layout_{name}, u32, struct {name}, 1);\n"
     bpf = BPF(text=text.encode(), cflags=DatapathConfig(pin_dir=pin).cflags())
     try:
@@ -48,40 +59,64 @@ def assert_same_layout(ours: type, theirs: type, what: str) -> None:
         assert (a.offset, a.size) == (b.offset, b.size), f"{what}.{name}: offset/size"
 
 
-@pytest.mark.parametrize("name", list(layout.MAP_LAYOUTS))
-def test_map_layouts_match_c(compiled, name):
-    key_t, value_t = layout.MAP_LAYOUTS[name]
-    table = compiled[name.encode()]
+@pytest.mark.parametrize("spec", registry.MAPS, ids=lambda s: s.name)
+def test_map_layouts_match_c(compiled, spec):
+    table = compiled[spec.name.encode()]
     leaf = table.Leaf
     if issubclass(leaf, ctypes.Array):  # per-CPU map: bcc gives one slot per CPU
         leaf = leaf._type_
-    assert_same_layout(key_t, table.Key, f"{name} key")
-    assert_same_layout(value_t, leaf, f"{name} value")
+    assert_same_layout(spec.key, table.Key, f"{spec.name} key")
+    assert_same_layout(spec.value, leaf, f"{spec.name} value")
 
 
-@pytest.mark.parametrize("name", list(EXTRA_STRUCTS))
+@pytest.mark.parametrize("name", list(SHARED))
 def test_shared_structs_match_c(compiled, name):
-    assert_same_layout(EXTRA_STRUCTS[name], compiled[f"layout_{name}".encode()].Leaf, name)
+    assert_same_layout(SHARED[name], compiled[f"layout_{name}".encode()].Leaf, name)
 
 
-def test_every_pinned_map_has_a_layout(compiled):
-    """A map added in C without a Python mirror fails here."""
-    import re
+def _declarations() -> dict[str, list[str]]:
+    """Every BPF_TABLE_PINNED declaration of the datapath, by map name:
+    [kind, key type, value type, name, max_entries, pin, flags]."""
+    text = amalgamate(DATAPATH_SOURCE)
+    decls = re.findall(r"^BPF_TABLE_PINNED(7?)\(([^;]*)\);", text, re.M | re.S)
+    out = {}
+    for seven, args in decls:
+        parts = [" ".join(p.split()) for p in args.split(",")]
+        if not seven:
+            parts.append("0")
+        out[parts[3]] = parts
+    return out
 
-    text = amalgamate(POD_PROGRAM_SOURCE)
-    decls = re.findall(r"^BPF_TABLE_PINNED7?\(([^;]*)\);", text, re.M | re.S)
-    pinned = {d.split(",")[3].strip() for d in decls}
-    assert pinned == set(layout.MAP_LAYOUTS)
-    for name in pinned:
-        assert f'"/{layout.PIN_NAMES[name]}"' in text, f"{name}: pin name differs from layout.PIN_NAMES"
+
+def test_c_declarations_are_the_registry():
+    """A map added in C without a registry entry, or declared otherwise than
+    the registry says (kind, key and value types, flags; capacity and pin
+    only by the registry's -D names), fails here."""
+    decls = _declarations()
+    assert set(decls) == set(registry.BY_NAME)
+    for name, (kind, key_c, value_c, _, size, pin, flags) in decls.items():
+        spec = registry.BY_NAME[name]
+        assert kind == f'"{spec.kind}"', name
+        assert (key_c, value_c) == (spec.key_c, spec.value_c), name
+        assert size == spec.size_define, name
+        assert pin == f'PIN_DIR "/" {spec.pin_define}', name
+        assert flags == registry.FLAG_NAMES.get(spec.flags, str(spec.flags)), name
+    assert not re.search(r'_v\d+"', amalgamate(DATAPATH_SOURCE)), "a literal pin name in C"
+
+
+def test_compiled_maps_are_what_the_registry_declares(compiled):
+    cfg = DatapathConfig(pin_dir=pin_dir_for("layout"))
+    from enforcer.datapath import bpfsys
+
+    for spec in registry.MAPS:
+        info = bpfsys.map_info(compiled[spec.name.encode()].map_fd)
+        assert spec.differences(cfg, info) == [], spec.name
 
 
 def test_layout_constants_match_c():
     """#define values Python relies on equal the C ones."""
-    import re
-
     defines: dict[str, int] = {}
-    for header in (POD_PROGRAM_SOURCE.parent / "lib").glob("*.h"):
+    for header in (BPF_DIR / "lib").glob("*.h"):
         for m in re.finditer(r"^#define\s+([A-Z_0-9]+)\s+(0x[0-9a-fA-F]+|\d+)\b", header.read_text(), re.M):
             defines[m.group(1)] = int(m.group(2), 0)
     names = [n for n in dir(layout) if n.isupper() and isinstance(getattr(layout, n), int)]
@@ -89,3 +124,32 @@ def test_layout_constants_match_c():
     assert len(checked) >= 20, checked
     for n in checked:
         assert getattr(layout, n) == defines[n], n
+    # The prefix lengths are not #defined in C: they come from the layout.
+    assert not set(registry.PREFIX_DEFINES) & set(defines)
+
+
+def test_prefix_lengths_come_from_the_layout():
+    assert (layout.IPCACHE_PREFIX_BASE, layout.POLICY_PREFIX_EXACT, layout.POLICY_PREFIX_PROTO,
+            layout.POLICY_PREFIX_FULL) == (32, 56, 64, 80)
+    flags = DatapathConfig().cflags()
+    for name, value in registry.PREFIX_DEFINES.items():
+        assert f"-D{name}={value}" in flags
+
+
+def test_layout_checks_cover_every_field():
+    text = registry.layout_checks()
+    for c_type, py in registry.layout_structs():
+        assert f"sizeof({c_type}) == {ctypes.sizeof(py)}," in text
+        for name, *_ in getattr(py, "_fields_", ()):
+            assert f"__builtin_offsetof({c_type}, {name}) == {getattr(py, name).offset}," in text
+    covered = {c for c, _ in registry.layout_structs()}
+    assert {s.key_c for s in registry.MAPS} | {s.value_c for s in registry.MAPS} <= covered
+    assert "struct verdict_event" in covered
+
+
+def test_a_mirror_with_implicit_padding_is_refused():
+    class Gappy(ctypes.Structure):
+        _fields_ = [("family", ctypes.c_uint8), ("identity", ctypes.c_uint32)]
+
+    with pytest.raises(BuildError, match="Gappy has 3 bytes of implicit padding"):
+        registry.layout_checks([("struct gappy", Gappy)])

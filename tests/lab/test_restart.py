@@ -18,8 +18,9 @@ from contextlib import closing
 import pytest
 
 from enforcer.datapath.attach import TcAttacher
-from enforcer.datapath.layout import CtEntry, CtKey, DIR_INGRESS, MAP_LAYOUTS, addr_bytes, family_of
+from enforcer.datapath.layout import DIR_INGRESS, CtEntry, CtKey, addr_bytes, family_of
 from enforcer.datapath.reasons import Reason
+from enforcer.datapath.registry import BY_NAME
 from enforcer.lab.probe import connect_tcp, exchange
 
 from tests.support.session import LabSession
@@ -109,7 +110,7 @@ def test_loader_kill_and_restart_keep_enforcing(restart_env: LabSession, family:
         new_log = loader.log_text()[log_offset:]
         loaded_lines = [line for line in new_log.splitlines() if "datapath loaded" in line]
         assert loaded_lines and "reused" in loaded_lines[0], new_log
-        for name in MAP_LAYOUTS:
+        for name in BY_NAME:
             assert name in loaded_lines[0], f"{name} not reused: {loaded_lines[0]}"
         new_programs = attached_programs(env)
         assert new_programs.keys() == programs.keys()

@@ -1,0 +1,119 @@
+"""The map registry is the one table of map facts: what is derived from it
+agrees with it, and the loader's pin checks use it."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from enforcer.cli import MAP_SIZE_FIELDS
+from enforcer.datapath import bpfsys, registry
+from enforcer.datapath.loader import check_pins, load_pod_programs, remove_pins
+from enforcer.datapath.reasons import REASON_SLOTS
+from enforcer.datapath.source import DatapathConfig
+from enforcer.errors import PinError
+
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(DatapathConfig)}
+
+
+def test_one_entry_per_map_and_pin():
+    names = [s.name for s in registry.MAPS]
+    assert len(set(names)) == len(names)
+    pins = [p for s in registry.MAPS for p in (s.pin, *s.old_pins)]
+    assert len(set(pins)) == len(pins)
+    assert registry.BY_NAME["conntrack"].pin == "conntrack_v2"
+    assert registry.BY_NAME["conntrack"].old_pins == ("conntrack_v1",)
+    assert registry.BY_NAME["policy"].old_pins == ()
+    for spec in registry.MAPS:
+        assert spec.kind in registry.KINDS, spec.name
+        assert spec.sizable == (spec.capacity in CONFIG_FIELDS), spec.name
+
+
+def test_config_derives_capacities_and_flags():
+    config = DatapathConfig(policy_max=100, max_endpoint_id=8)
+    sizes = config.map_max_entries()
+    assert list(sizes) == [s.name for s in registry.MAPS]
+    assert sizes["policy"] == 100 and sizes["endpoint_ids"] == 8
+    assert sizes["metrics"] == 8 * 2 * REASON_SLOTS and sizes["event_limit"] == 1
+    flags = config.cflags()
+    for spec in registry.MAPS:
+        assert f"-D{spec.size_define}={sizes[spec.name]}" in flags
+        assert f'-D{spec.pin_define}="{spec.pin}"' in flags
+
+
+def test_map_size_option_names_are_the_registry_s():
+    assert MAP_SIZE_FIELDS == registry.map_size_fields()
+    assert set(MAP_SIZE_FIELDS) == {s.name for s in registry.MAPS if s.sizable}
+    assert "metrics" not in MAP_SIZE_FIELDS and "event_limit" not in MAP_SIZE_FIELDS
+    assert set(MAP_SIZE_FIELDS.values()) <= CONFIG_FIELDS
+
+
+def test_differences_name_what_differs():
+    spec = registry.BY_NAME["policy"]
+    config = DatapathConfig(policy_max=64)
+    info = bpfsys.MapInfo(type=bpfsys.BPF_MAP_TYPE_LPM_TRIE, key_size=ctypes.sizeof(spec.key),
+                          value_size=ctypes.sizeof(spec.value), max_entries=64,
+                          map_flags=registry.BPF_F_NO_PREALLOC)
+    assert spec.differences(config, info) == []
+    info.type, info.max_entries, info.map_flags = bpfsys.BPF_MAP_TYPE_HASH, 32, 0
+    assert spec.differences(config, info) == ["kind hash (expected lpm_trie)", "max_entries 32 (expected 64)",
+                                              "flags 0 (expected 1)"]
+
+
+# -- pins on the kernel ----------------------------------------------------
+
+@pytest.fixture
+def pin_dir():
+    path = Path(f"/sys/fs/bpf/enforcer-test-pkt-{os.getpid()}-registry")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def pin_maps(pin_dir: Path, decls: dict[str, str]) -> None:
+    """Pin a map under each name: `name -> "kind", key, value, max_entries`."""
+    from bcc import BPF
+
+    text = ""
+    for i, (name, decl) in enumerate(decls.items()):
+        kind, key, value, size = decl.split(", ")
+        text += f'BPF_TABLE_PINNED({kind}, {key}, {value}, m{i}, {size}, "{pin_dir / name}");\n'
+
+    bpf = BPF(text=text.encode())
+    bpf.cleanup()  # the pins stay
+    for name in decls:
+        assert (pin_dir / name).exists()
+
+
+def test_a_pin_of_another_layout_is_refused(pin_dir):
+    pin_maps(pin_dir, {"policy_v1": '"hash", u32, u64, 16'})
+    with pytest.raises(PinError) as err:
+        check_pins(DatapathConfig(pin_dir=pin_dir))
+    message = str(err.value)
+    assert f"pinned map {pin_dir}/policy_v1 has kind hash (expected lpm_trie)" in message
+    for what in ("key size 4 (expected 16)", "value size 8 (expected 4)", "max_entries 16", "enforcer cleanup"):
+        assert what in message
+
+
+def test_load_reuses_fitting_pins_and_refuses_resized_ones(pin_dir):
+    config = DatapathConfig(pin_dir=pin_dir, policy_max=64, ct_max=128)
+
+    loaded = load_pod_programs(config)
+    loaded.cleanup()
+    assert loaded.reused_pins == []
+    assert {p.name for p in pin_dir.iterdir()} == {s.pin for s in registry.MAPS}
+
+    assert check_pins(config) == [s.name for s in registry.MAPS]
+    with pytest.raises(PinError, match=r"policy_v1 has max_entries 64 \(expected 262144\)"):
+        check_pins(dataclasses.replace(config, policy_max=262144))
+    with pytest.raises(PinError, match=r"conntrack_v2 has max_entries 128 \(expected 256\)"):
+        load_pod_programs(dataclasses.replace(config, ct_max=256))
+
+    assert remove_pins(config) == [s.name for s in registry.MAPS]
+    assert not pin_dir.exists()
