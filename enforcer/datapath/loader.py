@@ -4,15 +4,20 @@ Maps are declared pinned in C (BPF_TABLE_PINNED): bcc reuses a pin that
 exists and creates and pins one that does not. That is what lets a restarted
 daemon pick up conntrack and every entry where the old one left them.
 Before compiling we check existing pins against what this build expects,
-because bcc would otherwise silently reuse a map of another layout or size
-(registry.py says what each map must be).
+because bcc would otherwise silently reuse a map of another layout or size;
+the datapath's text gets registry.py's layout checks appended, so C and
+Python structs that disagree fail the compile; once loaded, every map must
+be what the registry declares.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,7 +26,7 @@ from typing import Any
 
 from ..errors import BuildError, PinError
 from . import bpfsys
-from .registry import MAPS
+from .registry import MAPS, layout_checks
 from .source import BPF_DIR, DatapathConfig, amalgamate
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,21 @@ def check_pins(config: DatapathConfig) -> list[str]:
     return present
 
 
+def _check_maps(loaded: LoadedPrograms, config: DatapathConfig) -> None:
+    """Every map the compiled datapath holds is what registry.py declares:
+    its C declaration (BPF_TABLE_PINNED) agrees on kind, key and value types
+    and flags. A map this load created is unpinned again when it does not."""
+    for spec in MAPS:
+        wrong = spec.differences(config, bpfsys.map_info(loaded.bpf[spec.name.encode()].map_fd))
+        if wrong:
+            loaded.cleanup()
+            for other in MAPS:
+                if other.name not in loaded.reused_pins:
+                    (config.pin_dir / other.pin).unlink(missing_ok=True)
+            raise BuildError(f"map {spec.name} as compiled has {', '.join(wrong)}: its declaration "
+                             "in bpf/lib and enforcer/datapath/registry.py disagree")
+
+
 @dataclass
 class LoadedPrograms:
     """Programs held by this process. Dropping the object keeps nothing
@@ -82,14 +102,39 @@ class LoadedPrograms:
         self.bpf.cleanup()
 
 
-def _compile(source: Path, cflags: list[str], functions: tuple[str, ...]) -> LoadedPrograms:
+def _build(text: str, cflags: list[str], what: str) -> Any:
+    """bcc.BPF(text): bcc prints clang's diagnostics on fd 2 and raises a
+    bare "Failed to compile BPF module"; the error lines go into the
+    BuildError (and everything still to stderr)."""
     from bcc import BPF  # Debian's python3-bpfcc
 
-    text = amalgamate(source)
-    try:
-        bpf = BPF(text=text.encode(), cflags=cflags)
-    except Exception as e:  # bcc raises bare Exception
-        raise BuildError(f"compiling {source.name} failed: {e}") from e
+    failure: Exception | None = None
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            return BPF(text=text.encode(), cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception
+            failure = e
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            output = captured.read()
+            shown = memoryview(output)
+            while shown:
+                shown = shown[os.write(2, shown):]
+    errors = [line for line in output.decode(errors="replace").splitlines() if "error:" in line]
+    # A failed layout check (registry.layout_checks) says it all in its message.
+    errors = [m.group(1) if (m := re.search(r'"(layout: [^"]*)"', line)) else line for line in errors]
+    raise BuildError(f"compiling {what} failed: {'; '.join(errors[:8]) or failure}") from failure
+
+
+def _compile(source: Path, cflags: list[str], functions: tuple[str, ...], checks: str = "") -> LoadedPrograms:
+    from bcc import BPF  # Debian's python3-bpfcc
+
+    bpf = _build(amalgamate(source) + checks, cflags, source.name)
     loaded = LoadedPrograms(bpf=bpf)
     for name in functions:
         try:
@@ -134,8 +179,10 @@ def load_pod_programs(config: DatapathConfig) -> LoadedPrograms:
     ensure_bpffs()
     config.pin_dir.mkdir(parents=True, exist_ok=True)
     reused = check_pins(config)
-    loaded = _compile(DATAPATH_SOURCE, config.cflags(kernel_hz()), (FROM_POD, TO_POD, TO_NETWORK))
+    loaded = _compile(DATAPATH_SOURCE, config.cflags(kernel_hz()), (FROM_POD, TO_POD, TO_NETWORK),
+                      checks=layout_checks())
     loaded.reused_pins = reused
+    _check_maps(loaded, config)
     log.info("datapath loaded: pins in %s (%s)", config.pin_dir,
              f"reused {', '.join(reused)}" if reused else "new")
     return loaded

@@ -3,8 +3,9 @@ and the C map declarations with the registry.
 
 Two ways: against the types bcc derives from the compiled C (same size, and
 every field at the same offset with the same size and name), and by the
-generated _Static_asserts of registry.layout_checks, compiled with the
-datapath here."""
+generated _Static_asserts the loader appends at every daemon start
+(registry.layout_checks), which must fail the compile, naming the struct
+and field, when a layout disagrees."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from enforcer.datapath import layout, registry
+from enforcer.datapath import layout, loader, registry
 from enforcer.datapath.loader import DATAPATH_SOURCE
 from enforcer.datapath.source import BPF_DIR, DatapathConfig, amalgamate
 from enforcer.errors import BuildError
@@ -153,3 +154,73 @@ def test_a_mirror_with_implicit_padding_is_refused():
 
     with pytest.raises(BuildError, match="Gappy has 3 bytes of implicit padding"):
         registry.layout_checks([("struct gappy", Gappy)])
+
+
+# -- the compile fails when C and Python disagree --------------------------
+
+class SwappedPolicyKey(ctypes.Structure):
+    """direction and protocol swapped: same size, two fields misplaced."""
+
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("identity", ctypes.c_uint32),
+                ("endpoint_id", ctypes.c_uint16), ("protocol", ctypes.c_uint8), ("direction", ctypes.c_uint8),
+                ("dport", ctypes.c_uint16), ("pad", ctypes.c_uint16)]
+
+
+class RenamedPolicyKey(ctypes.Structure):
+    _fields_ = [(n if n != "protocol" else "proto", t) for n, t in layout.PolicyKey._fields_]
+
+
+class WiderPolicyEntry(ctypes.Structure):
+    _fields_ = [("rule_id", ctypes.c_uint64)]
+
+
+@pytest.fixture
+def policy_only(tmp_path):
+    """A small source: the policy map's header alone."""
+    source = tmp_path / "policy_only.c"
+    source.write_text(f'#include "{BPF_DIR / "lib" / "policy.h"}"\n')
+    pin = pin_dir_for("policy-only")
+    yield source, DatapathConfig(pin_dir=pin)
+    shutil.rmtree(pin, ignore_errors=True)
+
+
+def test_the_small_source_compiles_with_the_right_layout(policy_only):
+    source, cfg = policy_only
+    loaded = loader._compile(source, cfg.cflags(), (), checks=registry.layout_checks(
+        [("struct policy_key", layout.PolicyKey), ("struct policy_entry", layout.PolicyEntry)]))
+    loaded.cleanup()
+
+
+@pytest.mark.parametrize("c_type, mirror, says", [
+    ("struct policy_key", SwappedPolicyKey, "struct policy_key field protocol: offset differs"),
+    ("struct policy_key", RenamedPolicyKey, "no member named 'proto' in 'struct policy_key'"),
+    ("struct policy_entry", WiderPolicyEntry, "struct policy_entry: size differs"),
+], ids=["offset", "name", "size"])
+def test_a_wrong_layout_fails_the_compile_naming_the_field(policy_only, c_type, mirror, says):
+    source, cfg = policy_only
+    with pytest.raises(BuildError) as err:
+        loader._compile(source, cfg.cflags(), (), checks=registry.layout_checks([(c_type, mirror)]))
+    assert says in str(err.value)
+    assert not cfg.pin_dir.exists() or not any(cfg.pin_dir.iterdir())
+
+
+def test_a_prefix_length_the_c_key_disagrees_with_fails_the_compile(policy_only):
+    source, cfg = policy_only
+    flags = [f if not f.startswith("-DPOLICY_PREFIX_EXACT=") else "-DPOLICY_PREFIX_EXACT=48"
+             for f in cfg.cflags()]
+    with pytest.raises(BuildError, match="POLICY_PREFIX_EXACT"):
+        loader._compile(source, flags, ())
+
+
+def test_the_daemon_start_refuses_a_layout_mismatch(monkeypatch):
+    """load_pod_programs (what `enforcer run` calls first) compiles the
+    layout checks with the datapath: a wrong mirror stops it, no map pinned."""
+    wrong = [(c, SwappedPolicyKey if c == "struct policy_key" else py) for c, py in registry.layout_structs()]
+    monkeypatch.setattr(loader, "layout_checks", lambda: registry.layout_checks(wrong))
+    cfg = DatapathConfig(pin_dir=pin_dir_for("refuse"))
+    try:
+        with pytest.raises(BuildError, match="struct policy_key field protocol"):
+            loader.load_pod_programs(cfg)
+        assert list(cfg.pin_dir.iterdir()) == []
+    finally:
+        shutil.rmtree(cfg.pin_dir, ignore_errors=True)
