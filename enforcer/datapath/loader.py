@@ -7,7 +7,7 @@ Before compiling we check existing pins against what this build expects,
 because bcc would otherwise silently reuse a map of another layout or size;
 the datapath's text gets registry.py's layout checks appended, so C and
 Python structs that disagree fail the compile; once loaded, every map must
-be what the registry declares.
+be what the registry declares, and pins of earlier layouts are removed.
 """
 
 from __future__ import annotations
@@ -84,6 +84,20 @@ def _check_maps(loaded: LoadedPrograms, config: DatapathConfig) -> None:
                     (config.pin_dir / other.pin).unlink(missing_ok=True)
             raise BuildError(f"map {spec.name} as compiled has {', '.join(wrong)}: its declaration "
                              "in bpf/lib and enforcer/datapath/registry.py disagree")
+
+
+def remove_old_pins(pin_dir: Path) -> list[str]:
+    """Pins of earlier layouts of our maps (registry.py's versions) in our
+    own pin directory: an upgraded node's orphans, which nothing reads.
+    Only those exact names: nothing else in the directory is touched."""
+    removed = []
+    for spec in MAPS:
+        for name in spec.old_pins:
+            path = pin_dir / name
+            if path.exists() and not path.is_dir():
+                path.unlink()
+                removed.append(name)
+    return removed
 
 
 @dataclass
@@ -183,8 +197,10 @@ def load_pod_programs(config: DatapathConfig) -> LoadedPrograms:
                       checks=layout_checks())
     loaded.reused_pins = reused
     _check_maps(loaded, config)
-    log.info("datapath loaded: pins in %s (%s)", config.pin_dir,
-             f"reused {', '.join(reused)}" if reused else "new")
+    orphans = remove_old_pins(config.pin_dir)
+    log.info("datapath loaded: pins in %s (%s)%s", config.pin_dir,
+             f"reused {', '.join(reused)}" if reused else "new",
+             f"; removed pins of earlier layouts: {', '.join(orphans)}" if orphans else "")
     return loaded
 
 
@@ -198,14 +214,15 @@ def load_parse_check_program() -> LoadedPrograms:
 
 
 def remove_pins(config: DatapathConfig) -> list[str]:
-    """Our pins in config.pin_dir (names of the maps removed), then the
-    directory if that emptied it."""
+    """Our pins in config.pin_dir (names of the maps removed, and pin names
+    of earlier layouts' orphans), then the directory if that emptied it."""
     removed = []
     for spec in MAPS:
         path = config.pin_dir / spec.pin
         if path.exists():
             path.unlink()
             removed.append(spec.name)
+    removed += remove_old_pins(config.pin_dir)
     if config.pin_dir.exists() and not any(config.pin_dir.iterdir()):
         config.pin_dir.rmdir()
     return removed

@@ -1,5 +1,5 @@
 """The map registry is the one table of map facts: what is derived from it
-agrees with it, and the loader's pin checks use it."""
+agrees with it, and the loader's pin checks and orphan removal use it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from enforcer.cli import MAP_SIZE_FIELDS
 from enforcer.datapath import bpfsys, registry
-from enforcer.datapath.loader import check_pins, load_pod_programs, remove_pins
+from enforcer.datapath.loader import check_pins, load_pod_programs, remove_old_pins, remove_pins
 from enforcer.datapath.reasons import REASON_SLOTS
 from enforcer.datapath.source import DatapathConfig
 from enforcer.errors import PinError
@@ -101,13 +101,17 @@ def test_a_pin_of_another_layout_is_refused(pin_dir):
         assert what in message
 
 
-def test_load_reuses_fitting_pins_and_refuses_resized_ones(pin_dir):
+def test_load_reuses_fitting_pins_refuses_resized_ones_and_removes_old_layouts(pin_dir):
+    foreign = {"conntrack_v3": '"hash", u32, u32, 4', "somebody_else_v1": '"hash", u32, u32, 4'}
+    pin_maps(pin_dir, {"conntrack_v1": '"hash", u32, u32, 4', "fragments_v1": '"lru_hash", u32, u32, 4',
+                       **foreign})
     config = DatapathConfig(pin_dir=pin_dir, policy_max=64, ct_max=128)
 
     loaded = load_pod_programs(config)
     loaded.cleanup()
     assert loaded.reused_pins == []
-    assert {p.name for p in pin_dir.iterdir()} == {s.pin for s in registry.MAPS}
+    present = {p.name for p in pin_dir.iterdir()}
+    assert present == {s.pin for s in registry.MAPS} | set(foreign), "orphans of earlier layouts removed, others kept"
 
     assert check_pins(config) == [s.name for s in registry.MAPS]
     with pytest.raises(PinError, match=r"policy_v1 has max_entries 64 \(expected 262144\)"):
@@ -115,5 +119,7 @@ def test_load_reuses_fitting_pins_and_refuses_resized_ones(pin_dir):
     with pytest.raises(PinError, match=r"conntrack_v2 has max_entries 128 \(expected 256\)"):
         load_pod_programs(dataclasses.replace(config, ct_max=256))
 
-    assert remove_pins(config) == [s.name for s in registry.MAPS]
-    assert not pin_dir.exists()
+    pin_maps(pin_dir, {"conntrack_v1": '"hash", u32, u32, 4'})
+    assert remove_pins(config) == [s.name for s in registry.MAPS] + ["conntrack_v1"]
+    assert {p.name for p in pin_dir.iterdir()} == set(foreign), "only our own pins are removed"
+    assert remove_old_pins(pin_dir) == []
