@@ -62,9 +62,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -268,7 +269,7 @@ def make_cluster(n_pods: int = PODS, n_namespaces: int = NAMESPACES, n_nodes: in
     remaining = n_pods - len(c.pods)
     quotas = [max(1, int(remaining * w / sum(weights))) for w in weights]
     quotas[-1] += max(0, remaining - len(regular[::7]) - sum(quotas))  # the job pods below complete it
-    for (ns, team), quota in zip(regular, quotas):
+    for (ns, team), quota in zip(regular, quotas, strict=False):
         apps = APPS[:]
         rng.shuffle(apps)
         placed = 0
@@ -373,7 +374,8 @@ def policy_spec(kind: str, c: Cluster, ns: str, rng: random.Random) -> dict[str,
             DNS_EGRESS]}
     if kind == "port-range":
         return {"podSelector": target, "ingress": [{"from": [{
-            "namespaceSelector": {"matchLabels": {"env": ns_labels.get("env", "prod"), "team": ns_labels.get("team", "")}},
+            "namespaceSelector": {"matchLabels": {"env": ns_labels.get("env", "prod"),
+                                                  "team": ns_labels.get("team", "")}},
             "podSelector": {"matchLabels": {"tier": "backend"}}}],
             "ports": [{"protocol": "TCP", "port": 30000, "endPort": 32767},
                       {"protocol": "UDP", "port": 5000, "endPort": 5100}]}]}
@@ -852,7 +854,8 @@ def daemon_child(directory: Path, n_changes: int, seed: int, interval: float | N
         published.set()
 
     store.on_change = on_change
-    src = DirectorySource(directory, store) if interval is None else DirectorySource(directory, store, interval=interval)
+    src = (DirectorySource(directory, store) if interval is None
+           else DirectorySource(directory, store, interval=interval))
     # Where a pickup's time goes: reading and parsing the file, the store's
     # replace_all, and the interpreter's cyclic GC (instrumentation only).
     spent = {"read": 0.0, "store": 0.0, "gc": 0.0}
@@ -1071,7 +1074,8 @@ def format_table(r: dict[str, Any]) -> str:
                                                         f"{x['change']['gc_full_max_ms']:.0f}")
     for kind in CHANGE_KINDS:
         row(f"  {kind} p50 / max (ms)",
-            lambda x, k=kind: f"{x['change']['by_kind_p50_ms'].get(k, 0):.1f} / {x['change']['by_kind_max_ms'].get(k, 0):.1f}")
+            lambda x, k=kind: (f"{x['change']['by_kind_p50_ms'].get(k, 0):.1f} / "
+                               f"{x['change']['by_kind_max_ms'].get(k, 0):.1f}"))
     d = r["daemon"]
     if d:
         lines += [

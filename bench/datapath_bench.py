@@ -43,9 +43,9 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from enforcer.datapath import bpfsys
 from enforcer.datapath.layout import (
@@ -369,7 +369,7 @@ class Bench:
         self.policy_entries = 0
 
     # lifecycle
-    def __enter__(self) -> "Bench":
+    def __enter__(self) -> Bench:
         try:
             self._setup()
         except BaseException:
@@ -487,7 +487,7 @@ class Bench:
         self.prepare_established(v)
         out["established_ack"] = self.run_checked(
             self.established, v.prog, v.direction, v.ack(), TC_ACT_UNSPEC, Reason.ALLOW_ESTABLISHED).retval
-        for i in range(2):  # the second SYN hits the entry the first created
+        for _i in range(2):  # the second SYN hits the entry the first created
             out["new_flow_syn"] = self.run_checked(
                 self.new_flow, v.prog, v.direction, v.syn(), TC_ACT_UNSPEC, Reason.ALLOW_POLICY).retval
         for b in self.builds:

@@ -134,7 +134,7 @@ def one_row(maps: Any, shape: str, n: int, per_pass: int) -> dict[str, Any]:
     expect_inside = shape == "blocks"
     if evaluate(state, ipaddress.ip_address("10.1.0.1"), inside, 6, 443).allowed != expect_inside:
         raise RuntimeError(f"{shape} {n}: the policy is not in force as written")
-    passes = [c + s for c, s in zip(compile_s, sync_s)]
+    passes = [c + s for c, s in zip(compile_s, sync_s, strict=False)]
     assert other_pass is not None
     ipcache_entries, policy_entries = len(state.ipcache), state.entries_by_policy.get("ns0/big", 0)
     # A change elsewhere arriving just as the longest pass starts waits for
@@ -167,7 +167,8 @@ def run(sizes: tuple[int, ...], per_pass: int) -> dict[str, Any]:
                 print(format_row(rows[-1]), flush=True)
     base = {r["shape"]: r["compile_ms"] / r["prefixes"] for r in rows if r["prefixes"] == sizes[0]}
     for r in rows:
-        r["scaling_vs_linear"] = round((r["compile_ms"] / r["prefixes"]) / base[r["shape"]], 2) if base[r["shape"]] else None
+        per_prefix = r["compile_ms"] / r["prefixes"]
+        r["scaling_vs_linear"] = round(per_prefix / base[r["shape"]], 2) if base[r["shape"]] else None
     at_50k = [r["compile_ms"] for r in rows if r["prefixes"] == 50000]
     goals = {
         # None: no 50k row in this run (--sizes).
@@ -178,7 +179,8 @@ def run(sizes: tuple[int, ...], per_pass: int) -> dict[str, Any]:
 
 
 def format_row(r: dict[str, Any]) -> str:
-    return (f"{r['shape']:>8} {r['prefixes']:>7} prefixes: parse {r['parse_ms']:>7.1f} ms, compile {r['compile_ms']:>7.1f} ms"
+    return (f"{r['shape']:>8} {r['prefixes']:>7} prefixes: parse {r['parse_ms']:>7.1f} ms,"
+            f" compile {r['compile_ms']:>7.1f} ms"
             f" + sync {r['sync_ms']:>7.1f} ms in {r['passes']:>2} passes (longest {r['longest_pass_ms']:>6.1f} ms);"
             f" other change in pass {r['other_change_pass']} after {r['other_change_wait_ms']:.1f} ms,"
             f" at worst {r['other_change_worst_wait_ms']:.1f} ms")

@@ -107,7 +107,7 @@ class TcAttacher:
 TCA_BPF_ID = 11
 
 
-def _bpf_prog_id(options) -> int:  # type: ignore[no-untyped-def]
+def _bpf_prog_id(options) -> int:
     """TCA_BPF_ID from a cls_bpf options attribute. pyroute2's attribute map
     for cls_bpf stops at TCA_BPF_FLAGS, so walk the raw nested attributes."""
     data, start = options.data, options.offset

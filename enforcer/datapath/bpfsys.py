@@ -243,7 +243,8 @@ def map_lookup(fd: int, key: ctypes.Array | ctypes.Structure, value: ctypes.Arra
     return True
 
 
-def map_update(fd: int, key: ctypes.Array | ctypes.Structure, value: ctypes.Array | ctypes.Structure, flags: int = BPF_ANY) -> None:
+def map_update(fd: int, key: ctypes.Array | ctypes.Structure, value: ctypes.Array | ctypes.Structure,
+               flags: int = BPF_ANY) -> None:
     attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(key), value=ctypes.addressof(value), flags=flags)
     _bpf(BPF_MAP_UPDATE_ELEM, attr)
 
@@ -259,7 +260,8 @@ def map_delete(fd: int, key: ctypes.Array | ctypes.Structure) -> bool:
     return True
 
 
-def map_next_key(fd: int, key: ctypes.Array | ctypes.Structure | None, next_key: ctypes.Array | ctypes.Structure) -> bool:
+def map_next_key(fd: int, key: ctypes.Array | ctypes.Structure | None,
+                 next_key: ctypes.Array | ctypes.Structure) -> bool:
     attr = _MapElemAttr(map_fd=fd, key=ctypes.addressof(key) if key is not None else 0,
                         value=ctypes.addressof(next_key))
     try:

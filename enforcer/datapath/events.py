@@ -28,7 +28,7 @@ class Verdict:
     tcp_flags: int
 
     @classmethod
-    def decode(cls, raw: bytes | VerdictEvent) -> "Verdict":
+    def decode(cls, raw: bytes | VerdictEvent) -> Verdict:
         ev = raw if isinstance(raw, VerdictEvent) else VerdictEvent.from_buffer_copy(raw[: ctypes.sizeof(VerdictEvent)])
         try:
             reason: Reason | int = Reason(ev.reason)
@@ -55,10 +55,10 @@ class Verdict:
 class EventReader:
     """Consumes the ring buffer of the programs this process loaded."""
 
-    def __init__(self, bpf, callback) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, bpf, callback) -> None:
         self._bpf = bpf
 
-        def _cb(_ctx, data, size):  # type: ignore[no-untyped-def]
+        def _cb(_ctx, data, size):
             callback(Verdict.decode(ctypes.string_at(data, size)))
             return 0
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import socket
-from typing import Union
+from typing import TypeAlias
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # common.h
 FAMILY_V4 = 4
@@ -48,7 +48,7 @@ SVC_PENDING_F_AMBIGUOUS = 0x1
 EVENT_ALLOW = 1
 EVENT_DROP = 2
 
-Addr = ctypes.c_uint8 * ADDR_LEN
+Addr: TypeAlias = ctypes.c_uint8 * ADDR_LEN  # type: ignore[valid-type]  # a ctypes array type
 
 
 def family_of(ip: IPAddress | IPNetwork) -> int:
@@ -77,7 +77,7 @@ class IpcacheKey(ctypes.Structure):
     ]
 
     @classmethod
-    def of(cls, net: IPNetwork) -> "IpcacheKey":
+    def of(cls, net: IPNetwork) -> IpcacheKey:
         return cls(prefixlen=IPCACHE_PREFIX_BASE + net.prefixlen,
                    family=family_of(net), addr=addr_bytes(net.network_address))
 
@@ -96,7 +96,7 @@ class IpcacheHostKey(ctypes.Structure):
     ]
 
     @classmethod
-    def of(cls, ip: IPAddress) -> "IpcacheHostKey":
+    def of(cls, ip: IPAddress) -> IpcacheHostKey:
         return cls(family=family_of(ip), addr=addr_bytes(ip))
 
     def network(self) -> IPNetwork:
@@ -119,7 +119,7 @@ class EndpointKey(ctypes.Structure):
     ]
 
     @classmethod
-    def of(cls, ip: IPAddress) -> "EndpointKey":
+    def of(cls, ip: IPAddress) -> EndpointKey:
         return cls(family=family_of(ip), addr=addr_bytes(ip))
 
     def ip(self) -> IPAddress:
@@ -188,7 +188,7 @@ class ServiceKey(ctypes.Structure):
     ]
 
     @classmethod
-    def of(cls, ip: IPAddress, proto: int, port: int) -> "ServiceKey":
+    def of(cls, ip: IPAddress, proto: int, port: int) -> ServiceKey:
         return cls(family=family_of(ip), proto=proto, port=socket.htons(port), addr=addr_bytes(ip))
 
     def frontend(self) -> tuple[IPAddress, int, int]:

@@ -11,11 +11,13 @@ import errno
 import ipaddress
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from ..errors import MapError, MapFullError, PinError
+from ..records import Frontend
 from . import bpfsys
 from .layout import (
     DIR_EGRESS,
@@ -30,10 +32,10 @@ from .layout import (
     EndpointKey,
     EventBucket,
     IPAddress,
-    IPNetwork,
     IpcacheHostKey,
     IpcacheKey,
     IpcacheValue,
+    IPNetwork,
     PolicyEntry,
     PolicyKey,
     ServiceKey,
@@ -41,7 +43,6 @@ from .layout import (
     addr_from_bytes,
     is_host,
 )
-from ..records import Frontend
 from .policykeys import policy_map_keys, to_policy_key
 from .reasons import REASON_SLOTS, Reason
 from .registry import MAPS
@@ -71,7 +72,7 @@ class BpfMap(Generic[K, V]):
             )
 
     @classmethod
-    def open_pinned(cls, path: Path, key_type: type[K], value_type: type[V]) -> "BpfMap[K, V]":
+    def open_pinned(cls, path: Path, key_type: type[K], value_type: type[V]) -> BpfMap[K, V]:
         try:
             fd = bpfsys.obj_get(str(path))
         except OSError as e:
@@ -102,12 +103,12 @@ class BpfMap(Generic[K, V]):
 
     def update(self, key: K, value: V, flags: int = bpfsys.BPF_ANY) -> None:
         try:
-            bpfsys.map_update(self.fd, key, value, flags)
+            bpfsys.map_update(self.fd, key, value, flags)  # type: ignore[arg-type]  # K, V: ctypes
         except OSError as e:
             if e.errno in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
                 raise MapFullError(self.name, "update", e.errno,
                                    f"{self.max_entries} entries at most") from e
-            raise MapError(self.name, "update", e.errno) from e
+            raise MapError(self.name, "update", e.errno or 0) from e
 
     def delete(self, key: K) -> bool:
         return bool(self._call("delete", bpfsys.map_delete, key))
@@ -136,11 +137,11 @@ class BpfMap(Generic[K, V]):
             n += self.delete(k)
         return n
 
-    def _call(self, op: str, fn, *args):  # type: ignore[no-untyped-def]
+    def _call(self, op: str, fn, *args):
         try:
             return fn(self.fd, *args)
         except OSError as e:
-            raise MapError(self.name, op, e.errno) from e
+            raise MapError(self.name, op, e.errno or 0) from e
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ class DatapathMaps:
             self.close()
             raise
 
-    def __enter__(self) -> "DatapathMaps":
+    def __enter__(self) -> DatapathMaps:
         return self
 
     def __exit__(self, *exc: object) -> None:

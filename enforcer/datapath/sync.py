@@ -76,17 +76,20 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Callable, Mapping
+from typing import Any
 
 from ..errors import MapError, MapFullError
+from ..records import EndpointIdRecord, EndpointRecord, Frontend, PolicyMapKey
 from . import bpfsys
 from .layout import (
     CT_F_RECHECK,
     CT_F_SERVICE,
+    DIR_EGRESS,
     CtEntry,
     CtKey,
-    DIR_EGRESS,
     EndpointInfo,
     EndpointKey,
     IPAddress,
@@ -94,7 +97,6 @@ from .layout import (
     PolicyEntry,
     addr_from_bytes,
 )
-from ..records import EndpointIdRecord, EndpointRecord, Frontend, PolicyMapKey
 from .maps import DatapathMaps
 from .policykeys import from_policy_key, to_policy_key
 
@@ -246,8 +248,8 @@ class _Table:
 
     __slots__ = ("kind", "map", "write", "delete", "have")
 
-    def __init__(self, kind: str, map_name: str, write: Callable[[object, object], object],
-                 delete: Callable[[object], bool], have: dict | set) -> None:  # type: ignore[type-arg]
+    def __init__(self, kind: str, map_name: str, write: Callable[[Any, Any], object],
+                 delete: Callable[[Any], bool], have: dict[Any, Any] | set[Any]) -> None:
         self.kind = kind    # as describe() knows it
         self.map = map_name  # as the report and metrics name it
         self.write = write
@@ -266,7 +268,8 @@ class _Pass:
         m, pol, eps = maps, maps["policy"], maps["endpoints"]
         self.report = report
         self.tables = {
-            "policy": _Table("policy", "policy", lambda t, rule: pol.update(to_policy_key(t), PolicyEntry(rule_id=rule)),
+            "policy": _Table("policy", "policy",
+                             lambda t, rule: pol.update(to_policy_key(t), PolicyEntry(rule_id=rule)),
                              lambda t: pol.delete(to_policy_key(t)), have.policy),
             "ipcache": _Table("ipcache", "ipcache", m.set_identity, m.delete_identity, have.ipcache),
             "endpoint_ids": _Table("endpoint", "endpoint_ids", lambda i, info: m.set_endpoint_id(i, *info),
@@ -296,7 +299,7 @@ class _Pass:
         if name == "ipcache" and value is not _GONE:
             self.pending.add(key)  # type: ignore[arg-type]
 
-    def write(self, name: str, items: list) -> None:  # type: ignore[type-arg]
+    def write(self, name: str, items: list) -> None:
         t = self.tables[name]
         fn, have, failed = t.write, t.have, self.failed
         is_set = isinstance(have, set)
@@ -316,10 +319,11 @@ class _Pass:
                 self.pending.discard(key)
         self.report.written += n
 
-    def write_ipcache(self, items: list) -> None:  # type: ignore[type-arg]
+    def write_ipcache(self, items: list) -> None:
         """Host entries, then prefixes longest first; a prefix with an
         unwritten entry inside it waits (HELD)."""
-        hosts, prefixes = [], []
+        hosts: list[tuple[IPNetwork, int]] = []
+        prefixes: list[tuple[IPNetwork, int]] = []
         for item in items:
             (hosts if item[0].prefixlen == item[0].max_prefixlen else prefixes).append(item)
         self.write("ipcache", hosts)
@@ -330,7 +334,7 @@ class _Pass:
             else:
                 self.write("ipcache", [(net, ident)])
 
-    def remove(self, name: str, keys: list) -> None:  # type: ignore[type-arg]
+    def remove(self, name: str, keys: list) -> None:
         t = self.tables[name]
         fn, have = t.delete, t.have
         is_set = isinstance(have, set)
@@ -350,11 +354,12 @@ class _Pass:
                 self.freed.add(self._map(t, key))
         self.report.deleted += n
 
-    def remove_ipcache(self, keys: list) -> list:  # type: ignore[type-arg]
+    def remove_ipcache(self, keys: list) -> list:
         """Prefixes shortest first, then host entries. An entry overlapping
         an ipcache write that did not happen waits, and so does one inside a
         prefix that waits or whose removal failed. Returns those that wait."""
-        hosts, prefixes = [], []
+        hosts: list[IPNetwork] = []
+        prefixes: list[IPNetwork] = []
         for net in keys:
             (hosts if net.prefixlen == net.max_prefixlen else prefixes).append(net)
         prefixes.sort(key=lambda net: net.prefixlen)
@@ -383,7 +388,8 @@ class _Pass:
     def retry(self) -> bool:
         """Step 8: the writes that found their map full, when this pass
         removed entries from that map, and the prefixes they held back."""
-        again = {name: [] for name in ("policy", "ipcache", "endpoint_ids", "endpoints", "services")}
+        again: dict[str, list[tuple[object, object]]] = {
+            name: [] for name in ("policy", "ipcache", "endpoint_ids", "endpoints", "services")}
         room = False
         for (name, key), (value, reason, map_name, _) in self.failed.items():
             if reason == FULL and map_name in self.freed:
@@ -395,7 +401,7 @@ class _Pass:
             return False
         self.report.retried = sum(len(v) for v in again.values())
         for net, _ in again["ipcache"]:  # pending again only if it fails again
-            self.pending.discard(net)
+            self.pending.discard(net)  # type: ignore[arg-type]  # ipcache keys are networks
         self.write("policy", again["policy"])
         self.write_ipcache(again["ipcache"])
         self.write("endpoint_ids", again["endpoint_ids"])
@@ -403,7 +409,7 @@ class _Pass:
         self.write("services", again["services"])
         return True
 
-    def finish(self, describe: Callable[[str, object], Description], held: list) -> None:  # type: ignore[type-arg]
+    def finish(self, describe: Callable[[str, object], Description], held: list) -> None:
         """Count what did not happen per map and reason, per object, and
         keep the first few messages."""
         r = self.report
@@ -440,7 +446,8 @@ class _Prefixes:
 
     def add(self, net: IPNetwork) -> None:
         length = net.prefixlen
-        self._by_len.setdefault((net.version, length), set()).add(int(net.network_address) >> (net.max_prefixlen - length))
+        top = int(net.network_address) >> (net.max_prefixlen - length)
+        self._by_len.setdefault((net.version, length), set()).add(top)
         self._forget(net.version, length)
 
     def discard(self, net: IPNetwork) -> None:
