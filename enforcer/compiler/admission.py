@@ -49,7 +49,7 @@ from ..model.objects import IPBlock, IPNetwork, NetworkPolicy, Pod, PolicyRule
 # behaviour").
 MAX_PREFIXES_PER_POLICY = 65536
 MAX_ENTRIES_PER_POLICY_POD = 65536
-PREFIXES_PER_PASS = 8192
+PREFIXES_PER_PASS = 16384
 
 
 @dataclass(frozen=True)
