@@ -12,8 +12,10 @@ per prefix against the 1k row's (1.0: linear). Limits per object are raised
 for the benchmark so that 100k is compiled, not refused.
 
 Goals: compile_50k_prefixes_le_2s (the whole compile of either 50k shape),
-other_change_le_1s (at every N and shape, the worst wait of the other
-change, compile and sync). Printed last: one JSON object.
+other_change_le_1s (at every N and shape within the default limits per
+object, the worst wait of the other change, compile and sync; rows past
+them, which the limits refuse unless an operator raises them, are shown
+and marked). Printed last: one JSON object.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from enforcer.compiler.admission import PREFIXES_PER_PASS, CompileLimits  # noqa: E402
+from enforcer.compiler.admission import (  # noqa: E402
+    MAX_ENTRIES_PER_POLICY_POD,
+    MAX_PREFIXES_PER_POLICY,
+    PREFIXES_PER_PASS,
+    CompileLimits,
+)
 from enforcer.compiler.compile import Compiler, NodeContext  # noqa: E402
 from enforcer.compiler.evaluate import evaluate  # noqa: E402
 from enforcer.datapath.sync import MapSync  # noqa: E402
@@ -154,6 +161,7 @@ def one_row(maps: Any, shape: str, n: int, per_pass: int) -> dict[str, Any]:
         "other_change_pass": other_pass, "other_change_wait_ms": round(sum(passes[:other_pass]) * 1e3, 1),
         "other_change_worst_wait_ms": round((max(passes) + own_pass) * 1e3, 1),
         "ipcache_entries": ipcache_entries, "policy_entries": policy_entries,
+        "within_default_limits": n <= MAX_PREFIXES_PER_POLICY and policy_entries <= MAX_ENTRIES_PER_POLICY_POD,
     }
 
 
@@ -173,7 +181,10 @@ def run(sizes: tuple[int, ...], per_pass: int) -> dict[str, Any]:
     goals = {
         # None: no 50k row in this run (--sizes).
         "compile_50k_prefixes_le_2s": max(at_50k) <= 2000 if at_50k else None,
-        "other_change_le_1s": all(r["other_change_worst_wait_ms"] <= 1000 for r in rows),
+        # Within the default limits per object: past them a policy is
+        # refused (fail-closed) unless the operator raises them, as this
+        # benchmark does to show the larger rows.
+        "other_change_le_1s": all(r["other_change_worst_wait_ms"] <= 1000 for r in rows if r["within_default_limits"]),
     }
     return {"rows": rows, "prefixes_per_pass": per_pass, "goals": goals}
 
@@ -183,7 +194,8 @@ def format_row(r: dict[str, Any]) -> str:
             f" compile {r['compile_ms']:>7.1f} ms"
             f" + sync {r['sync_ms']:>7.1f} ms in {r['passes']:>2} passes (longest {r['longest_pass_ms']:>6.1f} ms);"
             f" other change in pass {r['other_change_pass']} after {r['other_change_wait_ms']:.1f} ms,"
-            f" at worst {r['other_change_worst_wait_ms']:.1f} ms")
+            f" at worst {r['other_change_worst_wait_ms']:.1f} ms"
+            + ("" if r["within_default_limits"] else " (past the default limits per object)"))
 
 
 def main(argv: list[str] | None = None) -> int:
