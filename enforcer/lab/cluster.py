@@ -128,7 +128,7 @@ class LabState:
         self.path(self.prefix).write_text(json.dumps(asdict(self), indent=1))
 
     @classmethod
-    def load(cls, prefix: str) -> "LabState":
+    def load(cls, prefix: str) -> LabState:
         try:
             return cls(**json.loads(cls.path(prefix).read_text()))
         except FileNotFoundError:

@@ -33,7 +33,7 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _matrices(state) -> None:  # type: ignore[no-untyped-def]
+def _matrices(state) -> None:
     for port in (80, 81):
         _say(matrix(state, port, "tcp", 4))
         _say()
@@ -75,7 +75,8 @@ def run_demo() -> int:
         _say("[4] verdict flows, from the daemon's API (`enforcer flows --verdict denied`):")
         stub = client.connect(daemon.socket)
         denied: list[str] = []
-        client.stream_flows(stub, False, pb.StreamFlowsRequest(since_recent=True, verdict=2), out=denied.append)
+        only_denied = pb.StreamFlowsRequest(since_recent=True, verdict=pb.StreamFlowsRequest.VERDICT_FILTER_DENIED)
+        client.stream_flows(stub, False, only_denied, out=denied.append)
         for line in denied[:4]:
             _say("    " + line)
         _say("\n[5] why? (`enforcer explain bar/client foo/web --port 80`, and foo/web -> foo/api on 81)")

@@ -60,7 +60,7 @@ class LoaderProcess:
             cmd += ["--attach", ifname]
         return cmd
 
-    def start(self, timeout: float = 90.0) -> "LoaderProcess":
+    def start(self, timeout: float = 90.0) -> LoaderProcess:
         """Start and wait until it has attached (ready file written)."""
         if self.running:
             raise LoaderError("loader already running")
@@ -150,13 +150,13 @@ class DaemonProcess(LoaderProcess):
                 "--ready-file", str(self.ready_file), "--status-file", str(self.status_file),
                 "--socket", str(self.socket), *self.extra_args]
 
-    def status(self) -> dict:  # type: ignore[type-arg]
+    def status(self) -> dict:
         try:
             return json.loads(self.status_file.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
-    def wait_synced(self, revision: str, timeout: float = 15.0) -> dict:  # type: ignore[type-arg]
+    def wait_synced(self, revision: str, timeout: float = 15.0) -> dict:
         """Wait until a pass has applied the given source revision."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -37,7 +37,7 @@ def _bind(addr: str, port: int, kind: socket.SocketKind) -> socket.socket:
     return s
 
 
-def _greeting(name: bytes, peer: tuple, report_peer: bool) -> bytes:  # type: ignore[type-arg]
+def _greeting(name: bytes, peer: tuple, report_peer: bool) -> bytes:
     return name + (b" " + str(peer[0]).encode() if report_peer else b"") + b"\n"
 
 

@@ -52,8 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from .netns import (LabCommandError, ip, ip_batch, ip_json, netns_add, netns_delete, netns_list, netns_path,
-                    sysctl)
+from .netns import LabCommandError, ip, ip_batch, ip_json, netns_add, netns_delete, netns_list, netns_path, sysctl
 from .probe import ProbeResult, ProbeSpec, format_matrix, probe, probe_many
 
 log = logging.getLogger(__name__)
@@ -134,14 +133,14 @@ class Lab:
                    host_ifname=host_ifname)
 
     # -- lifecycle ---------------------------------------------------------
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self.up()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.down()
 
-    def up(self) -> "Lab":
+    def up(self) -> Lab:
         """Build everything; on any failure tear down what was built and re-raise."""
         removed = self.cleanup_stale(self.prefix)
         if removed:
@@ -317,7 +316,7 @@ class Lab:
         pairs = [(s, t) for s in sources for t in self.pods if s != t]
         specs = [ProbeSpec(self.netns_of(s), self.pod(t).ip(family), port, proto) for s, t in pairs]
         results: dict[tuple[str, str], ProbeResult | None] = {(s, s): None for s in sources}
-        results.update(zip(pairs, probe_many(specs, timeout)))
+        results.update(zip(pairs, probe_many(specs, timeout), strict=False))
         return results
 
     def format_matrix(self, port: int, proto: str = "tcp", family: int = 4, timeout: float = 1.0,

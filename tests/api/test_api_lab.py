@@ -17,7 +17,6 @@ from enforcer.api import client
 from enforcer.lab.probe import ProbeSpec, probe_many
 from enforcer.sources.directory import directory_revision
 from enforcer.v1 import enforcer_pb2 as pb
-
 from tests.conformance import cases as C
 from tests.conformance import model as M
 from tests.conformance.runner import lab_name
@@ -111,7 +110,7 @@ def test_explain_agrees_with_real_probes_for_all_81_pairs(api_lab, port, protoco
                        for s, d in pairs], timeout=1.0)
     s = stub(api_lab)
     disagree = []
-    for (src, dst), result in zip(pairs, real):
+    for (src, dst), result in zip(pairs, real, strict=False):
         resp = s.Explain(pb.ExplainRequest(source=src, destination=dst, protocol=protocol, port=port), timeout=10)
         assert resp.maps_agree, f"{src} -> {dst}: maps disagree: {resp}"
         if resp.allowed != result.ok:
@@ -120,7 +119,7 @@ def test_explain_agrees_with_real_probes_for_all_81_pairs(api_lab, port, protoco
     # ...and the probes are the upstream truth table for this case.
     expected = next(p for p in CASE.probes if p.port == 80).expected
     if protocol == "TCP":
-        for (src, dst), result in zip(pairs, real):
+        for (src, dst), result in zip(pairs, real, strict=False):
             if src != dst:
                 assert result.ok == expected[src][dst], (src, dst)
 

@@ -45,7 +45,7 @@ def policy(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def base_objects() -> list[dict[str, Any]]:
-    objs = [namespace(n, l) for n, l in NAMESPACES.items()]
+    objs = [namespace(name, labels) for name, labels in NAMESPACES.items()]
     objs += [pod(k, labels, [v4, v6], node) for k, (labels, v4, v6, node) in PODS.items()]
     return objs
 

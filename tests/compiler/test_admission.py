@@ -55,7 +55,7 @@ class Node:
             state = self.compile()
             if not state.pending:
                 return state
-        raise AssertionError("still staging after %d passes" % at_most)
+        raise AssertionError(f"still staging after {at_most} passes")
 
 
 def test_a_large_policy_is_staged_and_a_change_elsewhere_is_not_delayed():

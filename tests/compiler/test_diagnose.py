@@ -10,10 +10,20 @@ from typing import Any
 
 import pytest
 
-from enforcer.compiler.diagnose import (ANY_CLIENT_ADMITTED, CLIENTS_DENIED, ERROR, MIXED, NODES_UNKNOWN, SNAT_TRAP,
-                                        WARNING, Diagnostic, diagnose, diagnostic_changes)
+from enforcer.compiler.diagnose import (
+    ANY_CLIENT_ADMITTED,
+    CLIENTS_DENIED,
+    ERROR,
+    MIXED,
+    NODES_UNKNOWN,
+    SNAT_TRAP,
+    WARNING,
+    Diagnostic,
+    diagnose,
+    diagnostic_changes,
+)
 from enforcer.model.objects import NetworkPolicy, Pod, Service
-from enforcer.model.state import ClusterStore, ClusterSnapshot
+from enforcer.model.state import ClusterSnapshot, ClusterStore
 
 from .cluster import namespace, policy
 

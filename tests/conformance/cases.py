@@ -29,7 +29,7 @@ import copy
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
 from .model import ALL_PODS, NAMESPACE_NAME_LABEL, NAMESPACES, POD_LABEL_KEY, split_pod

@@ -323,7 +323,7 @@ class ClusterRunner:
             return {}
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             results = list(pool.map(lambda p: self.probe_one(p[0], p[1], protocol, port), pairs))
-        return dict(zip(pairs, results))
+        return dict(zip(pairs, results, strict=False))
 
     def wait_for_servers(self, protocol: str, port: int) -> None:
         """upstream waitForHTTPServers: with no policy, every pair connects."""

@@ -75,7 +75,7 @@ def test_case_structure(case: C.Case) -> None:
 def test_truth_tables_total(case: C.Case) -> None:
     for probe in case.probes:
         assert list(probe.expected) == list(M.ALL_PODS)
-        for src, row in probe.expected.items():
+        for _src, row in probe.expected.items():
             assert list(row) == list(M.ALL_PODS)
             assert all(isinstance(v, bool) for v in row.values())
         assert sum(len(r) for r in probe.expected.values()) == 81

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -17,8 +17,8 @@ from enforcer.api.explain import maps_identity
 from enforcer.daemon.failures import OBJECTS_KEPT, FailureLog, WriteFailures
 from enforcer.datapath.layout import EP_F_INGRESS_ISOLATED, IDENTITY_WORLD
 from enforcer.datapath.maps import BpfMap
-from enforcer.errors import MapError
 from enforcer.datapath.sync import SAMPLE_MAX, MapContents, MapSync, SyncReport
+from enforcer.errors import MapError
 
 from .harness import new_harness
 

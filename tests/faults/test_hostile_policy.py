@@ -17,7 +17,6 @@ import pytest
 
 from enforcer.api.explain import maps_hook
 from enforcer.datapath.layout import DIR_INGRESS
-
 from tests.daemon.conftest import make_daemon_lab
 from tests.daemon.harness import DENIED, OK, DaemonLab, Flow, allow_from, policy
 

@@ -31,7 +31,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
-
 from tests.daemon.conftest import make_daemon_lab
 from tests.daemon.harness import DENIED, OK, DaemonLab, Flow, Prober, Stream, allow_from, allow_to, policy
 

@@ -80,7 +80,7 @@ class State:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
@@ -179,7 +179,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, fake: "FakeApiServer", sock: socket.socket) -> None:
+    def __init__(self, fake: FakeApiServer, sock: socket.socket) -> None:
         self.fake = fake
         super().__init__(sock.getsockname()[:2], Handler, bind_and_activate=False)
         self.socket.close()
@@ -206,7 +206,7 @@ class FakeApiServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "FakeApiServer":
+    def start(self) -> FakeApiServer:
         sock = self.make_socket(self.port)
         self.port = sock.getsockname()[1]
         self.stopping.clear()

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from enforcer.lab.probe import Outcome, ProbeSpec, probe_many
 from enforcer.lab.topology import NODE
-
 from tests.support.session import LabSession
 
 OK = Outcome.OK
@@ -43,7 +42,7 @@ def check_flows(env: LabSession, flows: Sequence[Flow], family: int,
              for f in flows]
     results = probe_many(specs)
     wrong = []
-    for flow, res in zip(flows, results):
+    for flow, res in zip(flows, results, strict=False):
         if res.outcome is not flow.expect:
             wrong.append(f"{flow.text(family)}: expected {LABELS[flow.expect]}, got {LABELS[res.outcome]} {res.detail}".rstrip())
         elif res.ok and res.answered_by != flow.dst:

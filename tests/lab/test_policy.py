@@ -13,7 +13,6 @@ import pytest
 
 from enforcer.datapath.layout import CT_F_SEEN_REPLY, DIR_EGRESS, addr_from_bytes
 from enforcer.datapath.reasons import Reason
-
 from tests.support.session import LabSession
 
 from .flows import DENIED, NODE, OK, REFUSED, check_flows, flows

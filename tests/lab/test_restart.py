@@ -22,7 +22,6 @@ from enforcer.datapath.layout import DIR_INGRESS, CtEntry, CtKey, addr_bytes, fa
 from enforcer.datapath.reasons import Reason
 from enforcer.datapath.registry import BY_NAME
 from enforcer.lab.probe import connect_tcp, exchange
-
 from tests.support.session import LabSession
 
 from .conftest import new_session

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -70,8 +69,9 @@ def test_half_written_file_is_never_read_short(tmp_path: Path):
     """A writer rewrites a 40-policy file in place, slowly; the store must
     only ever hold all 40 (old content) or all 40 new ones, never fewer."""
     store = ClusterStore()
-    docs = lambda gen: "\n---\n".join(json.dumps(dict(pol(f"p{i}"), spec={"podSelector": {"matchLabels": {"g": str(gen)}}}))
-                                      for i in range(40))
+    def docs(gen):
+        return "\n---\n".join(json.dumps(dict(pol(f"p{i}"), spec={"podSelector": {"matchLabels": {"g": str(gen)}}}))
+                                          for i in range(40))
     path = tmp_path / "policies.yaml"
     path.write_text(docs(0))
     seen_counts: set[int] = set()

@@ -59,9 +59,19 @@ from typing import Any
 
 from enforcer.lab.netns import ip_batch, ip_json, netns_add, netns_delete, netns_list, sysctl
 from enforcer.lab.probe import ProbeResult, ProbeSpec, probe, probe_many
-from enforcer.lab.topology import (DEFAULT_PORTS, GATEWAY4, IFNAMSIZ, Pod, disable_bridge_netfilter,
-                                   make_node_netns, make_pod_netns, start_server, stop_process, wait_servers,
-                                   wire_routed_pod)
+from enforcer.lab.topology import (
+    DEFAULT_PORTS,
+    GATEWAY4,
+    IFNAMSIZ,
+    Pod,
+    disable_bridge_netfilter,
+    make_node_netns,
+    make_pod_netns,
+    start_server,
+    stop_process,
+    wait_servers,
+    wire_routed_pod,
+)
 
 from . import kubeproxy
 from .kubeproxy import ContainerPort, Endpoint, Service, ServicePort
@@ -170,14 +180,14 @@ class MultiNodeLab:
             raise ValueError(f"{kind} name {name!r}: taken (node and pod names are unique, not {RESERVED})")
 
     # -- lifecycle ---------------------------------------------------------
-    def __enter__(self) -> "MultiNodeLab":
+    def __enter__(self) -> MultiNodeLab:
         return self.up()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.down()
 
-    def up(self) -> "MultiNodeLab":
+    def up(self) -> MultiNodeLab:
         """Build everything (nothing if up already); on any failure tear
         down what was built and re-raise."""
         if self.is_up:
@@ -412,7 +422,7 @@ class MultiNodeLab:
         counts = kubeproxy.dnat_counts(kubeproxy.save(self.node(node).netns, family, "nat", self.iptables,
                                                       counters=True))
         out = {}
-        for b, ep in zip(svc.backends, self.endpoints(svc, family)):
+        for b, ep in zip(svc.backends, self.endpoints(svc, family), strict=False):
             target = ep.target(sp)
             if target is not None:
                 out[b] = counts.get(kubeproxy.endpoint_chain_name(svc, sp, ep.ip, target), 0)

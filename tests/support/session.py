@@ -40,14 +40,14 @@ class LabSession:
         self.maps: DatapathMaps | None = None
         self.world: LabWorld | None = None
 
-    def __enter__(self) -> "LabSession":
+    def __enter__(self) -> LabSession:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def start(self) -> "LabSession":
+    def start(self) -> LabSession:
         try:
             self.cleanup_stale(self.lab.prefix, self.pin_dir)  # a crashed run's leftovers
             self.lab.up()
