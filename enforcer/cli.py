@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from .compiler.admission import MAX_ENTRIES_PER_POLICY_POD, MAX_PREFIXES_PER_POLICY, PREFIXES_PER_PASS
 from .errors import EnforcerError
@@ -127,8 +128,12 @@ def _run(args: argparse.Namespace) -> int:
         source = KubernetesSource(store, k8s)
         source_text = f"kubernetes:{source.host}"
     else:
-        limits = {"max_manifest_bytes": args.max_manifest_bytes} if args.max_manifest_bytes is not None else {}
-        source = DirectorySource(Path(args.source), store, **limits)
+        options: dict[str, Any] = {}
+        if args.max_manifest_bytes is not None:
+            options["max_manifest_bytes"] = args.max_manifest_bytes
+        if args.poll_interval is not None:
+            options["interval"] = args.poll_interval
+        source = DirectorySource(Path(args.source), store, **options)
         source_text = f"directory:{Path(args.source).resolve()}"
     api = ApiServer(server_config, EnforcerService(daemon, hub, source_text))
     stop = threading.Event()
@@ -261,6 +266,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -280,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--max-manifest-bytes", type=_positive_int, metavar="N",
                        help="with a directory --source: a manifest file larger than this is not read and is "
                             "reported as invalid (default 8388608, 8 MiB)")
+    run_p.add_argument("--poll-interval", type=_positive_float, metavar="SECONDS",
+                       help="with a directory --source: poll it this often; a changed file is read once it has "
+                            "held still for one poll (default 0.1)")
     run_p.add_argument("--node", required=True, help="this node's name (spec.nodeName of local pods)")
     run_p.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
     run_p.add_argument("--node-device", action="append", metavar="IFNAME",

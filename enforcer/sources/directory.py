@@ -57,6 +57,9 @@ DEFAULT_MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 MAX_YAML_DEPTH = 100
 YAML_NODES_BASE = 100_000
 YAML_NODES_PER_BYTE = 2
+# How often the directory is polled; a changed file is read once it has
+# held still for one poll (enforcer run --poll-interval).
+DEFAULT_POLL_INTERVAL_S = 0.1
 MIN_INTERVAL_S = 0.01  # whatever interval is asked for, the poll never spins
 POLL_FAILURE_LOG_EVERY_S = 60.0  # a poll that keeps failing is logged at most this often
 
@@ -325,7 +328,7 @@ def parse_manifest_bytes(data: bytes) -> list[ParsedEntry]:
 
 
 class DirectorySource:
-    def __init__(self, directory: Path, store: ClusterStore, interval: float = 0.1,
+    def __init__(self, directory: Path, store: ClusterStore, interval: float = DEFAULT_POLL_INTERVAL_S,
                  max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES) -> None:
         if max_manifest_bytes <= 0:
             raise ValueError("max_manifest_bytes must be positive")
