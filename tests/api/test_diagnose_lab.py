@@ -16,12 +16,11 @@ import pytest
 
 from enforcer.api import client
 from enforcer.v1 import enforcer_pb2 as pb
-
 from tests.daemon.harness import NAMESPACE, PIN_PREFIX, PIN_ROOT, DaemonLab
 
 pytestmark = pytest.mark.lab
 
-TAG = os.getpid() % 1000
+TAG = os.getpid()
 REMOTE_NODE_IP = "192.0.2.12"
 FIX = ("set spec.externalTrafficPolicy: Local on Service default/web "
        "(clients keep their address; only nodes with a ready backend answer)")

@@ -23,14 +23,13 @@ from typing import Iterator
 import pytest
 
 from enforcer.lab.probe import Outcome, ProbeSpec, probe_many
-
 from tests.lab.multinode_daemons import DENIED, OK, MultiNodeDaemons, node_port_manifest
 from tests.support.kubeproxy import LOCAL, Service, ServicePort
 from tests.support.multinode import EXT, EXT_IPV4, MultiNodeLab
 
 pytestmark = pytest.mark.lab
 
-PREFIX = f"enmd{os.getpid() % 1000}"
+PREFIX = f"enmd{os.getpid()}"
 NODES = {"n1": ["a", "b"], "n2": ["c"]}
 NP = Service("np", "10.96.0.30", (ServicePort(8080, 80, node_port=30090),), ("c",))
 NP_LOCAL = Service("np-local", "10.96.0.31", (ServicePort(8081, 80, node_port=30091),), ("c",),

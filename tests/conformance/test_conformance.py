@@ -15,7 +15,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module", params=[4, 6], ids=["ipv4", "ipv6"])
 def conformance_lab(request):
-    lab = ConformanceLab(prefix=f"enc{request.param}{os.getpid() % 1000}", family=request.param)
+    lab = ConformanceLab(prefix=f"enc{request.param}{os.getpid()}", family=request.param)
     try:
         lab.start()
         yield lab

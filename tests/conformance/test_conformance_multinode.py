@@ -36,7 +36,7 @@ def test_every_case_probes_pairs_on_one_node_and_across() -> None:
 
 @pytest.fixture(scope="module", params=[4, 6], ids=["ipv4", "ipv6"])
 def multinode_lab(request):
-    lab = MultiNodeConformanceLab(prefix=f"cf2m{request.param}{os.getpid() % 1000}", family=request.param,
+    lab = MultiNodeConformanceLab(prefix=f"cf2m{request.param}{os.getpid()}", family=request.param,
                                   pin_dir_prefix="/sys/fs/bpf/cf2-")
     try:
         lab.start()

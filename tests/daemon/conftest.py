@@ -2,7 +2,7 @@
 the real daemon on it (`DaemonLab`), made through `daemon_lab(...)`, and
 closed by a finalizer whatever happens.
 
-Names are this process's: namespaces "end<pid%1000><letter>-*", pins
+Names are this process's: namespaces "end<pid><letter>-*", pins
 /sys/fs/bpf/enforcer-daemontest-<pid>-*, work directories
 /tmp/enforcer-daemontest-<pid>-*. What a killed earlier run left (its pid no
 longer exists) is removed at the start of the session."""
@@ -22,7 +22,7 @@ from enforcer.lab.topology import ROUTED, Lab
 
 from .harness import PIN_PREFIX, PIN_ROOT, DaemonLab
 
-TAG = os.getpid() % 1000
+TAG = os.getpid()
 # One letter per module, so modules never share a namespace prefix; k, f
 # and g are tests/faults' (which make their labs with make_daemon_lab too).
 PREFIX_LETTERS = "blrvi" + "kfg" + "pmx"
@@ -48,7 +48,7 @@ def sweep_crashed_runs() -> None:
             if pid == os.getpid() or Path(f"/proc/{pid}").exists():
                 continue
             for letter in PREFIX_LETTERS:
-                Lab.cleanup_stale(f"end{pid % 1000}{letter}")  # kills its daemon and servers too
+                Lab.cleanup_stale(f"end{pid}{letter}")  # kills its daemon and servers too
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -11,7 +11,7 @@ import pytest
 from enforcer.datapath.attach import TcAttacher
 from enforcer.datapath.loader import FROM_POD, TO_POD, load_noop_program
 
-NETNS = f"enfp-att{os.getpid() % 10000}"
+NETNS = f"enfp-att{os.getpid()}"
 
 
 def sh(*args: str) -> str:

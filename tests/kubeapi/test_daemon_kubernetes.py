@@ -30,7 +30,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 @pytest.fixture(scope="module")
 def world():
-    prefix = f"enk{os.getpid() % 1000}"
+    prefix = f"enk{os.getpid()}"
     work = Path(tempfile.mkdtemp(prefix="enforcer-k8s-"))
     pin = Path(f"/sys/fs/bpf/enforcer-k8stest-{prefix}")
     _, state = lab_up(prefix, work / "manifests", DEMO_SPEC)

@@ -18,7 +18,7 @@ import pytest
 from tests.support.session import LabSession
 
 PODS = ("a", "b", "c")
-TAG = os.getpid() % 10000
+TAG = os.getpid()
 PIN_ROOT = Path("/sys/fs/bpf")
 _PIN_NAME = re.compile(r"^enforcer-labtest-(\d+)(-.*)?$")
 
@@ -42,7 +42,7 @@ def sweep_crashed_runs() -> None:
         pid = int(m.group(1))
         if pid == os.getpid() or Path(f"/proc/{pid}").exists():
             continue
-        for prefix in (f"enl{pid % 10000}", f"enl{pid % 10000}r"):
+        for prefix in (f"enl{pid}", f"enl{pid}r"):
             LabSession.cleanup_stale(prefix)
         shutil.rmtree(path, ignore_errors=True)
 

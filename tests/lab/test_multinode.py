@@ -26,18 +26,17 @@ from dataclasses import replace
 
 import pytest
 
-from enforcer.datapath.reasons import Reason
 from enforcer.datapath.layout import DIR_EGRESS, DIR_INGRESS
+from enforcer.datapath.reasons import Reason
 from enforcer.lab.netns import ip_json
 from enforcer.lab.probe import Outcome, ProbeResult, ProbeSpec, probe_many
-
 from tests.support import kubeproxy
 from tests.support.kubeproxy import LOCAL, Endpoint, Service, ServicePort
 from tests.support.multinode import EXT, EXT_IPV4, EXT_IPV6, MultiNodeLab
 
 from .multinode_daemons import MultiNodeDaemons
 
-TAG = os.getpid() % 1000
+TAG = os.getpid()
 PREFIX = f"enm{TAG}"
 NODES = {"n1": ["a", "b"], "n2": ["c", "d"]}
 FAMILIES = [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")]

@@ -35,14 +35,13 @@ import pytest
 from enforcer.datapath.layout import DIR_EGRESS
 from enforcer.datapath.reasons import Reason
 from enforcer.lab.probe import Outcome, ProbeResult, ProbeSpec, probe_many
-
 from tests.support import kubeproxy
 from tests.support.kubeproxy import ContainerPort, Endpoint, Service, ServicePort
 from tests.support.multinode import MultiNodeLab
 
 from .multinode_daemons import MultiNodeDaemons
 
-TAG = os.getpid() % 1000
+TAG = os.getpid()
 PREFIX = f"ntp{TAG}"
 NODES = {"n1": ["b", "e"], "n2": ["c", "d"]}
 CLIENT = "b"

@@ -26,7 +26,6 @@ from collections.abc import Iterator
 import pytest
 
 from enforcer.lab.probe import ProbeSpec, probe_many
-
 from tests.support.kubeproxy import LOCAL, Service, ServicePort
 from tests.support.multinode import EXT, EXT_IPV4, MultiNodeLab
 
@@ -34,7 +33,7 @@ from .multinode_daemons import DENIED, OK, MultiNodeDaemons, node_port_manifest
 
 pytestmark = pytest.mark.lab
 
-PREFIX = f"enst{os.getpid() % 1000}"
+PREFIX = f"enst{os.getpid()}"
 NODES = {"n1": ["a", "b"], "n2": ["c"]}
 WEB = Service("web", "10.96.0.40", (ServicePort(8080, 80, node_port=30090),), ("c",), namespace="foo")
 WEB_LOCAL = Service("web-local", "10.96.0.41", (ServicePort(8081, 80, node_port=30091),), ("c",),
