@@ -43,7 +43,7 @@ def make_pki(d: Path) -> None:
 
 @pytest.fixture(scope="module")
 def served():
-    prefix = f"ens{os.getpid() % 1000}"
+    prefix = f"ens{os.getpid()}"
     work = Path(tempfile.mkdtemp(prefix="enforcer-serving-"))
     pki = work / "pki"
     pki.mkdir()
@@ -52,8 +52,9 @@ def served():
     pin = Path(f"/sys/fs/bpf/enforcer-serving-{prefix}")
     _, state = lab_up(prefix, source, DEMO_SPEC)
     # A file rewritten every 30 ms holds the directory source's first sync
-    # back (it only reads files that hold still), so the API is up before
-    # the daemon is ready.
+    # back (it only reads files that hold still for a poll: 0.3 s here, ten
+    # rewrites, so a writer slowed by a loaded machine still holds it), so
+    # the API is up before the daemon is ready.
     churn = source / "churn.yaml"
     stop_churn = threading.Event()
 
@@ -67,7 +68,7 @@ def served():
     writer = threading.Thread(target=rewrite, daemon=True)
     writer.start()
     daemon = DaemonProcess(state.node_netns, pin, source, "lab-node", workdir=work / "daemon", extra_args=[
-        "--metrics-port", str(METRICS_PORT), "--metrics-addr", "127.0.0.1", "--listen", f"127.0.0.1:{TLS_PORT}",
+        "--poll-interval", "0.3", "--metrics-port", str(METRICS_PORT), "--metrics-addr", "127.0.0.1", "--listen", f"127.0.0.1:{TLS_PORT}",
         "--tls-cert", str(pki / "server.crt"), "--tls-key", str(pki / "server.key"),
         "--tls-client-ca", str(pki / "ca.crt")])
     started = threading.Thread(target=daemon.start, daemon=True)

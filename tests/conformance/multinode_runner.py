@@ -48,13 +48,13 @@ from typing import Any
 from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
 from enforcer.lab.probe import ProbeSpec, probe_many
 from enforcer.sources.directory import directory_revision
-
+from tests.support.fast import FAST_POLL, start_all
 from tests.support.kubeproxy import Service, ServicePort
 from tests.support.multinode import MultiNodeLab
 
 from . import cases as C
 from . import model as M
-from .runner import ConformanceBase, lab_name, run_case
+from .runner import ConformanceBase, lab_name, probe_timeout, run_case
 
 #: Node -> model pods: a and b of every namespace on n1, c on n2.
 PLACEMENT: dict[str, tuple[str, ...]] = {
@@ -65,7 +65,6 @@ TARGETS = ("pod", "service")
 #: The Service ports of model.go (SCTP left out: kube-proxy's emulation and
 #: this kernel have none, and only the TCP and UDP cases run here).
 SERVICE_PROTOCOLS = ("TCP", "UDP")
-PROBE_TIMEOUT = 1.0   # agnhost connect --timeout=1s, as runner.py
 UNPLACED_GRACE = 5.0  # a pod's interface may take a moment to be found
 
 
@@ -112,9 +111,9 @@ class MultiNodeConformanceLab(ConformanceBase):
         self._write_cluster()
         for node in PLACEMENT:
             self.daemons[node] = DaemonProcess(self.lab.node(node).netns, self.pin_dirs[node], self.source, node,
-                                               workdir=self.source.parent / f"{self.source.name}-{node}")
-        for d in self.daemons.values():
-            d.start()
+                                               workdir=self.source.parent / f"{self.source.name}-{node}",
+                                               extra_args=FAST_POLL)
+        start_all(self.daemons.values())
         self.sync()
         return self
 
@@ -185,12 +184,13 @@ class MultiNodeConformanceLab(ConformanceBase):
             out[node] = status
         return out
 
-    def observe(self, protocol: str, port: int, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+    def observe(self, protocol: str, port: int, pairs: list[tuple[str, str]],
+                expected: dict[tuple[str, str], bool]) -> dict[tuple[str, str], bool]:
         if protocol not in SERVICE_PROTOCOLS:
             raise ValueError(f"{protocol}: the multi-node runner probes TCP and UDP on the wire only")
-        specs = [ProbeSpec(self.lab.pod(lab_name(s)).netns, self.address_of(d), port, protocol.lower())
-                 for s, d in pairs]
-        return {pair: r.ok for pair, r in zip(pairs, probe_many(specs, timeout=PROBE_TIMEOUT))}
+        specs = [ProbeSpec(self.lab.pod(lab_name(s)).netns, self.address_of(d), port, protocol.lower(),
+                           timeout=probe_timeout(expected, (s, d))) for s, d in pairs]
+        return {pair: r.ok for pair, r in zip(pairs, probe_many(specs))}
 
     def diagnostics(self) -> str:
         return "\n".join(f"daemon {node} log:\n{d.log_tail(10)}" for node, d in self.daemons.items())

@@ -30,11 +30,20 @@ from enforcer.lab.netns import netns_path
 from enforcer.lab.probe import ProbeSpec, probe_many
 from enforcer.lab.topology import Lab
 from enforcer.sources.directory import directory_revision
+from tests.support.fast import FAST_POLL
 
 from . import cases as C
 from . import model as M
 
 NODE_NAME = "lab-node"
+# How long a probe waits for an answer. A drop is seen only as silence, so a
+# pair expected denied costs DENIED_TIMEOUT (a pass answers in ms: a wrongly
+# open pair still shows); one expected allowed gets longer, which costs
+# nothing unless it fails, so a loaded machine does not turn a slow answer
+# into a false "denied". Upstream's agnhost probes wait 1 s, and retry a
+# mismatch as check() does.
+DENIED_TIMEOUT = 0.4
+ALLOWED_TIMEOUT = 3.0
 # Run as a script (tests/ is not an installed package): it imports only enforcer.
 PACKET_VERDICT = Path(__file__).resolve().parents[1] / "support" / "packet_verdict.py"
 
@@ -88,7 +97,10 @@ class ConformanceBase:
         """Wait until every daemon has applied the directory's content."""
         raise NotImplementedError
 
-    def observe(self, protocol: str, port: int, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+    def observe(self, protocol: str, port: int, pairs: list[tuple[str, str]],
+                expected: dict[tuple[str, str], bool]) -> dict[tuple[str, str], bool]:
+        """Whether each pair connects; expected: what the case says (for
+        the probe timeouts, see DENIED_TIMEOUT)."""
         raise NotImplementedError
 
     def diagnostics(self) -> str:
@@ -165,13 +177,13 @@ class ConformanceBase:
         self.sync()
         pairs = [(f, t) for f, t, _ in probe.checked_pairs()]
         expected = {(f, t): v for f, t, v in probe.checked_pairs()}
-        observed = self.observe(probe.protocol, probe.port, pairs)
+        observed = self.observe(probe.protocol, probe.port, pairs, expected)
         # A probe is retried before it counts as a mismatch, as upstream does.
         for _ in range(2):
             wrong = [p for p in pairs if observed[p] != expected[p]]
             if not wrong:
                 return
-            observed.update(self.observe(probe.protocol, probe.port, wrong))
+            observed.update(self.observe(probe.protocol, probe.port, wrong, expected))
         mismatches = [Mismatch(f, t, expected[(f, t)], observed[(f, t)]) for f, t in pairs
                       if observed[(f, t)] != expected[(f, t)]]
         if not mismatches:
@@ -202,7 +214,7 @@ class ConformanceLab(ConformanceBase):
         self.lab.up()
         self._reset_labels()
         self._write_cluster()
-        self.daemon = DaemonProcess(self.lab.node_netns, self.pin_dir, self.source, NODE_NAME)
+        self.daemon = DaemonProcess(self.lab.node_netns, self.pin_dir, self.source, NODE_NAME, extra_args=FAST_POLL)
         self.daemon.start()
         self.sync()
         return self
@@ -227,12 +239,14 @@ class ConformanceLab(ConformanceBase):
     def diagnostics(self) -> str:
         return "daemon log:\n" + self.daemon.log_tail(15)
 
-    def observe(self, protocol: str, port: int, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+    def observe(self, protocol: str, port: int, pairs: list[tuple[str, str]],
+                expected: dict[tuple[str, str], bool]) -> dict[tuple[str, str], bool]:
         ips = self.pod_ips()
         if protocol == "SCTP":
             return self._observe_sctp(port, pairs)
-        specs = [ProbeSpec(self.lab.pod(lab_name(s)).netns, ips[d][0], port, protocol.lower()) for s, d in pairs]
-        return {pair: r.ok for pair, r in zip(pairs, probe_many(specs, timeout=1.0))}
+        specs = [ProbeSpec(self.lab.pod(lab_name(s)).netns, ips[d][0], port, protocol.lower(),
+                           timeout=probe_timeout(expected, (s, d))) for s, d in pairs]
+        return {pair: r.ok for pair, r in zip(pairs, probe_many(specs))}
 
     def _observe_sctp(self, port: int, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
         ips = self.pod_ips()
@@ -248,6 +262,10 @@ class ConformanceLab(ConformanceBase):
         if proc.returncode:
             raise RuntimeError(f"packet_verdict failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return {pair: r["allowed"] for pair, r in zip(pairs, json.loads(proc.stdout))}
+
+
+def probe_timeout(expected: dict[tuple[str, str], bool], pair: tuple[str, str]) -> float:
+    return ALLOWED_TIMEOUT if expected.get(pair, True) else DENIED_TIMEOUT
 
 
 def format_table(expected: dict[tuple[str, str], bool], observed: dict[tuple[str, str], bool]) -> str:

@@ -43,8 +43,8 @@ from enforcer.lab.netns import entered, netns_path
 from enforcer.lab.probe import Outcome, ProbeResult, ProbeSpec, connect_tcp, probe, probe_many
 from enforcer.lab.topology import ROUTED, Lab
 from enforcer.sources.directory import directory_revision
-
 from tests.lab.flows import Flow, flows  # one flow table for lab and daemon tests
+from tests.support.fast import FAST_POLL
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class DaemonLab:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{PIN_PREFIX}{os.getpid()}-{prefix}-"))
         self.source = self.workdir / "manifests"
         self.daemon: DaemonProcess | None = None
+        self.daemon_args: list[str] = []
         self._maps: DatapathMaps | None = None
         self.labels: dict[str, dict[str, str]] = {}
         self.uids: dict[str, str] = {}
@@ -154,7 +155,8 @@ class DaemonLab:
         if self.daemon is None:
             self.daemon = DaemonProcess(self.lab.node_netns, self.pin_dir, self.source, NODE_NAME,
                                         workdir=self.workdir / "daemon")
-        self.daemon.extra_args = list(args)
+        self.daemon_args = list(args)  # what the test asked for (FAST_POLL goes first)
+        self.daemon.extra_args = [*FAST_POLL, *args]
         self.daemon.status_file.unlink(missing_ok=True)  # the status we wait for is the new process's
         self.daemon.start()
         if sync:

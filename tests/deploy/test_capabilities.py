@@ -21,6 +21,7 @@ from enforcer.lab.loader import DaemonProcess, LoaderError
 from enforcer.lab.topology import Lab
 from enforcer.sources.directory import directory_revision
 from tests.conformance import model as M
+from tests.support.fast import FAST_POLL
 
 from .conftest import DEPLOY
 
@@ -60,7 +61,7 @@ def write_source(source: Path, lab: Lab) -> None:
 
 @pytest.fixture
 def lab(tmp_path):
-    prefix = f"dcap{os.getpid() % 10000}"
+    prefix = f"dcap{os.getpid()}"
     Lab.cleanup_stale(prefix)
     lab = Lab(prefix, list(PODS))
     lab.up()
@@ -77,7 +78,7 @@ def start_daemon(lab: Lab, tmp: Path, caps: list[str]) -> tuple[DaemonProcess, P
     source.mkdir()
     write_source(source, lab)
     daemon = DaemonProcess(lab.node_netns, pin_dir, source, NODE_NAME, python=restricted_python(tmp, caps),
-                           workdir=tmp / "daemon")
+                           workdir=tmp / "daemon", extra_args=FAST_POLL)
     return daemon, source
 
 

@@ -22,7 +22,7 @@ from enforcer.datapath.reasons import Reason
 from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
 from enforcer.lab.probe import Outcome, ProbeSpec, probe_many
 from enforcer.sources.directory import directory_revision
-
+from tests.support.fast import FAST_POLL, start_all
 from tests.support.multinode import MultiNodeLab
 
 OK, DENIED = Outcome.OK, Outcome.TIMEOUT
@@ -45,9 +45,8 @@ class MultiNodeDaemons:
         self.write("cluster.yaml", manifest)
         for node in self.lab.nodes.values():
             self.daemons[node.name] = DaemonProcess(node.netns, self.pin_dirs[node.name], self.source, node.name,
-                                                    workdir=self.workdir / node.name)
-        for d in self.daemons.values():
-            d.start()
+                                                    workdir=self.workdir / node.name, extra_args=FAST_POLL)
+        start_all(self.daemons.values())
         self.sync()
         return self
 
