@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .compiler.admission import MAX_ENTRIES_PER_POLICY_POD, MAX_PREFIXES_PER_POLICY, PREFIXES_PER_PASS
-from .errors import EnforcerError
 from .datapath.registry import map_size_fields
 from .datapath.source import DEFAULT_PIN_DIR, DatapathConfig
+from .errors import EnforcerError
 
 DEFAULT_SOCKET = "/run/enforcer/enforcer.sock"
 
@@ -112,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .api.client import flow_line
 
-    def on_verdict(v) -> None:  # type: ignore[no-untyped-def]
+    def on_verdict(v) -> None:
         flow = hub.publish(v)
         if flows.isEnabledFor(logging.INFO):
             flows.info("%s", flow_line(flow))
@@ -125,8 +125,9 @@ def _run(args: argparse.Namespace) -> int:
         from .sources.kubernetes import KubernetesSource, api_client
 
         k8s = api_client(args.kubeconfig)
-        source = KubernetesSource(store, k8s)
-        source_text = f"kubernetes:{source.host}"
+        k8s_source = KubernetesSource(store, k8s)
+        source: KubernetesSource | DirectorySource = k8s_source
+        source_text = f"kubernetes:{k8s_source.host}"
     else:
         options: dict[str, Any] = {}
         if args.max_manifest_bytes is not None:
@@ -242,17 +243,19 @@ def _api(args: argparse.Namespace) -> int:
     elif args.command == "counters":
         print(client.show_counters(stub, args.json, args.namespace or "", args.pod or ""))
     elif args.command == "flows":
-        verdict = {"all": 0, "allowed": 1, "denied": 2}[args.verdict]
-        req = pb.StreamFlowsRequest(namespace=args.namespace or "", pod=args.pod or "", verdict=verdict,
-                                    since_recent=True, follow=args.follow)
+        verdict = {"all": pb.StreamFlowsRequest.VERDICT_FILTER_ALL,
+                   "allowed": pb.StreamFlowsRequest.VERDICT_FILTER_ALLOWED,
+                   "denied": pb.StreamFlowsRequest.VERDICT_FILTER_DENIED}[args.verdict]
+        flows_req = pb.StreamFlowsRequest(namespace=args.namespace or "", pod=args.pod or "", verdict=verdict,
+                                          since_recent=True, follow=args.follow)
         try:
-            client.stream_flows(stub, args.json, req, out=lambda line: print(line, flush=True))
+            client.stream_flows(stub, args.json, flows_req, out=lambda line: print(line, flush=True))
         except KeyboardInterrupt:
             pass
     elif args.command == "explain":
-        req = pb.ExplainRequest(source=args.source, destination=args.destination, protocol=args.protocol,
-                                port=args.port)
-        print(client.show_explain(stub, args.json, req))
+        explain_req = pb.ExplainRequest(source=args.source, destination=args.destination, protocol=args.protocol,
+                                        port=args.port)
+        print(client.show_explain(stub, args.json, explain_req))
     elif args.command == "diagnose":
         text, code = client.show_diagnose(stub, args.json)
         print(text)

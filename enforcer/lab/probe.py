@@ -109,7 +109,7 @@ def probe(netns: str | None, dst_ip: str, port: int, proto: str = "tcp",
             s.connect((dst_ip, port))
             s.send(b"probe\n")
             return _answered(s.recv(4096).decode().strip())
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return ProbeResult(Outcome.TIMEOUT)
     except ConnectionRefusedError:
         return ProbeResult(Outcome.REFUSED)

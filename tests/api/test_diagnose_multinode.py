@@ -18,7 +18,7 @@ what it says, and nothing is reported for it:
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -99,7 +99,7 @@ class MultiNodeConformanceLab(ConformanceBase):
 
     # -- lifecycle --
 
-    def start(self) -> "MultiNodeConformanceLab":
+    def start(self) -> MultiNodeConformanceLab:
         self.pin_dirs = {node: Path(f"{self.pin_dir_prefix}{self.prefix}-{node}") for node in PLACEMENT}
         self._remove_pins()  # a crashed run's
         self._make_source()
@@ -190,7 +190,7 @@ class MultiNodeConformanceLab(ConformanceBase):
             raise ValueError(f"{protocol}: the multi-node runner probes TCP and UDP on the wire only")
         specs = [ProbeSpec(self.lab.pod(lab_name(s)).netns, self.address_of(d), port, protocol.lower(),
                            timeout=probe_timeout(expected, (s, d))) for s, d in pairs]
-        return {pair: r.ok for pair, r in zip(pairs, probe_many(specs))}
+        return {pair: r.ok for pair, r in zip(pairs, probe_many(specs), strict=False)}
 
     def diagnostics(self) -> str:
         return "\n".join(f"daemon {node} log:\n{d.log_tail(10)}" for node, d in self.daemons.items())

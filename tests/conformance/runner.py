@@ -205,7 +205,7 @@ class ConformanceLab(ConformanceBase):
     daemon: DaemonProcess = field(init=False)
     _sport: int = 30000
 
-    def start(self) -> "ConformanceLab":
+    def start(self) -> ConformanceLab:
         Lab.cleanup_stale(self.prefix)
         self.pin_dir = Path(f"/sys/fs/bpf/enforcer-conf-{self.prefix}")
         shutil.rmtree(self.pin_dir, ignore_errors=True)
@@ -246,7 +246,7 @@ class ConformanceLab(ConformanceBase):
             return self._observe_sctp(port, pairs)
         specs = [ProbeSpec(self.lab.pod(lab_name(s)).netns, ips[d][0], port, protocol.lower(),
                            timeout=probe_timeout(expected, (s, d))) for s, d in pairs]
-        return {pair: r.ok for pair, r in zip(pairs, probe_many(specs))}
+        return {pair: r.ok for pair, r in zip(pairs, probe_many(specs), strict=False)}
 
     def _observe_sctp(self, port: int, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
         ips = self.pod_ips()
@@ -261,7 +261,7 @@ class ConformanceLab(ConformanceBase):
             input=json.dumps(flows), capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"packet_verdict failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        return {pair: r["allowed"] for pair, r in zip(pairs, json.loads(proc.stdout))}
+        return {pair: r["allowed"] for pair, r in zip(pairs, json.loads(proc.stdout), strict=False)}
 
 
 def probe_timeout(expected: dict[tuple[str, str], bool], pair: tuple[str, str]) -> float:

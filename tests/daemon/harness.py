@@ -43,7 +43,7 @@ from enforcer.lab.netns import entered, netns_path
 from enforcer.lab.probe import Outcome, ProbeResult, ProbeSpec, connect_tcp, probe, probe_many
 from enforcer.lab.topology import ROUTED, Lab
 from enforcer.sources.directory import directory_revision
-from tests.lab.flows import Flow, flows  # one flow table for lab and daemon tests
+from tests.lab.flows import Flow  # one flow table for lab and daemon tests
 from tests.support.fast import FAST_POLL
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class DaemonLab:
 
     # -- lifecycle --
 
-    def start(self, daemon_args: Sequence[str] = ()) -> "DaemonLab":
+    def start(self, daemon_args: Sequence[str] = ()) -> DaemonLab:
         try:
             Lab.cleanup_stale(self.lab.prefix)
             shutil.rmtree(self.pin_dir, ignore_errors=True)
@@ -343,7 +343,7 @@ class DaemonLab:
             specs = [ProbeSpec(self.lab.netns_of(f.src), self.lab.pod(f.dst).ip(family), f.port, f.proto, None,
                                DENY_TIMEOUT if f.expect is DENIED else PASS_TIMEOUT) for f in pending]
             wrong, again = [], []
-            for flow, res in zip(pending, probe_many(specs)):
+            for flow, res in zip(pending, probe_many(specs), strict=False):
                 if res.outcome is not flow.expect:
                     wrong.append(f"{flow.text(family)}: expected {LABELS[flow.expect]}, "
                                  f"got {LABELS[res.outcome]} {res.detail}".rstrip())
@@ -394,7 +394,7 @@ def probe_counting_retransmits(netns: str | None, dst_ip: str, port: int, proto:
         return probe(netns, dst_ip, port, proto, timeout), 0
     try:
         s, greeting = connect_tcp(netns, dst_ip, port, timeout)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return ProbeResult(Outcome.TIMEOUT), 0
     except ConnectionRefusedError:
         return ProbeResult(Outcome.REFUSED), 0
@@ -540,7 +540,7 @@ class Prober:
 
     # -- running --
 
-    def start(self) -> "Prober":
+    def start(self) -> Prober:
         self.note("prober started")
         for t in self._threads:
             t.start()
@@ -584,7 +584,7 @@ class Prober:
                     conn.settimeout(left)
                     try:
                         data = conn.recv(65536)
-                    except (TimeoutError, socket.timeout):
+                    except TimeoutError:
                         continue
                     if not data:
                         ex.error = "closed by peer"

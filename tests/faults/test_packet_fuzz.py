@@ -39,7 +39,8 @@ from enforcer.lab.topology import BRIDGE, BRIDGE_IFNAME, NODE_IPV4, NODE_IPV6, R
 from enforcer.v1 import enforcer_pb2 as pb
 from enforcer.v1 import enforcer_pb2_grpc as pb_grpc
 from tests.daemon.conftest import make_daemon_lab
-from tests.daemon.harness import DENIED, OK, DaemonLab, allow_from, allow_to, flows, policy
+from tests.daemon.harness import DENIED, OK, DaemonLab, allow_from, allow_to, policy
+from tests.lab.flows import flows
 
 from . import packets as P
 from .wire import Capture, Sender, link_mac, pinned

@@ -84,7 +84,7 @@ def check(w, expected: dict[tuple[str, str, int], bool]) -> None:  # type: ignor
     # Expected answers may wait on proxy ARP (up to 0.8 s in the routed lab).
     results = probe_many([ProbeSpec(sources[s], st.pods[d]["ipv4"], port, timeout=3.0 if expected[(s, d, port)] else 1.0)
                           for s, d, port in keys])
-    got = {k: r.ok for k, r in zip(keys, results)}
+    got = {k: r.ok for k, r in zip(keys, results, strict=False)}
     wrong = {k: (expected[k], got[k]) for k in keys if expected[k] != got[k]}
     if wrong:
         from enforcer.api import client

@@ -37,7 +37,7 @@ class MultiNodeDaemons:
         self.daemons: dict[str, DaemonProcess] = {}
         self._maps: dict[str, DatapathMaps] = {}
 
-    def start(self, manifest: dict[str, Any]) -> "MultiNodeDaemons":
+    def start(self, manifest: dict[str, Any]) -> MultiNodeDaemons:
         """Write the cluster's manifest, start a daemon per node (the lab is
         up) and wait until each has applied it."""
         remove_pin_dirs(self.pin_dirs.values())  # a crashed run's
@@ -107,7 +107,7 @@ class MultiNodeDaemons:
         specs = [ProbeSpec(lab.netns_of(src), lab.node(via).ip(4), port, "tcp",
                            timeout=1.0 if want is DENIED else 3.0) for src, via, port, want in table]
         results = probe_many(specs)
-        wrong = [f"{row}: got {r.outcome.value} {r.answered_by or ''} {r.detail}" for row, r in zip(table, results)
+        wrong = [f"{row}: got {r.outcome.value} {r.answered_by or ''} {r.detail}" for row, r in zip(table, results, strict=False)
                  if r.outcome is not row[3] or (r.ok and r.answered_by != backend)]
         assert not wrong, "\n".join(wrong) + "\n" + self.log_tails()
 

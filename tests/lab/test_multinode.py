@@ -137,7 +137,7 @@ def test_pod_to_pod_across_nodes(lab: MultiNodeLab, family: int) -> None:
              for port, proto in ((80, "tcp"), (81, "udp"))]
     results = lab.probe_many([(s, lab.pod(d).ip(family), port, proto) for s, d, port, proto in flows],
                              timeout=PASS_TIMEOUT)
-    wrong = [f"{f}: {describe(r)}" for f, r in zip(flows, results)
+    wrong = [f"{f}: {describe(r)}" for f, r in zip(flows, results, strict=False)
              if not (r.ok and r.answered_by == f[1] and r.peer == lab.pod(f[0]).ip(family))]
     assert not wrong, "\n".join(wrong)
 
@@ -251,7 +251,7 @@ def check(lab: MultiNodeLab, table: list[tuple[str, str, int, str, Outcome, str]
     specs = [ProbeSpec(lab.netns_of(s), d, port, proto,
                        timeout=DENY_TIMEOUT if want is Outcome.TIMEOUT else PASS_TIMEOUT)
              for s, d, port, proto, want, _ in table]
-    wrong = [f"{row[:4]}: expected {row[4].value}, got {describe(r)}" for row, r in zip(table, probe_many(specs))
+    wrong = [f"{row[:4]}: expected {row[4].value}, got {describe(r)}" for row, r in zip(table, probe_many(specs), strict=False)
              if r.outcome is not row[4] or (r.ok and r.answered_by != row[5])]
     assert not wrong, "\n".join(wrong)
 

@@ -14,8 +14,8 @@ import tempfile
 import threading
 import types
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
