@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean cleanup
+.PHONY: setup demo test unit bench clean cleanup
 
 setup:
 	@bash scripts/setup.sh
@@ -10,8 +10,27 @@ setup:
 demo: setup
 	$(PY) -m enforcer demo
 
+# The suite mostly waits (probes that must time out, daemons starting), so it
+# runs in parallel workers even on two cores (tests/conftest.py: how they
+# stay apart). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@start=$$(date +%s); \
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS)) $(PYTEST_ARGS); \
+	status=$$?; end=$$(date +%s); \
+	echo "make test: $$(( (end - start) / 60 ))m$$(( (end - start) % 60 ))s wall ($(TEST_WORKERS) workers), exit status $$status"; \
+	exit $$status
+
+# The unit tests alone (tests/conftest.py: UNIT_PATHS), in seconds: no root,
+# BPF or network namespaces. Started as root, they run as nobody, so none of
+# them can lean on root. No set-up (it needs root): the venv must exist.
+UNIT_WORKERS ?= 2
+unit:
+	@test -x $(PY) || { echo "make unit: no $(PY): run make setup (as root) once" >&2; exit 1; }
+	@if [ "$$(id -u)" = 0 ]; then as="runuser -u nobody --"; else as=""; fi; \
+	paths=$$($(PY) -c 'import tests.conftest as c; print(" ".join(c.UNIT_PATHS))') || exit 1; \
+	$$as $(PY) -m pytest -p no:cacheprovider -m unit $(if $(filter 0,$(UNIT_WORKERS)),,-n $(UNIT_WORKERS)) \
+		$(PYTEST_ARGS) $$paths
 
 # Every benchmark (datapath, then compiler); the last line is one JSON object.
 bench: setup
