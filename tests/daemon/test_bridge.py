@@ -22,9 +22,10 @@ from enforcer.datapath.reasons import Reason
 from enforcer.lab.netns import entered, ip_json, run
 from enforcer.lab.topology import BRIDGE, BRIDGE_IFNAME, Lab
 from enforcer.model.objects import Pod as ModelPod
+from tests.lab.flows import flows
 
 from .conftest import make_daemon_lab, prefix
-from .harness import DENIED, NAMESPACE, OK, DaemonLab, allow_from, allow_to, flows, policy
+from .harness import DENIED, NAMESPACE, OK, DaemonLab, allow_from, allow_to, policy
 
 pytestmark = pytest.mark.lab
 

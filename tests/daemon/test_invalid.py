@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from enforcer.lab.topology import ROUTED
+from tests.lab.flows import flows
 
 from .conftest import make_daemon_lab
-from .harness import DENIED, OK, DaemonLab, allow_from, flows, policy
+from .harness import DENIED, OK, DaemonLab, allow_from, policy
 
 pytestmark = pytest.mark.lab
 

@@ -21,9 +21,10 @@ from enforcer.lab.netns import ip_json
 from enforcer.lab.probe import connect_tcp, exchange, open_socket
 from enforcer.lab.topology import BRIDGE, ROUTED
 from enforcer.lab.topology import Pod as LabPod
+from tests.lab.flows import flows
 
 from .conftest import make_daemon_lab
-from .harness import DENIED, OK, DaemonLab, allow_from, flows, policy
+from .harness import DENIED, OK, DaemonLab, allow_from, policy
 
 pytestmark = pytest.mark.lab
 

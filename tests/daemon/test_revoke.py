@@ -14,9 +14,10 @@ import pytest
 
 from enforcer.lab.probe import connect_tcp, exchange, open_socket
 from enforcer.lab.topology import ROUTED
+from tests.lab.flows import flows
 
 from .conftest import make_daemon_lab
-from .harness import DENIED, OK, DaemonLab, allow_from, flows, policy
+from .harness import DENIED, OK, DaemonLab, allow_from, policy
 
 pytestmark = pytest.mark.lab
 
