@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit bench clean cleanup
+.PHONY: setup demo lint test unit bench clean cleanup
 
 setup:
 	@bash scripts/setup.sh
@@ -14,12 +14,18 @@ demo: setup
 # runs in parallel workers even on two cores (tests/conftest.py: how they
 # stay apart). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 4
-test: setup
+test: setup lint
 	@start=$$(date +%s); \
 	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS)) $(PYTEST_ARGS); \
 	status=$$?; end=$$(date +%s); \
 	echo "make test: $$(( (end - start) / 60 ))m$$(( (end - start) % 60 ))s wall ($(TEST_WORKERS) workers), exit status $$status"; \
 	exit $$status
+
+# ruff (style, imports, likely bugs) and mypy (types) over the package, the
+# tests and the benchmarks: configured in pyproject.toml.
+lint: setup
+	$(PY) -m ruff check enforcer tests bench
+	$(PY) -m mypy
 
 # The unit tests alone (tests/conftest.py: UNIT_PATHS), in seconds: no root,
 # BPF or network namespaces. Started as root, they run as nobody, so none of
@@ -32,7 +38,7 @@ unit:
 	$$as $(PY) -m pytest -p no:cacheprovider -m unit $(if $(filter 0,$(UNIT_WORKERS)),,-n $(UNIT_WORKERS)) \
 		$(PYTEST_ARGS) $$paths
 
-# Every benchmark (datapath, then compiler); the last line is one JSON object.
+# Every benchmark (datapath, compiler, prefix); the last line is one JSON object.
 bench: setup
 	$(PY) bench/run_all.py
 

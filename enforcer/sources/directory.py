@@ -30,9 +30,10 @@ import os
 import stat as stat_mod
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, SequenceNode
@@ -108,7 +109,7 @@ def _file_type(mode: int) -> str:
     return f"file type {stat_mod.S_IFMT(mode):#o}"
 
 
-def _may_hold_manifests(entry: os.DirEntry) -> bool:  # type: ignore[type-arg]
+def _may_hold_manifests(entry: os.DirEntry) -> bool:
     try:
         return entry.is_symlink() or entry.is_dir(follow_symlinks=False)
     except OSError:
@@ -302,7 +303,7 @@ def _flatten(doc: Any) -> Iterable[dict[str, Any]]:
         raise ValueError(f"a document is a {type(doc).__name__}, not an object")
     kind = doc.get("kind", "")
     if isinstance(kind, str) and kind.endswith("List") and isinstance(doc.get("items"), list):
-        items = []
+        items: list[Any] = []
         for item in doc["items"]:
             items.extend(_flatten(item))
         return items
