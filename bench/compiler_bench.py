@@ -14,7 +14,7 @@ Measured, for each policy count:
 
   cold       parse every object into a ClusterStore, compile for the node,
              write every entry (MapSync.apply into real pinned maps made by
-             load_pod_programs; pins under /sys/fs/bpf/enforcer-cbench-<pid>-<n>,
+             load_datapath_programs; pins under /sys/fs/bpf/enforcer-cbench-<pid>-<n>,
              removed at the end, also on failure); and the compile alone.
   change     one object changed -> maps written: store.upsert (or delete),
              snapshot, compile, MapSync.apply -- what Daemon.reconcile_once
@@ -579,9 +579,9 @@ class Pass:
 
 @contextlib.contextmanager
 def pinned_maps(tag: str = "") -> Iterator[Any]:
-    """Real pinned maps from load_pod_programs, under a pin directory of
+    """Real pinned maps from load_datapath_programs, under a pin directory of
     this process; the programs are unloaded and the pins removed on exit."""
-    from enforcer.datapath.loader import load_pod_programs, remove_pins
+    from enforcer.datapath.loader import load_datapath_programs, remove_pins
     from enforcer.datapath.maps import DatapathMaps
     from enforcer.datapath.source import DatapathConfig
 
@@ -591,7 +591,7 @@ def pinned_maps(tag: str = "") -> Iterator[Any]:
     config = DatapathConfig(pin_dir=pin_dir, policy_max=POLICY_MAX)
     programs = maps = None
     try:
-        programs = load_pod_programs(config)
+        programs = load_datapath_programs(config)
         maps = DatapathMaps(pin_dir)
         yield maps
     finally:

@@ -61,8 +61,8 @@ from enforcer.datapath.loader import (
     TO_NETWORK,
     TO_POD,
     LoadedPrograms,
+    load_datapath_programs,
     load_noop_program,
-    load_pod_programs,
     remove_pins,
 )
 from enforcer.datapath.maps import DatapathMaps, PolicyRule
@@ -386,7 +386,7 @@ class Bench:
                 raise RuntimeError(f"{b.config.pin_dir} exists already")
             b.owns_pins = True
             t = time.monotonic()
-            b.programs = load_pod_programs(b.config)
+            b.programs = load_datapath_programs(b.config)
             b.maps = DatapathMaps(b.config.pin_dir)
             self.progress(f"compiled and loaded the {b.name} build in {time.monotonic() - t:.1f}s "
                           f"(pins {b.config.pin_dir})")

@@ -26,10 +26,10 @@ def _datapath_run(args: argparse.Namespace) -> int:
     enforcement stays in place for the next loader."""
     from .datapath.attach import TcAttacher
     from .datapath.events import EventReader, Verdict
-    from .datapath.loader import load_pod_programs
+    from .datapath.loader import load_datapath_programs
 
     config = DatapathConfig(pin_dir=Path(args.pin_dir))
-    loaded = load_pod_programs(config)
+    loaded = load_datapath_programs(config)
     attacher = TcAttacher()
     for ifname in args.attach:
         attacher.attach(attacher.ifindex(ifname), loaded.fds)

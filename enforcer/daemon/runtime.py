@@ -24,7 +24,7 @@ from ..datapath import bpfsys
 from ..datapath.attach import NODE_HOOKS, TcAttacher
 from ..datapath.events import EventReader, Verdict
 from ..datapath.layout import Counter
-from ..datapath.loader import LoadedPrograms, load_pod_programs
+from ..datapath.loader import LoadedPrograms, load_datapath_programs
 from ..datapath.maps import DatapathMaps
 from ..datapath.reasons import REASON_SLOTS
 from ..datapath.source import DatapathConfig
@@ -116,7 +116,7 @@ class Daemon:
     # -- lifecycle --
 
     def start(self) -> None:
-        self.loaded = load_pod_programs(self.config.datapath)
+        self.loaded = load_datapath_programs(self.config.datapath)
         self.maps = DatapathMaps(self.config.datapath.pin_dir)
         self.sync = MapSync(self.maps)
         # Programs left by a previous daemon: replaced with ours on the first pass.

@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 # Every program in one unit (bpf/datapath.c): they share maps and the ring buffer.
 DATAPATH_SOURCE = BPF_DIR / "datapath.c"
-POD_PROGRAM_SOURCE = DATAPATH_SOURCE
 PARSE_EQUIV_SOURCE = BPF_DIR / "tests" / "parse_equiv.c"
 NOOP_PROGRAM_SOURCE = BPF_DIR / "noop.c"
 FROM_POD = "from_pod"
@@ -199,7 +198,7 @@ def measure_kernel_hz() -> int:
     return min(STANDARD_HZ, key=lambda hz: abs(hz - measured))
 
 
-def load_pod_programs(config: DatapathConfig) -> LoadedPrograms:
+def load_datapath_programs(config: DatapathConfig) -> LoadedPrograms:
     """Compile and load from_pod/to_pod/to_network, creating or reusing
     the pins."""
     config.validate()

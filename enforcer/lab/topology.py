@@ -326,9 +326,6 @@ class Lab:
         title = f"{proto}/{port} IPv{family}"
         return format_matrix(title, sources, list(self.pods), results)
 
-    def print_matrix(self, port: int, proto: str = "tcp", family: int = 4, timeout: float = 1.0,
-                     sources: Sequence[str] | None = None) -> None:
-        print(self.format_matrix(port, proto, family, timeout, sources), flush=True)
 
 
 # -- building blocks, shared with the multi-node lab (multinode.py) ------------

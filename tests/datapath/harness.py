@@ -17,7 +17,7 @@ from enforcer.datapath.layout import (
     EP_F_INGRESS_ISOLATED,
     IDENTITY_HOST,
 )
-from enforcer.datapath.loader import FROM_POD, TO_NETWORK, TO_POD, LoadedPrograms, load_pod_programs, remove_pins
+from enforcer.datapath.loader import FROM_POD, TO_NETWORK, TO_POD, LoadedPrograms, load_datapath_programs, remove_pins
 from enforcer.datapath.maps import DatapathMaps, PolicyRule
 from enforcer.datapath.reasons import Reason
 from enforcer.datapath.source import DatapathConfig
@@ -69,7 +69,7 @@ class Outcome:
 class Harness:
     def __init__(self, config: DatapathConfig) -> None:
         self.config = config
-        self.loaded: LoadedPrograms = load_pod_programs(config)
+        self.loaded: LoadedPrograms = load_datapath_programs(config)
         self.maps = DatapathMaps(config.pin_dir)
         self._events: list[Verdict] = []
         self.reader = EventReader(self.loaded.bpf, self._events.append)

@@ -213,14 +213,14 @@ def test_a_prefix_length_the_c_key_disagrees_with_fails_the_compile(policy_only)
 
 
 def test_the_daemon_start_refuses_a_layout_mismatch(monkeypatch):
-    """load_pod_programs (what `enforcer run` calls first) compiles the
+    """load_datapath_programs (what `enforcer run` calls first) compiles the
     layout checks with the datapath: a wrong mirror stops it, no map pinned."""
     wrong = [(c, SwappedPolicyKey if c == "struct policy_key" else py) for c, py in registry.layout_structs()]
     monkeypatch.setattr(loader, "layout_checks", lambda: registry.layout_checks(wrong))
     cfg = DatapathConfig(pin_dir=pin_dir_for("refuse"))
     try:
         with pytest.raises(BuildError, match="struct policy_key field protocol"):
-            loader.load_pod_programs(cfg)
+            loader.load_datapath_programs(cfg)
         assert list(cfg.pin_dir.iterdir()) == []
     finally:
         shutil.rmtree(cfg.pin_dir, ignore_errors=True)

@@ -13,7 +13,7 @@ import pytest
 
 from enforcer.cli import MAP_SIZE_FIELDS
 from enforcer.datapath import bpfsys, registry
-from enforcer.datapath.loader import check_pins, load_pod_programs, remove_old_pins, remove_pins
+from enforcer.datapath.loader import check_pins, load_datapath_programs, remove_old_pins, remove_pins
 from enforcer.datapath.reasons import REASON_SLOTS
 from enforcer.datapath.source import DatapathConfig
 from enforcer.errors import PinError
@@ -107,7 +107,7 @@ def test_load_reuses_fitting_pins_refuses_resized_ones_and_removes_old_layouts(p
                        **foreign})
     config = DatapathConfig(pin_dir=pin_dir, policy_max=64, ct_max=128)
 
-    loaded = load_pod_programs(config)
+    loaded = load_datapath_programs(config)
     loaded.cleanup()
     assert loaded.reused_pins == []
     present = {p.name for p in pin_dir.iterdir()}
@@ -117,7 +117,7 @@ def test_load_reuses_fitting_pins_refuses_resized_ones_and_removes_old_layouts(p
     with pytest.raises(PinError, match=r"policy_v1 has max_entries 64 \(expected 262144\)"):
         check_pins(dataclasses.replace(config, policy_max=262144))
     with pytest.raises(PinError, match=r"conntrack_v2 has max_entries 128 \(expected 256\)"):
-        load_pod_programs(dataclasses.replace(config, ct_max=256))
+        load_datapath_programs(dataclasses.replace(config, ct_max=256))
 
     pin_maps(pin_dir, {"conntrack_v1": '"hash", u32, u32, 4'})
     assert remove_pins(config) == [s.name for s in registry.MAPS] + ["conntrack_v1"]

@@ -119,15 +119,3 @@ class LabWorld:
         ep = pod if isinstance(pod, int) else self.endpoint_id(pod)
         names = {v: k for k, v in DIRECTIONS.items()}
         return {(names[d], r): pkts for (d, r), (pkts, _b) in self.maps.counters(ep).items()}
-
-    def format_counters(self) -> str:
-        """Non-zero verdict counters of every pod (and endpoint 0), one line
-        per (pod, direction, reason)."""
-        lines = []
-        targets: list[tuple[str, str | int]] = [(n, n) for n in self.lab.pods]
-        targets.append(("(none)", 0))
-        for label, key in targets:
-            for (direction, reason), pkts in sorted(self.counters(key).items(),
-                                                    key=lambda kv: (kv[0][0], int(kv[0][1]))):
-                lines.append(f"  {label:<10} {direction:<8} {reason.name:<26} {pkts:>6} pkts")
-        return "\n".join(lines) if lines else "  (no packets counted)"
