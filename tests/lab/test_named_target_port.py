@@ -213,12 +213,17 @@ def test_egress_through_a_named_target_port(cluster: Cluster, family: int, ports
     report = (f"picked by kube-proxy {picked}, answered {dict(answered)}, "
               f"others {Counter(describe(r) for r in results if not r.ok)}\n{cluster.log_tails()}")
 
-    # kube-proxy tried every backend, once per connection.
+    # kube-proxy tried every backend. A connection whose client port was
+    # used a moment before can find netfilter's entry for it and go to the
+    # same backend without passing the DNAT rule again (not counted): so
+    # at most one pick per connection, and answers at least as many.
     assert all(picked.values()), f"a backend was never picked: {report}"
-    assert sum(picked.values()) == len(results), report
+    assert sum(picked.values()) <= len(results), report
     # The allowed backends answered every connection they got, to b itself;
-    # the others none.
-    assert dict(answered) == {p: picked[p] for p in sorted(allowed)}, report
+    # the others none: every other connection was dropped (a timeout).
+    assert set(answered) == set(allowed), report
+    assert all(answered[p] >= picked[p] for p in allowed), report
+    assert sum(1 for r in results if not r.ok) >= sum(picked[p] for p in BACKENDS if p not in allowed), report
     assert {r.peer for r in results if r.ok} == {client_ip}, report
     assert all(r.outcome is Outcome.TIMEOUT for r in results if not r.ok), report
     # The denied connections were dropped by b's egress policy (SYNs and
