@@ -22,10 +22,12 @@ test: setup lint
 	exit $$status
 
 # ruff (style, imports, likely bugs) and mypy (types) over the package, the
-# tests and the benchmarks: configured in pyproject.toml.
+# tests and the benchmarks, and import-linter's layer contracts (also checked
+# by tests/test_architecture.py): configured in pyproject.toml.
 lint: setup
 	$(PY) -m ruff check enforcer tests bench
 	$(PY) -m mypy
+	.venv/bin/lint-imports --no-cache
 
 # The unit tests alone (tests/conftest.py: UNIT_PATHS), in seconds: no root,
 # BPF or network namespaces. Started as root, they run as nobody, so none of
