@@ -2,10 +2,14 @@
 dicts the Kubernetes API returns (both sources share it)."""
 
 from .objects import (
+    ClusterNetworkPolicy,
+    ClusterPeer,
+    ClusterRule,
     ContainerPort,
     IPBlock,
     Namespace,
     NetworkPolicy,
+    Node,
     Peer,
     Pod,
     PolicyPort,
@@ -15,6 +19,7 @@ from .objects import (
 from .selectors import LabelSelector, Requirement
 
 __all__ = [
-    "ContainerPort", "IPBlock", "LabelSelector", "Namespace", "NetworkPolicy", "Peer", "Pod",
+    "ClusterNetworkPolicy", "ClusterPeer", "ClusterRule", "ContainerPort", "IPBlock", "LabelSelector", "Namespace",
+    "NetworkPolicy", "Node", "Peer", "Pod",
     "PolicyPort", "PolicyRule", "Requirement", "parse_object",
 ]

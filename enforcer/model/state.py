@@ -10,7 +10,19 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import InvalidObjectError
-from .objects import EndpointSlice, Namespace, NetworkPolicy, Pod, Service, parse_object
+from .clusterpolicy import ANP_KIND, BANP_KIND, CNP_KIND
+from .objects import (
+    CLUSTER_SCOPED_KINDS,
+    ClusterNetworkPolicy,
+    EndpointSlice,
+    Namespace,
+    NetworkPolicy,
+    Node,
+    Parsed,
+    Pod,
+    Service,
+    parse_object,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,10 @@ class ClusterSnapshot:
     source_revision: str = ""
     services: Mapping[str, Service] = field(default_factory=lambda: MappingProxyType({}))
     endpoint_slices: Mapping[str, EndpointSlice] = field(default_factory=lambda: MappingProxyType({}))
+    # ClusterNetworkPolicies by ClusterNetworkPolicy.key (converted v1alpha1
+    # AdminNetworkPolicy/BaselineAdminNetworkPolicy objects too), Nodes by name.
+    cluster_policies: Mapping[str, ClusterNetworkPolicy] = field(default_factory=lambda: MappingProxyType({}))
+    nodes: Mapping[str, Node] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass
@@ -37,6 +53,8 @@ class ClusterStore:
     errors: dict[str, InvalidObjectError] = field(default_factory=dict)  # by object key
     services: dict[str, Service] = field(default_factory=dict)
     endpoint_slices: dict[str, EndpointSlice] = field(default_factory=dict)
+    cluster_policies: dict[str, ClusterNetworkPolicy] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
     revision: int = 0
     source_revision: str = ""
     on_change: Callable[[], None] | None = None
@@ -56,8 +74,10 @@ class ClusterStore:
 
     @staticmethod
     def object_key(raw: Mapping[str, Any]) -> str:
+        """The key of an object's error: `kind:namespace/name`, the
+        namespace empty for cluster-scoped kinds."""
         meta = raw.get("metadata") or {}
-        ns = meta.get("namespace", "default") if raw.get("kind") != "Namespace" else ""
+        ns = meta.get("namespace", "default") if raw.get("kind") not in CLUSTER_SCOPED_KINDS else ""
         return f"{raw.get('kind')}:{ns}/{meta.get('name')}"
 
     def replace_all(self, objects: list[Mapping[str, Any]], extra_errors: list[InvalidObjectError],
@@ -85,6 +105,9 @@ class ClusterStore:
         for i, e in enumerate(extra_errors):
             errors[f"source:{i}"] = e
         with self._lock:
+            # A cluster policy that does not validate now keeps its last
+            # valid version (ignoring it could drop an admin Deny).
+            _keep_last_valid(errors, tables[CLUSTER_POLICIES_SLOT], self.cluster_policies, KEEP_LAST_VALID)
             changed = any(new != getattr(self, name) for name, new in zip(_TABLES, tables, strict=False))
             changed |= bool(source_revision) and source_revision != self.source_revision
             for name, new in zip(_TABLES, tables, strict=False):
@@ -106,19 +129,20 @@ class ClusterStore:
             obj, obj_slot, key = parse_for_store(raw)
             if obj_slot == ERRORS_SLOT:
                 fresh_errors[key] = obj
-            elif obj_slot == slot:
+            elif obj_slot == slot and kind_of(obj) == kind:
                 fresh[key] = obj
         with self._lock:
             table = getattr(self, _TABLES[slot])
+            # A table may hold several kinds (cluster policies): the others stay.
+            others = {k: v for k, v in table.items() if kind_of(v) != kind}
+            mine = {k: v for k, v in table.items() if kind_of(v) == kind}
             prefix = f"{kind}:"
             kept_errors = {k: e for k, e in self.errors.items() if not k.startswith(prefix)}
             # An object that does not parse now keeps its last valid version.
-            for key, _err in fresh_errors.items():
-                name_key = key.split(":", 1)[1].lstrip("/") if kind == "Namespace" else key.split(":", 1)[1]
-                if name_key in table:
-                    fresh[name_key] = table[name_key]
-            changed = fresh != table or kept_errors | fresh_errors != self.errors
+            _keep_last_valid(fresh_errors, fresh, mine, frozenset([kind]))
+            changed = fresh != mine or kept_errors | fresh_errors != self.errors
             table.clear()
+            table.update(others)
             table.update(fresh)
             self.errors = kept_errors | fresh_errors
             if source_revision:
@@ -166,8 +190,8 @@ class ClusterStore:
         with self._lock:
             self.source_revision = source_revision or self.source_revision
             if kind in _SLOTS:
-                getattr(self, _TABLES[_SLOTS[kind]]).pop(name if kind == "Namespace" else f"{namespace}/{name}", None)
-            self.errors.pop(f"{kind}:{namespace or ''}/{name}", None)
+                getattr(self, _TABLES[_SLOTS[kind]]).pop(table_key(kind, namespace, name), None)
+            self.errors.pop(f"{kind}:{'' if kind in CLUSTER_SCOPED_KINDS else namespace or ''}/{name}", None)
             self.revision += 1
         if self.on_change:
             self.on_change()
@@ -183,14 +207,21 @@ class ClusterStore:
                 source_revision=self.source_revision,
                 services=MappingProxyType(dict(self.services)),
                 endpoint_slices=MappingProxyType(dict(self.endpoint_slices)),
+                cluster_policies=MappingProxyType(dict(self.cluster_policies)),
+                nodes=MappingProxyType(dict(self.nodes)),
             )
 
 
 # Where the store keeps each kind: its attribute, by slot number.
-_TABLES = ("namespaces", "pods", "policies", "errors", "services", "endpoint_slices")
+_TABLES = ("namespaces", "pods", "policies", "errors", "services", "endpoint_slices", "cluster_policies", "nodes")
 ERRORS_SLOT = 3  # objects that do not parse, by ClusterStore.object_key
-_SLOT_OF_TYPE: dict[type, int] = {Namespace: 0, Pod: 1, NetworkPolicy: 2, Service: 4, EndpointSlice: 5}
+CLUSTER_POLICIES_SLOT = 6
+_SLOT_OF_TYPE: dict[type, int] = {Namespace: 0, Pod: 1, NetworkPolicy: 2, Service: 4, EndpointSlice: 5,
+                                  ClusterNetworkPolicy: CLUSTER_POLICIES_SLOT, Node: 7}
 _SLOTS = {t.__name__: slot for t, slot in _SLOT_OF_TYPE.items()}  # by kind: the classes are named so
+_SLOTS.update({ANP_KIND: CLUSTER_POLICIES_SLOT, BANP_KIND: CLUSTER_POLICIES_SLOT})  # converted on parse
+# Kinds whose invalid version never replaces the last valid one, in every path.
+KEEP_LAST_VALID = frozenset({CNP_KIND, ANP_KIND, BANP_KIND})
 # (object or its error, its slot, its key there)
 ParsedEntry = tuple[Any, int, str]
 
@@ -201,8 +232,7 @@ def parse_for_store(raw: Mapping[str, Any]) -> ParsedEntry:
 
 
 def _parse_for_filing(raw: Mapping[str, Any], error_key: Callable[[Mapping[str, Any]], str]
-                      ) -> tuple[Namespace | Pod | NetworkPolicy | Service | EndpointSlice | InvalidObjectError,
-                                 int, str]:
+                      ) -> tuple[Parsed | InvalidObjectError, int, str]:
     """(object or its error, which of namespaces/pods/policies/errors/
     services/endpoint slices it goes in, its key there)."""
     try:
@@ -212,6 +242,37 @@ def _parse_for_filing(raw: Mapping[str, Any], error_key: Callable[[Mapping[str, 
     return obj, _SLOT_OF_TYPE[type(obj)], _key_of(obj)
 
 
-def _key_of(obj: Namespace | Pod | NetworkPolicy | Service | EndpointSlice) -> str:
-    """Namespaces by name, everything else by namespace/name."""
+def _key_of(obj: Parsed) -> str:
+    """Namespaces and Nodes by name, cluster policies by their key,
+    everything else by namespace/name."""
     return obj.name if isinstance(obj, Namespace) else obj.key
+
+
+def kind_of(obj: Parsed) -> str:
+    """The kind an object came as (a converted AdminNetworkPolicy is a
+    ClusterNetworkPolicy that remembers it)."""
+    return obj.source_kind if isinstance(obj, ClusterNetworkPolicy) else type(obj).__name__
+
+
+def table_key(kind: str, namespace: str | None, name: str) -> str:
+    """An object's key in its table, from its kind, namespace and name."""
+    if kind in (ANP_KIND, BANP_KIND):
+        return f"{kind}/{name}"
+    if kind in CLUSTER_SCOPED_KINDS:
+        return name
+    return f"{namespace}/{name}"
+
+
+def _keep_last_valid(errors: Mapping[str, Any], fresh: dict[str, Any], previous: Mapping[str, Any],
+                     kinds: frozenset[str]) -> None:
+    """For every error (by ClusterStore.object_key) of one of `kinds`, put
+    the object's previous valid version (if any) into `fresh`, unless a
+    valid version of it is there already."""
+    for err_key in errors:
+        kind, _, where = err_key.partition(":")
+        if kind not in kinds or "/" not in where:
+            continue
+        namespace, _, name = where.partition("/")
+        key = table_key(kind, namespace or None, name)
+        if key not in fresh and key in previous:
+            fresh[key] = previous[key]
