@@ -39,7 +39,7 @@ import yaml
 from yaml.nodes import MappingNode, SequenceNode
 
 from ..errors import InvalidObjectError
-from ..model.state import ClusterStore, ParsedEntry, parse_for_store
+from ..model.state import ClusterStore, ParsedEntry, kind_of, parse_for_store
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +480,7 @@ class DirectorySource:
         """The same object (kind, namespace, name) more than once: the last
         one in path and document order is in force, as `kubectl apply -f`
         of the directory would leave it."""
-        kind = obj.kind if isinstance(obj, InvalidObjectError) else type(obj).__name__
+        kind = obj.kind if isinstance(obj, InvalidObjectError) else kind_of(obj)
         rels = [self._rel(p) for p in paths]
         if len(set(rels)) == 1:
             where = f"{len(rels)} times in {rels[0]}; the last one is in force"

@@ -1,4 +1,6 @@
-"""Namespaces, Pods, NetworkPolicies, Services and EndpointSlices from the
+"""Namespaces, Pods, NetworkPolicies, Services, EndpointSlices, Nodes and
+the policy.networking.k8s.io CRDs (ClusterNetworkPolicy v1alpha2,
+AdminNetworkPolicy and BaselineAdminNetworkPolicy v1alpha1) from the
 Kubernetes API: list, then watch from the list's resourceVersion, per kind
 (a reflector each).
 
@@ -13,6 +15,10 @@ Kubernetes API: list, then watch from the list's resourceVersion, per kind
 - Readiness: the store is marked ready only after every kind has been
   listed once; before that nothing is compiled (a partial view would
   remove entries a previous daemon left).
+- A CRD that is not installed (404 Not Found) holds no objects: its kind
+  counts as listed (empty) for readiness and revision, is logged once, and
+  is asked for again with the usual backoff (capped at BACKOFF_MAX_S) until
+  it is served; then it is listed and watched like any other kind.
 - Objects stay the API's JSON: lists are read raw, and watch events are
   not turned into the client's models (which reject what the model must
   report itself, e.g. an EndpointSlice whose addresses are not a list: the
@@ -24,6 +30,7 @@ json` prints.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -41,11 +48,15 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
 
+POLICY_GROUP = "policy.networking.k8s.io"
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str
     api_version: str
     list_fn: Callable[..., Any]
+    optional: bool = False  # a CRD: may not be installed (404), which is no error
 
 
 def api_client(kubeconfig: str | None = None) -> Any:
@@ -67,11 +78,21 @@ def kinds(api: Any) -> list[Kind]:
     from kubernetes import client
 
     core, net, discovery = client.CoreV1Api(api), client.NetworkingV1Api(api), client.DiscoveryV1Api(api)
+    custom = client.CustomObjectsApi(api)
+
+    def crd(kind: str, version: str, plural: str) -> Kind:
+        return Kind(kind, f"{POLICY_GROUP}/{version}",
+                    functools.partial(custom.list_cluster_custom_object, POLICY_GROUP, version, plural), optional=True)
+
     return [Kind("Namespace", "v1", core.list_namespace),
             Kind("Pod", "v1", core.list_pod_for_all_namespaces),
             Kind("NetworkPolicy", "networking.k8s.io/v1", net.list_network_policy_for_all_namespaces),
             Kind("Service", "v1", core.list_service_for_all_namespaces),
-            Kind("EndpointSlice", "discovery.k8s.io/v1", discovery.list_endpoint_slice_for_all_namespaces)]
+            Kind("EndpointSlice", "discovery.k8s.io/v1", discovery.list_endpoint_slice_for_all_namespaces),
+            Kind("Node", "v1", core.list_node),
+            crd("ClusterNetworkPolicy", "v1alpha2", "clusternetworkpolicies"),
+            crd("AdminNetworkPolicy", "v1alpha1", "adminnetworkpolicies"),
+            crd("BaselineAdminNetworkPolicy", "v1alpha1", "baselineadminnetworkpolicies")]
 
 
 def _raw_watch() -> Any:
@@ -99,6 +120,10 @@ class Reflector:
         self.lists = 0
         self.watches = 0
         self.errors = 0
+        # An optional kind (a CRD) the API server does not serve: it holds no
+        # objects, and counts as listed for readiness and the revision.
+        self.absent = False
+        self.absent_checks = 0
         self._backoff = BACKOFF_START_S
         self._watch: Any = None
         self.thread = threading.Thread(target=self._run, name=f"watch-{kind.name}", daemon=True)
@@ -123,9 +148,28 @@ class Reflector:
                              self.kind.name, self.resource_version)
                     self.resource_version = None
                     continue
+                if e.status == 404 and self.kind.optional:
+                    self._not_served()
+                    continue
                 self._wait_after_error(f"API error {e.status} {e.reason}")
             except Exception as e:  # connection refused/reset, timeouts, bad JSON: back off
                 self._wait_after_error(f"{type(e).__name__}: {e}")
+
+    def _not_served(self) -> None:
+        """404 on an optional kind: its CRD is not installed (or was
+        removed, which deletes its objects). Nothing of it is in force; it
+        does not hold back readiness; asked again with backoff, logged once."""
+        first = not self.absent
+        self.absent = True  # before the version goes: the revision never waits for this kind
+        self.resource_version = None
+        self.absent_checks += 1
+        if first:
+            log.info("%s: not served by the API server (%s: CRD not installed?); going on without it, "
+                     "checking again every %.0f s at most", self.kind.name, self.kind.api_version, BACKOFF_MAX_S)
+            self.store.replace_kind(self.kind.name, [], self.revision())
+            self.on_listed()
+        self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
+        self.stop.wait(random.uniform(self._backoff / 2, self._backoff))
 
     def _wait_after_error(self, what: str) -> None:
         self.errors += 1
@@ -139,6 +183,9 @@ class Reflector:
         body = json.loads(resp.data)
         items = [self._complete(item) for item in body.get("items") or []]
         self.resource_version = body["metadata"]["resourceVersion"]
+        if self.absent:
+            log.info("%s: served now; listed %d", self.kind.name, len(items))
+            self.absent = False
         self.store.replace_kind(self.kind.name, items, self.revision())
         self.lists += 1
         self.on_listed()
@@ -181,14 +228,16 @@ class KubernetesSource:
         everything up to its own (bookmarks move idle kinds along), so the
         store holds the cluster as of the smallest. (The largest would claim
         a version whose event a slower kind has not delivered yet.)"""
-        versions = [r.resource_version for r in self.reflectors]
-        if any(v is None for v in versions):
+        versions = [r.resource_version for r in self.reflectors if not r.absent]  # an absent kind holds nothing
+        if not versions or any(v is None for v in versions):
             return "rv:0"
         return f"rv:{min(int(v) for v in versions)}"  # type: ignore[arg-type]
 
     def _listed(self) -> None:
-        if all(r.lists for r in self.reflectors) and not self.store.ready.is_set():
-            log.info("initial list of %s complete", ", ".join(r.kind.name for r in self.reflectors))
+        if all(r.lists or r.absent for r in self.reflectors) and not self.store.ready.is_set():
+            absent = [r.kind.name for r in self.reflectors if r.absent and not r.lists]
+            log.info("initial list of %s complete%s", ", ".join(r.kind.name for r in self.reflectors if r.lists),
+                     f" ({', '.join(absent)} not served)" if absent else "")
             self.store.mark_ready()
 
     def start(self) -> None:

@@ -23,9 +23,12 @@ NAMESPACE = "enforcer-system"
 CAPABILITIES = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"]
 READ_VERBS = ["get", "list", "watch"]
 RBAC_RESOURCES = {
-    ("", "namespaces"), ("", "pods"), ("", "services"),
+    ("", "namespaces"), ("", "pods"), ("", "services"), ("", "nodes"),
     ("networking.k8s.io", "networkpolicies"),
     ("discovery.k8s.io", "endpointslices"),
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
+    ("policy.networking.k8s.io", "adminnetworkpolicies"),
+    ("policy.networking.k8s.io", "baselineadminnetworkpolicies"),
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 HEALTH = "/usr/local/bin/enforcer-health"

@@ -14,7 +14,9 @@ where clients go wrong:
 - restart(): connections drop, the port goes away and comes back (with or
   without history);
 - failing[path] = status: every request to one collection fails (as an
-  aggregated or not yet served API group would), the others keep working.
+  aggregated or not yet served API group would), the others keep working;
+- absent: collections not served yet (a CRD not installed): 404 Not Found,
+  as kube-apiserver answers; install(kind) serves one from then on.
 Test code drives it in-process: create/update/delete/compact/restart.
 """
 
@@ -36,7 +38,16 @@ COLLECTIONS = {
     "/apis/networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", "networking.k8s.io/v1", True),
     "/api/v1/services": ("Service", "v1", True),
     "/apis/discovery.k8s.io/v1/endpointslices": ("EndpointSlice", "discovery.k8s.io/v1", True),
+    "/api/v1/nodes": ("Node", "v1", False),
+    # CRDs (kubernetes-sigs/network-policy-api)
+    "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies":
+        ("ClusterNetworkPolicy", "policy.networking.k8s.io/v1alpha2", False),
+    "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies":
+        ("AdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1", False),
+    "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies":
+        ("BaselineAdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1", False),
 }
+CRD_KINDS = ("ClusterNetworkPolicy", "AdminNetworkPolicy", "BaselineAdminNetworkPolicy")
 KIND_PATH = {kind: path for path, (kind, _, _) in COLLECTIONS.items()}
 
 
@@ -96,7 +107,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         url = urlparse(self.path)
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        if url.path not in COLLECTIONS:
+        if url.path not in COLLECTIONS or url.path in self.server.fake.absent:
+            self.server.fake.requests.append((url.path, q))
             self._json(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
                              "reason": "NotFound", "message": f"{url.path} not found"})
             return
@@ -150,7 +162,8 @@ class Handler(BaseHTTPRequestHandler):
                     return
                 last = start or st.rv
             last_bookmark = time.monotonic()
-            while time.monotonic() < deadline and not fake.stopping.is_set():
+            # A collection that stops being served (CRD deleted) ends its watches.
+            while time.monotonic() < deadline and not fake.stopping.is_set() and KIND_PATH[kind] not in fake.absent:
                 with st.lock:
                     pending = [e for e in st.events if e.rv > last and e.kind == kind]
                     if not pending:
@@ -190,8 +203,9 @@ class FakeApiServer:
     """make_socket: called to create the listening socket (a test makes it
     inside a lab's network namespace)."""
 
-    def __init__(self, make_socket=None, port: int = 0) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, make_socket=None, port: int = 0, absent: tuple[str, ...] = ()) -> None:  # type: ignore[no-untyped-def]
         self.state = State()
+        self.absent = {KIND_PATH[kind] for kind in absent}  # collections answering 404 (CRD not installed)
         self.make_socket = make_socket or (lambda p: socket.create_server(("127.0.0.1", p)))
         self.port = port
         self.bookmark_interval = 1.0
@@ -231,6 +245,19 @@ class FakeApiServer:
             self.compact()
         time.sleep(down_for)
         self.start()
+
+    def install(self, kind: str) -> None:
+        """Serve a collection that was absent (its CRD is installed now)."""
+        self.absent.discard(KIND_PATH[kind])
+
+    def uninstall(self, kind: str) -> None:
+        """Stop serving a collection and drop its objects (a CRD deleted:
+        its objects go first, each with a DELETED event)."""
+        with self.state.lock:
+            keys = [key for key in self.state.objects if key[0] == kind]
+        for k, ns, name in keys:
+            self.delete(k, ns or None, name)
+        self.absent.add(KIND_PATH[kind])
 
     # -- test-side writes --
     def create(self, obj: dict[str, Any]) -> int:

@@ -86,8 +86,11 @@ def source(fake):
     src.stop()
 
 
-def lists(fake: FakeApiServer, path_part: str) -> int:
-    return sum(1 for path, q in fake.requests if path_part in path and q.get("watch") not in ("true", "1"))
+def lists(fake: FakeApiServer, resource: str) -> int:
+    """List requests to one collection (by its resource name: networkpolicies
+    is not clusternetworkpolicies)."""
+    return sum(1 for path, q in fake.requests
+               if path.rsplit("/", 1)[-1] == resource and q.get("watch") not in ("true", "1"))
 
 
 def test_list_then_watch_with_continuity(fake, source):
@@ -102,7 +105,7 @@ def test_list_then_watch_with_continuity(fake, source):
     assert set(snap.pods) == {"x/a"} and set(snap.policies) == {"x/deny"} and snap.namespaces["x"].labels["team"] == "a"
     # Each kind listed once, then watched from the list's resourceVersion with bookmarks.
     watches = [q for _, q in fake.requests if q.get("watch") in ("true", "1")]
-    assert len(watches) == len(COLLECTIONS) == 5 and all(q["resourceVersion"] == str(listed_at) and q["allowWatchBookmarks"] == "true"
+    assert len(watches) == len(COLLECTIONS) == 9 and all(q["resourceVersion"] == str(listed_at) and q["allowWatchBookmarks"] == "true"
                                      for q in watches)
     # Adds, updates (label changes), deletes.
     fake.create(pod("x", "b", "10.0.0.2", app="db"))
@@ -153,7 +156,7 @@ def test_restart_with_history_resumes_without_relisting(fake, source):
     fake.create(policy("x", "b"))
     wait_for(lambda: "x/b" in store.snapshot().policies)
     assert lists(fake, "networkpolicies") == 1
-    resumed = [q for p, q in fake.requests if "networkpolicies" in p and q.get("watch") in ("true", "1")]
+    resumed = [q for p, q in fake.requests if p.endswith("/networkpolicies") and q.get("watch") in ("true", "1")]
     assert int(resumed[-1]["resourceVersion"]) >= last
 
 
