@@ -82,6 +82,7 @@ UNIT_PATHS = (
     "tests/model/",
     "tests/sources/",
     "tests/kubeapi/test_source.py",
+    "tests/kubeapi/test_source_cluster_policies.py",
     "tests/api/test_proto_mirror.py",
     "tests/api/test_status_bounded.py",
     "tests/api/test_api_socket.py",
