@@ -42,7 +42,9 @@ class Node:
                 continue  # Hostname, InternalDNS, ExternalDNS: not addresses policy can match
             ip = e.get("address")
             try:
-                addresses.add(ipaddress.ip_address(ip))  # type: ignore[arg-type]  # not a string: TypeError, reported
+                if not isinstance(ip, str):
+                    raise TypeError(ip)  # ip_address would take an integer
+                addresses.add(ipaddress.ip_address(ip))
             except (ValueError, TypeError) as err:
                 raise InvalidObjectError("Node", None, name,
                                          f"status.addresses[{i}] ({e.get('type')}): invalid address {ip!r}") from err
