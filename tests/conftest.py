@@ -34,6 +34,7 @@ import pytest
 SPLIT_BY_LAB_PARAM = (
     "tests/conformance/test_conformance.py",
     "tests/conformance/test_conformance_multinode.py",
+    "tests/conformance/cnp/test_cnp_conformance.py",
 )
 # Modules sharing a session-scoped fixture that loads the datapath
 # (tests/datapath/conftest.py: harness_session): one group, so it is built
@@ -87,6 +88,7 @@ UNIT_PATHS = (
     "tests/api/test_status_bounded.py",
     "tests/api/test_api_socket.py",
     "tests/conformance/test_cases_data.py",
+    "tests/conformance/cnp/test_cnp_data.py",
     "tests/datapath/test_reasons.py",
     "tests/datapath/test_maps_unit.py",
     "tests/deploy/test_manifests.py",

@@ -117,10 +117,7 @@ class ConformanceBase:
         self.pod_labels = {pod: M.pod_labels(pod) for pod in M.ALL_PODS}
 
     def _write(self, rel: str, objects: list[dict[str, Any]]) -> None:
-        path = self.source / rel
-        tmp = path.with_name("." + path.name)
-        tmp.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objects}))
-        tmp.replace(path)  # atomic, as kubectl-style writers should
+        write_manifest_list(self.source / rel, objects)
 
     def _write_cluster(self) -> None:
         ips = self.pod_ips()
@@ -256,12 +253,27 @@ class ConformanceLab(ConformanceBase):
             flows.append({"src": ips[s][0], "dst": ips[d][0], "sport": self._sport, "dport": port,
                           "src_if": self.lab.pod(lab_name(s)).host_ifname,
                           "dst_if": self.lab.pod(lab_name(d)).host_ifname})
-        proc = subprocess.run(
-            ["nsenter", f"--net={netns_path(self.lab.node_netns)}", sys.executable, str(PACKET_VERDICT)],
-            input=json.dumps(flows), capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"packet_verdict failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        return {pair: r["allowed"] for pair, r in zip(pairs, json.loads(proc.stdout), strict=False)}
+        return {pair: r["allowed"] for pair, r in zip(pairs, sctp_verdicts(self.lab.node_netns, flows), strict=False)}
+
+
+def write_manifest_list(path: Path, objects: list[dict[str, Any]]) -> None:
+    """objects as one `List` manifest at path, replaced atomically (as
+    kubectl-style writers should: the daemon never reads half a file)."""
+    tmp = path.with_name("." + path.name)
+    tmp.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objects}))
+    tmp.replace(path)
+
+
+def sctp_verdicts(node_netns: str, flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """packet_verdict.py's judgement of SCTP INIT flows ({src, dst, sport,
+    dport, src_if, dst_if}) through the programs attached in node_netns."""
+    proc = subprocess.run(
+        ["nsenter", f"--net={netns_path(node_netns)}", sys.executable, str(PACKET_VERDICT)],
+        input=json.dumps(flows), capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"packet_verdict failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    verdicts: list[dict[str, Any]] = json.loads(proc.stdout)
+    return verdicts
 
 
 def probe_timeout(expected: dict[tuple[str, str], bool], pair: tuple[str, str]) -> float:
@@ -307,4 +319,5 @@ def run_case(lab: ConformanceBase, case: C.Case, *, keep_going: bool = False) ->
         raise AssertionError("\n\n".join(reports) + "\n" + lab.diagnostics())
 
 
-__all__ = ["ConformanceBase", "ConformanceLab", "Mismatch", "format_table", "run_case", "lab_name", "os"]
+__all__ = ["ConformanceBase", "ConformanceLab", "Mismatch", "format_table", "run_case", "lab_name", "os",
+           "sctp_verdicts", "write_manifest_list"]
