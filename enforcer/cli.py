@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skb->mark bits [N, N+10) carry a Service packet's sender until it is judged "
                             "after DNAT; no other component may use them (default 20: 0x3ff00000)")
     run_p.add_argument("--keep-established", action="store_true",
-                       help="do not cut tracked connections that policy no longer allows")
+                       help="do not cut tracked connections that policy no longer allows (an Admin-tier "
+                            "cluster policy Deny still cuts them)")
     run_p.add_argument("--map-size", action="append", type=_map_size, metavar="MAP=ENTRIES",
                        help="capacity of a BPF map, fixed when it is first pinned (a pinned map of another size "
                             "is refused until `enforcer cleanup`); repeatable. MAP is one of "

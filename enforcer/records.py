@@ -26,6 +26,16 @@ class PolicyMapKey(NamedTuple):
     prefixlen: int
 
 
+class PolicyValue(NamedTuple):
+    """What a policy map entry holds (layout.PolicyEntry): the verdict reason
+    (ALLOW_POLICY, DROP_ADMIN, ...) and the id of the rule that decided, 0
+    for none. Ordered by rule id first: where rules compete for a key, the
+    lowest id owns it, the same on every node."""
+
+    rule_id: int
+    reason: int
+
+
 class EndpointRecord(NamedTuple):
     """What the endpoints map holds for one local pod address."""
 

@@ -28,12 +28,17 @@
  * is the wildcard "any peer". Pods and CIDRs get identities from
  * IDENTITY_FIRST_ALLOCATED upwards, allocated by the daemon. */
 #define IDENTITY_ANY 0
-#define IDENTITY_HOST 1   /* addresses of this node: always allowed */
+#define IDENTITY_HOST 1   /* addresses of this node (kubelet probes pass; enforce.h) */
 #define IDENTITY_WORLD 2  /* an address the ipcache does not know */
 /* A Service address whose frontends the services map could not hold: its
  * packets are judged before DNAT, and no peer rule (only "any peer") allows
  * this identity, so an ipBlock around it opens nothing. */
 #define IDENTITY_SERVICE_UNWRITTEN 3
+/* Never in the ipcache: the policy map's peer for a pod's own traffic back
+ * to it through a Service (hairpin), which cluster policies judge
+ * (ClusterNetworkPolicy: a pod reaching itself through a Service is
+ * subject to them; through its own address it is not). */
+#define IDENTITY_SELF 4
 #define IDENTITY_FIRST_ALLOCATED 256
 
 #ifndef IPPROTO_SCTP

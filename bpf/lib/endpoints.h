@@ -14,8 +14,19 @@
  * counters array, so they are bounded (below ENDPOINT_IDS_MAX); 0 means "no
  * endpoint" (spoofed or unknown traffic). */
 
-#define EP_F_INGRESS_ISOLATED 0x1 /* some policy selects it for ingress */
-#define EP_F_EGRESS_ISOLATED 0x2  /* some policy selects it for egress */
+/* "Isolated": the policy map decides its new flows in that direction (a
+ * NetworkPolicy isolates it, or a cluster policy with rules of that
+ * direction selects it); otherwise they pass with no lookup. */
+#define EP_F_INGRESS_ISOLATED 0x1
+#define EP_F_EGRESS_ISOLATED 0x2
+/* A cluster policy governs its egress: what it sends to this node's own
+ * addresses is judged by the policy map too (peer IDENTITY_HOST), since
+ * Admin and Baseline rules may deny it; NetworkPolicy alone never does. */
+#define EP_F_EGRESS_HOST_JUDGED 0x4
+/* A cluster policy selects it: its traffic back to itself through a
+ * Service is judged by the policy map (peer IDENTITY_SELF) in both
+ * directions instead of passing as ALLOW_SELF. */
+#define EP_F_SELF_JUDGED 0x8
 
 struct endpoint_key {
 	__u8 family;

@@ -14,7 +14,11 @@
  *
  * "Own node" is the node's addresses as the source of a packet the node
  * itself sent (skb->ingress_ifindex 0: kubelet probes, host-network pods)
- * or as the destination of what a pod sends. A packet that only carries a
+ * or as the destination of what a pod sends. The first always passes; the
+ * second passes unless a cluster policy governs the pod's egress
+ * (EP_F_EGRESS_HOST_JUDGED): then the policy map judges it with peer
+ * IDENTITY_HOST, where NetworkPolicy's tier still allows it and Admin and
+ * Baseline rules on nodes and networks may not. A packet that only carries a
  * node address because netfilter masqueraded it on the way through
  * (NodePort with externalTrafficPolicy=Cluster, hairpin) came from
  * somewhere else: it is judged as that address, by ipBlock, like the same
@@ -216,12 +220,22 @@ static __always_inline int pass(struct flow *f, int dir, __u16 ep_id, int reason
 	return VERDICT_PASS;
 }
 
+/* A drop a policy rule decided (an Admin or Baseline Deny; rule_id 0 for
+ * NetworkPolicy's default deny): the event names the rule. Silent, as
+ * ClusterNetworkPolicy's Deny must be: no RST, no ICMP. */
+static __always_inline int drop_by_rule(struct __sk_buff *skb, struct flow *f, int dir,
+					__u16 ep_id, int reason, __u32 peer_id, __u32 rule_id,
+					__u64 now)
+{
+	metrics_count(ep_id, dir, reason, f->len);
+	event_emit(skb, f, EVENT_DROP, reason, dir, ep_id, peer_id, rule_id, now);
+	return VERDICT_DROP;
+}
+
 static __always_inline int drop(struct __sk_buff *skb, struct flow *f, int dir,
 				__u16 ep_id, int reason, __u32 peer_id, __u64 now)
 {
-	metrics_count(ep_id, dir, reason, f->len);
-	event_emit(skb, f, EVENT_DROP, reason, dir, ep_id, peer_id, 0, now);
-	return VERDICT_DROP;
+	return drop_by_rule(skb, f, dir, ep_id, reason, peer_id, 0, now);
 }
 
 /* The endpoint a packet belongs to, if its pod address is this
@@ -237,9 +251,10 @@ endpoint_of(struct __sk_buff *skb, const struct flow *f, int dir)
 }
 
 /* What ep's policy in direction dir says of a new flow with peer_id:
- * ALLOW_NOT_ISOLATED, ALLOW_POLICY (rule_id set to the entry's rule) or
- * DROP_POLICY. The one decision both the pod hooks and the hooks after
- * DNAT (judge_deferred) make. */
+ * ALLOW_NOT_ISOLATED, or the reason the policy map's entry holds (rule_id
+ * set to its rule: ALLOW_POLICY, ALLOW_ADMIN, DROP_BASELINE, ...), or
+ * DROP_POLICY when no entry matches. The one decision the pod hooks, the
+ * hooks after DNAT (judge_deferred) and the hairpin make. */
 static __always_inline int policy_verdict(const struct endpoint_info *ep, int dir,
 					  __u32 peer_id, const struct flow *f,
 					  __u32 *rule_id)
@@ -251,7 +266,14 @@ static __always_inline int policy_verdict(const struct endpoint_info *ep, int di
 	if (!pe)
 		return DROP_POLICY;
 	*rule_id = pe->rule_id;
-	return ALLOW_POLICY;
+	return pe->reason;
+}
+
+/* The own node as a pod's peer: passes with no lookup (ALLOW_HOST) unless
+ * a cluster policy governs the pod's egress (see the top of this file). */
+static __always_inline int host_egress_passes(const struct endpoint_info *ep)
+{
+	return !(ep->flags & EP_F_EGRESS_HOST_JUDGED);
 }
 
 /* The egress verdict from_pod deferred for a packet to a Service, now that
@@ -269,10 +291,11 @@ static __always_inline int judge_deferred(struct __sk_buff *skb, struct flow *f,
 
 	__u32 peer_id = ipcache_identity(f->family, f->daddr);
 	__u32 rule_id = 0;
-	int reason = peer_id == IDENTITY_HOST ? ALLOW_HOST
-					      : policy_verdict(sender, DIR_EGRESS, peer_id, f, &rule_id);
-	if (reason == DROP_POLICY)
-		return drop(skb, f, DIR_EGRESS, ep_id, DROP_POLICY, peer_id, now);
+	int reason = peer_id == IDENTITY_HOST && host_egress_passes(sender)
+			     ? ALLOW_HOST
+			     : policy_verdict(sender, DIR_EGRESS, peer_id, f, &rule_id);
+	if (policy_reason_drops(reason))
+		return drop_by_rule(skb, f, DIR_EGRESS, ep_id, reason, peer_id, rule_id, now);
 
 	/* Track it as from_pod sees it (to the Service address) when the
 	 * packet still says which client it is. */
@@ -286,14 +309,29 @@ static __always_inline int judge_deferred(struct __sk_buff *skb, struct flow *f,
 
 /* A pod's packet to a Service that DNAT sent back to the pod itself
  * (hairpin; kube-proxy masquerades it, so the source is a node address).
- * A pod's traffic to itself is no policy's business, through a Service or
- * not. Tracked under the masqueraded source, so the pod's answers pass
- * (and get marked, so they pass again once un-NATed); and, when
- * masquerade kept the client port, under the Service address too. */
+ * NetworkPolicy leaves a pod's traffic to itself alone (ALLOW_SELF);
+ * cluster policies judge it when it goes through a Service: with a cluster
+ * policy selecting the pod (EP_F_SELF_JUDGED), its egress and ingress are
+ * looked up with peer IDENTITY_SELF, whose entries the compiler made for
+ * the pod as its own peer (NetworkPolicy's tier: ALLOW_SELF). Tracked
+ * under the masqueraded source, so the pod's answers pass (and get marked,
+ * so they pass again once un-NATed); and, when masquerade kept the client
+ * port, under the Service address too. */
 static __always_inline int pass_hairpin(struct __sk_buff *skb, struct flow *f,
 					struct endpoint_info *ep, __u64 now)
 {
 	svc_clear_mark(skb);
+	if (ep->flags & EP_F_SELF_JUDGED) {
+		__u32 rule_id = 0;
+		int reason = policy_verdict(ep, DIR_EGRESS, IDENTITY_SELF, f, &rule_id);
+		if (policy_reason_drops(reason))
+			return drop_by_rule(skb, f, DIR_EGRESS, ep->id, reason, ep->identity,
+					    rule_id, now);
+		reason = policy_verdict(ep, DIR_INGRESS, IDENTITY_SELF, f, &rule_id);
+		if (policy_reason_drops(reason))
+			return drop_by_rule(skb, f, DIR_INGRESS, ep->id, reason, ep->identity,
+					    rule_id, now);
+	}
 	struct ct_key key = {};
 	if (svc_take_pending(&key, skb->ifindex, f, f->daddr))
 		ct_create(&key, DIR_EGRESS, f, ep->id, 0, ALLOW_SELF, CT_F_SERVICE, now);
@@ -394,15 +432,16 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 	const __u8 *peer_addr = dir == DIR_EGRESS ? f.daddr : f.saddr;
 	__u32 peer_id = ipcache_identity(f.family, peer_addr);
 	if (peer_id == IDENTITY_HOST) {
-		if (dir == DIR_EGRESS || skb->ingress_ifindex == 0)
+		if (dir == DIR_EGRESS ? host_egress_passes(ep) : skb->ingress_ifindex == 0)
 			return pass(&f, dir, ep_id, ALLOW_HOST);
-		peer_id = ipcache_cidr_identity(f.family, peer_addr);
+		if (dir == DIR_INGRESS)
+			peer_id = ipcache_cidr_identity(f.family, peer_addr);
 	}
 
 	__u32 rule_id = 0;
 	int reason = policy_verdict(ep, dir, peer_id, &f, &rule_id);
-	if (reason == DROP_POLICY)
-		return drop(skb, &f, dir, ep_id, DROP_POLICY, peer_id, now);
+	if (policy_reason_drops(reason))
+		return drop_by_rule(skb, &f, dir, ep_id, reason, peer_id, rule_id, now);
 
 	/* ICMP errors are not connections: nothing to track. */
 	if (!f.icmp_error)

@@ -10,8 +10,16 @@
  *
  * The peer identity cannot be a trailing wildcard without also widening the
  * port, so "any peer" is identity 0 and costs a second lookup, done only when
- * the first one misses. NetworkPolicy v1 only allows, so any hit allows and
- * no precedence between entries is needed.
+ * the first one misses.
+ *
+ * An entry holds the final verdict, not a rule to evaluate: the compiler
+ * runs the whole tiered pipeline (Admin cluster policies, NetworkPolicy,
+ * Baseline cluster policies, default allow; compiler/tiers.py) offline and
+ * writes, per endpoint, direction and peer identity, which verdict reason
+ * each protocol and port gets. The longest match for the peer's own
+ * identity decides, else the longest for every peer; a miss is
+ * NetworkPolicy's default deny. However many tiers, priorities and rules
+ * apply, a new flow costs these two lookups at most.
  *
  *   bits:  identity(32) endpoint(16) direction(8) | protocol(8) | dport(16)
  *          <------------- always exact ------------>
@@ -20,6 +28,7 @@
 #define ENFORCER_POLICY_H
 
 #include "common.h"
+#include "reasons.h"
 
 struct policy_key {
 	__u32 prefixlen;
@@ -44,14 +53,23 @@ _Static_assert(POLICY_PREFIX_FULL == POLICY_KEY_BITS_TO(pad),
 	       "POLICY_PREFIX_FULL: + destination port");
 
 struct policy_entry {
-	__u32 rule_id; /* daemon's id of the (policy, rule) that wrote it */
+	__u32 rule_id; /* daemon's id of the (policy, rule) that decided, 0: none */
+	__u8 reason;   /* the verdict: ALLOW_POLICY, DROP_ADMIN, ... (reasons.h) */
+	__u8 pad[3];
 };
+
+/* The verdict reasons a policy entry may hold that drop. */
+static __always_inline int policy_reason_drops(int reason)
+{
+	return reason == DROP_POLICY || reason == DROP_ADMIN || reason == DROP_BASELINE;
+}
 
 BPF_TABLE_PINNED7("lpm_trie", struct policy_key, struct policy_entry,
 		  policy, POLICY_MAX, PIN_DIR "/" POLICY_PIN, BPF_F_NO_PREALLOC);
 
 /* Look the flow up for one peer identity, then for every peer.
- * Returns the entry that allows it or NULL. */
+ * Returns the entry that decides it, or NULL (NetworkPolicy's default
+ * deny). */
 static __always_inline struct policy_entry *
 policy_lookup(__u16 endpoint_id, __u8 dir, __u32 identity, __u8 proto, __be16 dport)
 {

@@ -31,7 +31,11 @@ enum verdict_reason {
 	ALLOW_SERVICE_DEFERRED = 15,  /* to a Service frontend: judged after DNAT (services.h) */
 	ALLOW_SELF = 16,              /* the pod's own packet back to it through a Service */
 	DROP_NON_IP = 17,             /* neither IP nor ARP: MPLS, PPPoE, LLC, ... (parse.h) */
-	__REASON_MAX = 18,
+	ALLOW_ADMIN = 18,             /* new flow: an Admin-tier cluster policy rule accepts it */
+	ALLOW_BASELINE = 19,          /* new flow: a Baseline-tier cluster policy rule accepts it */
+	DROP_ADMIN = 20,              /* new flow: an Admin-tier cluster policy rule denies it */
+	DROP_BASELINE = 21,           /* new flow: a Baseline-tier cluster policy rule denies it */
+	__REASON_MAX = 22,
 };
 
 /* Counter slots per endpoint and direction; leaves room to append. */

@@ -11,6 +11,8 @@ orchestrates a pass; the work is by concern:
   prefixes.py    the data structures behind those prefixes
   peers.py       the identity set of each peer, kept up to date
   entries.py     one local pod's endpoint and policy map keys
+  tiers.py       cluster policies' tiers, walked offline into those keys
+  clusterpeers.py  cluster policy peers (namespaces, pods, networks, nodes)
   services.py    Service frontends
   desired.py     what a pass produces (DesiredState)
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from ..datapath.layout import IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_SERVICE_UNWRITTEN
 from ..errors import InvalidObjectError
@@ -26,12 +29,18 @@ from ..model.objects import IPAddress, IPNetwork, Namespace, NetworkPolicy, Pod
 from ..model.state import ClusterSnapshot
 from ..records import PolicyMapKey
 from .admission import Admission, CompileLimits
+from .clusterpeers import ClusterPeerSets, has_node_peers
 from .desired import DesiredState, IdentityKey, NodeContext, RuleRef
 from .entries import EndpointEntries, EntryBuilder
 from .identities import CidrIdentities, PodIdentities, host_network
 from .ids import EndpointIds, StableIds
 from .peers import PeerKey, PeerSets
 from .services import fit_frontends, service_frontends
+from .tiers import ADMIN
+
+if TYPE_CHECKING:
+    from ..model.clusterpolicy import ClusterNetworkPolicy
+    from ..model.node import Node
 
 __all__ = ["Compiler", "DesiredState", "NodeContext"]
 
@@ -70,6 +79,18 @@ class Compiler:
                 state.admission.policy_room_used(refused, len(out.policy))
         self._state = state
         return out
+
+
+class _ClusterHolder:
+    """A cluster policy as counted for its prefixes (which depend on the
+    Nodes its node peers select): a new holder when either changed."""
+
+    __slots__ = ("cnp", "nodes_version", "prefixes")
+
+    def __init__(self, cnp: ClusterNetworkPolicy, nodes_version: int, prefixes: frozenset[IPNetwork]) -> None:
+        self.cnp = cnp
+        self.nodes_version = nodes_version
+        self.prefixes = prefixes
 
 
 def _is_live(pod: Pod) -> bool:
@@ -127,7 +148,7 @@ class _Incremental:
         self.pol_prefixes: dict[str, tuple[NetworkPolicy, frozenset[IPNetwork]]] = {}
         # Policies selecting local pods, with the prefixes counted in force
         # for them.
-        self.relevant: dict[str, tuple[NetworkPolicy, frozenset[IPNetwork]]] = {}
+        self.relevant: dict[str, tuple[NetworkPolicy | _ClusterHolder, frozenset[IPNetwork]]] = {}
         self.admission = Admission(compiler.limits)
         self.local: dict[str, Pod] = {}
         # local pod -> (pod, namespace version, selecting policies, their keys)
@@ -135,7 +156,19 @@ class _Incremental:
         self.cidrs = CidrIdentities(compiler.identity_ids)
         self.pods_ids = PodIdentities(compiler.identity_ids, self.cidrs.prefixes)
         self.peer_sets = PeerSets(self.pods_ids, self.cidrs, self.labels_of_namespace)
-        self.entries = EntryBuilder(compiler.rule_ids, compiler.limits, self.peer_sets, self.pods_ids)
+        self.cluster_peers = ClusterPeerSets(self.peer_sets, self.cidrs)
+        self.entries = EntryBuilder(compiler.rule_ids, compiler.limits, self.peer_sets, self.pods_ids,
+                                    self.cluster_peers)
+        # Cluster policies (Admin, then Baseline, each by priority and key)
+        # and Nodes, with a version that moves when any of them changes.
+        self.cluster_policies: Mapping[str, ClusterNetworkPolicy] = {}
+        self.cluster_sorted: tuple[ClusterNetworkPolicy, ...] = ()
+        self.cluster_version = 0
+        self.nodes: Mapping[str, Node] = {}
+        self.nodes_version = 0
+        self.cluster_holders: dict[str, _ClusterHolder] = {}
+        # local pod -> (pod, cluster version, its namespace, cluster policies selecting it)
+        self.cluster_selecting: dict[str, tuple[Pod, int, Namespace | None, tuple[ClusterNetworkPolicy, ...]]] = {}
         self.ipcache_dirty: set[IPNetwork] = set()  # this pass
         self.node_nets: tuple[IPNetwork, ...] = ()
         self.unwritten_services: dict[IPNetwork, int] = {}  # Service addresses left out (fit_frontends)
@@ -171,6 +204,9 @@ class _Incremental:
             lambda block: ("ip", block) in self.peer_sets.sets, self._ipcache_in_use(),
             len(self.prev.policy) if self.prev is not None else 0)
         self._update_policies(policies)
+        nodes_changed = self._update_cluster(snap)
+        if self.cluster_policies:
+            out.errors.extend(e for c in self.cluster_sorted if (e := c.error()) is not None)
         if self.error_policies:
             errs = self.error_policies
             out.errors.extend(pol.error() for key, pol in policies.items() if key in errs)  # type: ignore[misc]
@@ -180,7 +216,9 @@ class _Incremental:
         # those staged for policies waiting to be taken in.
         came = self.cidrs.prefixes.add(staging)
         went: list[IPNetwork] = []
-        if self._update_selecting() or self.fresh:
+        selecting_changed = self._update_selecting()
+        selecting_changed |= self._update_cluster_selecting()
+        if selecting_changed or nodes_changed or self.fresh:
             came_r, went = self._update_relevant()
             came += came_r
         # Released after the policies taking them over counted them.
@@ -218,6 +256,8 @@ class _Incremental:
         if node_nets != self.node_nets:
             self.ipcache_dirty.update(self.node_nets, node_nets)
             self.node_nets = node_nets
+            nodes_changed = True
+        self.cluster_peers.set_context(self.nodes, self.node_name, node_nets)
         out.services, left_out = fit_frontends(service_frontends(snap.services, node.addresses),
                                                self.c.limits.services_capacity, node.addresses)
         unwritten = {host_network(ip): IDENTITY_SERVICE_UNWRITTEN for ips in left_out.values() for ip in ips}
@@ -246,7 +286,9 @@ class _Incremental:
         changed_peers = self.peer_sets.refresh(flips, ns_changed, block_changes)
         for block in warm:  # a waiting version's blocks, resolved ahead (admission.py)
             self.peer_sets.get(("ip", block))
-        self._endpoints_and_policy(out, node, changed_peers, bool(flips))
+        self._endpoints_and_policy(out, node, changed_peers, bool(flips), nodes_changed)
+        if self.cluster_policies:
+            out.notices = self.notices()
         self._forget_ids(out)
         self.prev = out
         self.fresh = False
@@ -339,6 +381,74 @@ class _Incremental:
         self.pol_prefixes[pol.key] = (pol, found)
         return found
 
+    def _prefixes_of(self, pol: NetworkPolicy | _ClusterHolder) -> frozenset[IPNetwork]:
+        if isinstance(pol, _ClusterHolder):
+            return pol.prefixes
+        return self._policy_prefixes(pol)
+
+    # -- cluster policies and Nodes --
+
+    def _update_cluster(self, snap: ClusterSnapshot) -> bool:
+        """Take in the snapshot's cluster policies and Nodes; whether the
+        Nodes changed (what node peers and their prefixes depend on)."""
+        cnps = getattr(snap, "cluster_policies", None) or {}
+        prev = self.cluster_policies
+        if len(cnps) != len(prev) or any(prev.get(k) is not v for k, v in cnps.items()):
+            self.cluster_version += 1
+            ordered = sorted(cnps.values(), key=lambda c: (c.tier != ADMIN, c.priority, c.key))
+            self.cluster_sorted = tuple(ordered)
+            self.cluster_holders = {k: h for k, h in self.cluster_holders.items() if cnps.get(k) is h.cnp}
+        self.cluster_policies = cnps
+        nodes = getattr(snap, "nodes", None) or {}
+        prev_nodes = self.nodes
+        changed = len(nodes) != len(prev_nodes) or any(prev_nodes.get(k) is not v for k, v in nodes.items())
+        if changed:
+            self.nodes_version += 1
+        self.nodes = nodes
+        self.cluster_peers.set_context(nodes, self.node_name, self.node_nets)
+        return changed
+
+    def _update_cluster_selecting(self) -> bool:
+        """Cluster policies selecting each local pod; whether that changed."""
+        changed = False
+        for key in [k for k in self.cluster_selecting if k not in self.local]:
+            del self.cluster_selecting[key]
+            changed = True
+        version = self.cluster_version
+        for key, pod in self.local.items():
+            ns = self.namespaces.get(pod.namespace)
+            hit = self.cluster_selecting.get(key)
+            if hit is not None and hit[0] is pod and hit[1] == version and hit[2] is ns:
+                continue
+            ns_labels = self.labels_of_namespace(pod.namespace)
+            cnps = tuple(c for c in self.cluster_sorted if c.selects(pod.labels, ns_labels))
+            if hit is None or not _same(hit[3], cnps):
+                changed = True
+            self.cluster_selecting[key] = (pod, version, ns, cnps)
+        return changed
+
+    def _cluster_holder(self, cnp: ClusterNetworkPolicy) -> _ClusterHolder:
+        holder = self.cluster_holders.get(cnp.key)
+        if holder is None or holder.cnp is not cnp or (holder.nodes_version != self.nodes_version
+                                                        and has_node_peers(cnp)):
+            holder = _ClusterHolder(cnp, self.nodes_version, self.cluster_peers.prefixes(cnp))
+            self.cluster_holders[cnp.key] = holder
+        return holder
+
+    def notices(self) -> list[str]:
+        """Same-priority cluster policies of one tier that select one local
+        pod: the API leaves their order undefined; this enforcer orders them
+        by name, the same on every node."""
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for _, _, _, cnps in self.cluster_selecting.values():
+            for a, b in zip(cnps, cnps[1:], strict=False):
+                if a.tier == b.tier and a.priority == b.priority and (a.key, b.key) not in seen:
+                    seen.add((a.key, b.key))
+                    out.append(f"{a.tier} cluster policies {a.key} and {b.key} have the same priority "
+                               f"({a.priority}) and select the same pods: {a.key} is evaluated first (by name)")
+        return sorted(out)
+
     def _ipcache_in_use(self) -> tuple[int, int]:
         """ipcache entries in use: (prefixes, full-length entries), the
         latter counting ipBlock host prefixes apart from pod and node
@@ -364,7 +474,11 @@ class _Incremental:
         pods, and out those of the policies no longer doing so (or of their
         previous versions): the work is that of the policies that changed.
         Returns the prefixes that came into force and those that left."""
-        now = {pol.key: pol for _, _, pols, _ in self.selecting.values() for pol in pols}
+        now: dict[str, NetworkPolicy | _ClusterHolder] = {
+            pol.key: pol for _, _, pols, _ in self.selecting.values() for pol in pols}
+        for _, _, _, cnps in self.cluster_selecting.values():
+            for cnp in cnps:
+                now["\0cluster:" + cnp.key] = self._cluster_holder(cnp)
         before = self.relevant
         went: list[IPNetwork] = []
         came: list[IPNetwork] = []
@@ -376,7 +490,7 @@ class _Incremental:
             if had is None or had[0] is not pol:
                 if had is not None:
                     old.append(had[1])
-                counted = self._policy_prefixes(pol)
+                counted = self._prefixes_of(pol)
                 came += self.cidrs.prefixes.add(counted)
                 before[key] = (pol, counted)
         for key in [k for k in before if k not in now]:
@@ -386,7 +500,7 @@ class _Incremental:
         return came, went
 
     def _endpoints_and_policy(self, out: DesiredState, node: NodeContext, changed_peers: set[PeerKey],
-                              idents_changed: bool) -> None:
+                              idents_changed: bool, nodes_changed: bool) -> None:
         live_uids = set()
         ep_pods: dict[int, str] = {}
         recs: dict[str, EndpointEntries] = {}
@@ -397,6 +511,9 @@ class _Incremental:
             live_uids.add(pod.uid)
             _, _, pols, pol_keys = self.selecting[key]
             out.selected_by[key] = list(pol_keys)
+            cluster = self.cluster_selecting[key][3]
+            if cluster:
+                out.cluster_selected_by[key] = [c.key for c in cluster]
             ifindex = node.interfaces.get(key)
             if ifindex is None:
                 out.unplaced.append(key)
@@ -415,13 +532,14 @@ class _Incremental:
             old = rec = self.endpoints.get(key)
             if (shared or rec is None or rec.shared or rec.pod is not pod or rec.ep_id != ep_id
                     or rec.ifindex != ifindex or (rec.ips is not ips and rec.ips != ips)
-                    or not _same(rec.selecting, pols)
+                    or not _same(rec.selecting, pols) or not _same(rec.cluster, cluster)
+                    or (nodes_changed and rec.cluster)
                     or (changed_peers and not changed_peers.isdisjoint(rec.peers))
                     or (idents_changed and rec.any_named)):
                 # Two pods with one endpoint id (one uid) are one endpoint to
                 # the datapath: the later one's entries merge into the
                 # earlier one's (built in order, below).
-                rec = self.entries.endpoint(pod, pols, ep_id, ifindex, ips, shared)
+                rec = self.entries.endpoint(pod, pols, ep_id, ifindex, ips, shared, cluster)
                 shared_any |= shared
                 redone.append((old, rec))
             recs[key] = rec
@@ -460,6 +578,8 @@ class _Incremental:
             out.errors.extend(rec.over_limit)
             out.endpoints.update(rec.endpoints)
             out.rules.update(rec.rules)
+            for direction, program in rec.programs.items():
+                out.tier_programs[(rec.ep_id, direction)] = program
             for pol_key, n in rec.by_policy:
                 by_policy[pol_key] = by_policy.get(pol_key, 0) + n
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..datapath.sync import MapContents
 from ..errors import InvalidObjectError
 from ..model.objects import IPAddress, IPNetwork
-from ..records import EndpointIdRecord, EndpointRecord, Frontend, PolicyMapKey
+from ..records import EndpointIdRecord, EndpointRecord, Frontend, PolicyMapKey, PolicyValue
+
+if TYPE_CHECKING:
+    from .tiers import TierProgram
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +47,16 @@ IdentityKey = PodIdentity | CidrIdentity
 
 @dataclass(frozen=True, slots=True)
 class RuleRef:
-    policy: str  # namespace/name
+    policy: str  # namespace/name; a cluster policy's key (its name)
     direction: str  # Ingress / Egress
     index: int
+    # A cluster policy rule: its tier (Admin, Baseline), kind, priority,
+    # action and name; a NetworkPolicy rule keeps the defaults.
+    tier: str = "NetworkPolicy"
+    kind: str = "NetworkPolicy"
+    priority: int = 0
+    action: str = "Accept"
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +72,21 @@ class EndpointSpec:
 class DesiredState:
     ipcache: dict[IPNetwork, int] = field(default_factory=dict)
     endpoints: dict[IPAddress, EndpointSpec] = field(default_factory=dict)
-    policy: dict[PolicyMapKey, int] = field(default_factory=dict)  # -> rule id
+    policy: dict[PolicyMapKey, PolicyValue] = field(default_factory=dict)
     services: dict[Frontend, str] = field(default_factory=dict)  # -> Service "ns/name"
     # Read-side context (API, explain): not written to maps.
     rules: dict[int, RuleRef] = field(default_factory=dict)
     identities: dict[int, IdentityKey] = field(default_factory=dict)
     selected_by: dict[str, list[str]] = field(default_factory=dict)  # pod -> policies
+    # pod -> cluster policies selecting it, in evaluation order (Admin, then
+    # Baseline; by priority, then name)
+    cluster_selected_by: dict[str, list[str]] = field(default_factory=dict)
+    # (endpoint id, direction) -> what the tiers judge it by (tiers.py), for
+    # explain; only endpoints a cluster policy governs in that direction.
+    tier_programs: dict[tuple[int, int], TierProgram] = field(default_factory=dict)
+    # Same-priority cluster policies of one tier selecting one local pod:
+    # ordered by name, reported (the API leaves the order undefined).
+    notices: list[str] = field(default_factory=list)
     entries_by_policy: dict[str, int] = field(default_factory=dict)
     errors: list[InvalidObjectError] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)  # local pods without an interface yet
@@ -99,9 +119,12 @@ class DesiredState:
     def describe(self, kind: str, key: object) -> str:
         """Which object a map entry is for, for error messages."""
         if kind == "policy" and isinstance(key, tuple):
-            ref = self.rules.get(self.policy.get(PolicyMapKey(*key), -1))
+            value = self.policy.get(PolicyMapKey(*key))
+            ref = self.rules.get(value.rule_id) if value is not None else None
             if ref is None:
                 return f"policy entry {key}"
+            if ref.tier != "NetworkPolicy":
+                return f"{ref.kind} {ref.policy} ({ref.direction.lower()} rule {ref.index})"
             return f"NetworkPolicy {ref.policy} ({ref.direction.lower()} rule {ref.index})"
         if kind == "endpoint" and isinstance(key, IPAddress) and key in self.endpoints:
             return f"Pod {self.endpoints[key].pod} (address {key})"

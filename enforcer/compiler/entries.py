@@ -7,65 +7,82 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ..datapath.layout import (
     DIR_EGRESS,
     DIR_INGRESS,
+    EP_F_EGRESS_HOST_JUDGED,
     EP_F_EGRESS_ISOLATED,
     EP_F_INGRESS_ISOLATED,
+    EP_F_SELF_JUDGED,
     IDENTITY_ANY,
+    IDENTITY_SELF,
+    POLICY_PREFIX_EXACT,
     POLICY_PREFIX_PROTO,
 )
 from ..datapath.policykeys import PortMatch, port_matches
+from ..datapath.reasons import Reason
 from ..errors import InvalidObjectError
 from ..model.objects import EGRESS, INGRESS, PROTOCOLS, IPAddress, NetworkPolicy, Pod, PolicyPort
-from ..records import PolicyMapKey
+from ..records import PolicyMapKey, PolicyValue
 from .admission import CompileLimits
+from .clusterpeers import ClusterPeerSets
 from .desired import EndpointSpec, RuleRef
 from .identities import PodIdentities
 from .ids import StableIds
 from .peers import PeerKey, PeerSets
+from .tiers import ADMIN, TierProgram, TierRule
+
+if TYPE_CHECKING:
+    from ..model.clusterpolicy import ClusterNetworkPolicy
 
 DIRECTIONS = ((INGRESS, DIR_INGRESS), (EGRESS, DIR_EGRESS))
+_ALLOW_POLICY = int(Reason["ALLOW_POLICY"])
+_ALLOW_SELF = int(Reason["ALLOW_SELF"])
 
 
 class EndpointEntries:
     """One local pod's compiled endpoint and policy entries, and what they
     were computed from."""
 
-    __slots__ = ("pod", "selecting", "ep_id", "ifindex", "ips", "endpoints", "policy", "rules",
-                 "by_policy", "peers", "any_named", "shared", "over_limit")
+    __slots__ = ("pod", "selecting", "cluster", "ep_id", "ifindex", "ips", "endpoints", "policy", "rules",
+                 "by_policy", "peers", "any_named", "shared", "over_limit", "programs")
 
     def __init__(self, pod: Pod, selecting: tuple[NetworkPolicy, ...], ep_id: int, ifindex: int,
-                 ips: tuple[tuple[IPAddress, int], ...]) -> None:
+                 ips: tuple[tuple[IPAddress, int], ...], cluster: tuple[ClusterNetworkPolicy, ...] = ()) -> None:
         self.pod = pod
         self.selecting = selecting
+        self.cluster = cluster  # cluster policies selecting it, in evaluation order
         self.ep_id = ep_id
         self.ifindex = ifindex
         self.ips = ips
         self.endpoints: dict[IPAddress, EndpointSpec] = {}
-        self.policy: dict[PolicyMapKey, int] = {}
+        self.policy: dict[PolicyMapKey, PolicyValue] = {}
         self.rules: dict[int, RuleRef] = {}
         self.by_policy: list[tuple[str, int]] = []
         self.peers: frozenset[PeerKey] = frozenset()
         self.any_named = False  # uses every pod identity (egress named port, any peer)
         self.shared = False  # endpoint id shared with an earlier pod: never reused
         self.over_limit: list[InvalidObjectError] = []  # policies past the entries limit here
+        self.programs: dict[int, TierProgram] = {}  # direction -> its tiers, where a cluster policy governs it
 
 
 class EntryBuilder:
     """Makes a local pod's EndpointEntries."""
 
     def __init__(self, rule_ids: StableIds[RuleRef], limits: CompileLimits, peers: PeerSets,
-                 pods: PodIdentities) -> None:
+                 pods: PodIdentities, cluster_peers: ClusterPeerSets | None = None) -> None:
         self.rule_ids = rule_ids
         self.limits = limits
         self.peers = peers
         self.pods = pods  # identity keys, for egress named ports
+        self.cluster_peers = cluster_peers
 
     def endpoint(self, pod: Pod, pols: tuple[NetworkPolicy, ...], ep_id: int, ifindex: int,
-                  ips: tuple[tuple[IPAddress, int], ...], shared: bool) -> EndpointEntries:
-        rec = EndpointEntries(pod, pols, ep_id, ifindex, ips)
+                 ips: tuple[tuple[IPAddress, int], ...], shared: bool,
+                 cluster: tuple[ClusterNetworkPolicy, ...] = ()) -> EndpointEntries:
+        rec = EndpointEntries(pod, pols, ep_id, ifindex, ips, cluster)
         rec.shared = shared  # its entries are made while the result is put together
         flags = 0
         for pol in pols:
@@ -73,13 +90,22 @@ class EntryBuilder:
                 flags |= EP_F_INGRESS_ISOLATED
             if EGRESS in pol.policy_types:
                 flags |= EP_F_EGRESS_ISOLATED
+        if cluster:
+            # A cluster policy never isolates, but where it has rules the
+            # policy map decides (tiers.py), and the pod's own traffic
+            # through a Service is judged too.
+            flags |= EP_F_SELF_JUDGED
+            if any(c.ingress for c in cluster):
+                flags |= EP_F_INGRESS_ISOLATED
+            if any(c.egress for c in cluster):
+                flags |= EP_F_EGRESS_ISOLATED | EP_F_EGRESS_HOST_JUDGED
         key = pod.key
         rec.endpoints = {ip: EndpointSpec(key, ep_id, ifindex, ident, flags) for ip, ident in ips}
         if not rec.shared:
             self.fill(rec, rec.policy)
         return rec
 
-    def fill(self, rec: EndpointEntries, policy: dict[PolicyMapKey, int]) -> None:
+    def fill(self, rec: EndpointEntries, policy: dict[PolicyMapKey, PolicyValue]) -> None:
         """The pod's policy entries, into `policy` (lowest rule id owns an
         entry); per policy, how many entries it added."""
         deps: set[PeerKey] = set()
@@ -87,20 +113,69 @@ class EntryBuilder:
         rec.by_policy = []
         rec.any_named = False
         rec.over_limit = []
+        rec.programs = {}
+        target = policy if not rec.cluster else {}
         for pol in rec.selecting:
-            before = len(policy)
-            self._policy_entries(rec, rec.pod, rec.ep_id, pol, policy, deps)
-            rec.by_policy.append((pol.key, len(policy) - before))
+            before = len(target)
+            self._policy_entries(rec, rec.pod, rec.ep_id, pol, target, deps)
+            rec.by_policy.append((pol.key, len(target) - before))
+        if rec.cluster:
+            self._tiers(rec, target, deps)
+            for entry, value in target.items():
+                known = policy.get(entry)
+                if known is None or value < known:
+                    policy[entry] = value
         rec.peers = frozenset(deps)
 
+    def _tiers(self, rec: EndpointEntries, np_entries: dict[PolicyMapKey, PolicyValue], deps: set[PeerKey]) -> None:
+        """Replace the NetworkPolicy entries of each direction a cluster
+        policy has rules in with the whole pipeline's verdicts (tiers.py);
+        in the other directions, the pod's own hairpin keeps NetworkPolicy's
+        ALLOW_SELF where NetworkPolicy isolates it."""
+        assert self.cluster_peers is not None
+        own_ids = frozenset(ident for _, ident in rec.ips)
+        pod = rec.pod
+        pods = self.pods
+
+        def peer_named_port(ident: int, name: str, protocol: str) -> int | None:
+            key = pods.keys.get(ident)
+            return key.named_port(name, protocol) if key is not None else None
+
+        for type_name, direction in DIRECTIONS:
+            np_isolated = any(type_name in p.policy_types for p in rec.selecting)
+            admin: list[TierRule] = []
+            baseline: list[TierRule] = []
+            for cnp in rec.cluster:
+                rules = cnp.ingress if direction == DIR_INGRESS else cnp.egress
+                for index, rule in enumerate(rules):
+                    ref = RuleRef(cnp.key, type_name, index, cnp.tier, cnp.source_kind, cnp.priority,
+                                  rule.action, rule.name)
+                    rule_id = self.rule_ids.get(ref)
+                    rec.rules[rule_id] = ref
+                    peers = self.cluster_peers.rule_peers(rule, deps)
+                    tier_rule = TierRule(cnp.tier, rule.action, peers, rule.ports, rule_id, ref)
+                    (admin if cnp.tier == ADMIN else baseline).append(tier_rule)
+            mine = {k: v for k, v in np_entries.items() if k.direction == direction}
+            if not admin and not baseline:
+                if np_isolated:  # EP_F_SELF_JUDGED: the hairpin looks IDENTITY_SELF up
+                    np_entries[PolicyMapKey(IDENTITY_SELF, rec.ep_id, direction, 0, 0, POLICY_PREFIX_EXACT)] = \
+                        PolicyValue(0, _ALLOW_SELF)
+                continue
+            for k in mine:
+                del np_entries[k]
+            program = TierProgram(rec.ep_id, direction, tuple(admin), tuple(baseline), np_isolated, mine,
+                                  own_ids, pod.named_port, peer_named_port)
+            rec.programs[direction] = program
+            np_entries.update(program.encode())
+
     def _policy_entries(self, rec: EndpointEntries, pod: Pod, ep_id: int, pol: NetworkPolicy,
-                        policy: dict[PolicyMapKey, int], deps: set[PeerKey]) -> None:
+                        policy: dict[PolicyMapKey, PolicyValue], deps: set[PeerKey]) -> None:
         """One policy's entries for one pod, all or none: past the limit of
         entries per policy and pod, the policy allows this pod nothing (its
         isolation stays) and is reported; generation stops at the limit, so
         a policy's cost is bounded whatever it names."""
         limit = self.limits.max_entries_per_policy_pod
-        mine: dict[PolicyMapKey, int] = {}
+        mine: dict[PolicyMapKey, PolicyValue] = {}
         for type_name, direction in DIRECTIONS:
             if type_name not in pol.policy_types:
                 continue
@@ -110,23 +185,24 @@ class EntryBuilder:
                 ref = RuleRef(pol.key, type_name, index)
                 rule_id = self.rule_ids.get(ref)
                 rec.rules[rule_id] = ref
+                value = PolicyValue(rule_id, _ALLOW_POLICY)
                 peers = self.peers.union(pol.namespace, rule.peers, deps)  # None = any peer
                 if peers is None and direction == DIR_EGRESS and any(isinstance(p.port, str) for p in rule.ports):
                     rec.any_named = True
                 for entry in self._rule_entries(pod, ep_id, direction, peers, rule.ports):
                     known = mine.get(entry)
-                    if known is None or rule_id < known:  # deterministic owner
-                        mine[entry] = rule_id
+                    if known is None or value < known:  # deterministic owner
+                        mine[entry] = value
                 if len(mine) > limit:
                     rec.over_limit.append(InvalidObjectError(
                         "NetworkPolicy", pol.namespace, pol.name,
                         f"compiles to more than {limit} policy entries for pod {pod.key} "
                         f"(--max-entries-per-policy-pod): it allows that pod nothing"))
                     return
-        for entry, rule_id in mine.items():
+        for entry, value in mine.items():
             known = policy.get(entry)
-            if known is None or rule_id < known:  # deterministic owner
-                policy[entry] = rule_id
+            if known is None or value < known:  # deterministic owner
+                policy[entry] = value
 
     def _rule_entries(self, pod: Pod, ep_id: int, direction: int, peers: frozenset[int] | None,
                       ports: tuple[PolicyPort, ...]) -> Iterator[PolicyMapKey]:

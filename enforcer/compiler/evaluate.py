@@ -1,6 +1,7 @@
 """Decide a new connection from compiled state alone, the way the datapath
 does: ipcache longest-prefix match, endpoint isolation, policy lookup for the
-peer's identity then for any peer, over every prefix length of the port.
+peer's identity then for any peer, over every prefix length of the port;
+the entry found holds the verdict (tiers.py), a miss denies.
 
 Used to explain verdicts and to check the compiler without a kernel; tests
 cross-check it against the real programs.
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from ..datapath.layout import (
     DIR_EGRESS,
     DIR_INGRESS,
+    EP_F_EGRESS_HOST_JUDGED,
     EP_F_EGRESS_ISOLATED,
     EP_F_INGRESS_ISOLATED,
     IDENTITY_ANY,
@@ -25,8 +27,9 @@ from ..datapath.layout import (
 )
 from ..datapath.reasons import Reason
 from ..datapath.sync import TrackedConnection
-from ..records import PolicyMapKey
+from ..records import PolicyMapKey, PolicyValue
 from .desired import DesiredState, EndpointSpec, RuleRef
+from .tiers import DROPS, tier_of_reason
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,8 +44,13 @@ class HookVerdict:
     direction: str
     pod: str
     allowed: bool
-    reason: str  # "not isolated", "host", "allowed by policy", "no rule allows"
+    # "not isolated", "host", "allowed by policy", "no rule allows",
+    # "accepted by an Admin rule", "denied by a Baseline rule", "default allow", ...
+    reason: str
     rules: list[RuleRef] = field(default_factory=list)
+    code: int = 0  # the datapath's verdict reason (Reason)
+    tier: str = ""  # which tier decided: Admin, NetworkPolicy, Baseline, default
+    decider: RuleRef | None = None  # the rule the entry names
 
 
 @dataclass
@@ -87,27 +95,42 @@ def identity_of(state: DesiredState, ip: IPAddress, prefixes_only: bool = False)
     return index.lookup(ip)
 
 
+def _keys_longest_first(identity: int, endpoint_id: int, direction: int, proto: int,
+                        port: int) -> list[PolicyMapKey]:
+    out = []
+    if proto in PORTED:
+        for bits in range(16, -1, -1):
+            masked = port >> (16 - bits) << (16 - bits) if bits else 0
+            out.append(PolicyMapKey(identity, endpoint_id, direction, proto, masked, POLICY_PREFIX_PROTO + bits))
+    else:
+        out.append(PolicyMapKey(identity, endpoint_id, direction, proto, 0, POLICY_PREFIX_PROTO))
+    out.append(PolicyMapKey(identity, endpoint_id, direction, 0, 0, POLICY_PREFIX_EXACT))
+    return out
+
+
+def policy_lookup(policy: dict[PolicyMapKey, PolicyValue], endpoint_id: int, direction: int, identity: int,
+                  proto: int, port: int) -> PolicyValue | None:
+    """policy.h's policy_lookup: the longest key of the identity, else the
+    longest of every peer; None: no entry (denied)."""
+    for ident in (identity, IDENTITY_ANY):
+        for key in _keys_longest_first(ident, endpoint_id, direction, proto, port):
+            found = policy.get(key)
+            if found is not None:
+                return found
+    return None
+
+
 def matching_rule_ids(state: DesiredState, endpoint_id: int, direction: int, identity: int,
                       proto: int, port: int) -> list[int]:
-    """Rule ids of every policy entry matching, over both identity lookups
-    and every prefix length (the map keeps one rule per key; this finds
-    every key that matches)."""
+    """Rule ids of every allowing policy entry matching, over both identity
+    lookups and every prefix length (the map keeps one rule per key; this
+    finds every key that matches)."""
     found = []
     for ident in (identity, IDENTITY_ANY):
-        if proto in PORTED:
-            for bits in range(16, -1, -1):
-                masked = port >> (16 - bits) << (16 - bits) if bits else 0
-                rid = state.policy.get(PolicyMapKey(ident, endpoint_id, direction, proto, masked,
-                                                    POLICY_PREFIX_PROTO + bits))
-                if rid is not None:
-                    found.append(rid)
-        else:
-            rid = state.policy.get(PolicyMapKey(ident, endpoint_id, direction, proto, 0, POLICY_PREFIX_PROTO))
-            if rid is not None:
-                found.append(rid)
-        rid = state.policy.get(PolicyMapKey(ident, endpoint_id, direction, 0, 0, POLICY_PREFIX_EXACT))
-        if rid is not None:
-            found.append(rid)
+        for key in _keys_longest_first(ident, endpoint_id, direction, proto, port):
+            value = state.policy.get(key)
+            if value is not None and value.rule_id and value.reason not in DROPS:
+                found.append(value.rule_id)
     return found
 
 
@@ -128,15 +151,41 @@ def _hook(state: DesiredState, ep: EndpointSpec, direction: int, peer: IPAddress
     flag = EP_F_INGRESS_ISOLATED if direction == DIR_INGRESS else EP_F_EGRESS_ISOLATED
     peer_identity = identity_of(state, peer)
     if peer_identity == IDENTITY_HOST:
-        if direction == DIR_EGRESS or node_sent:
-            return HookVerdict(name, ep.pod, True, "host")
-        peer_identity = identity_of(state, peer, prefixes_only=True)
+        if direction == DIR_EGRESS and not ep.flags & EP_F_EGRESS_HOST_JUDGED:
+            return HookVerdict(name, ep.pod, True, "host", code=int(Reason["ALLOW_HOST"]))
+        if direction == DIR_INGRESS:
+            if node_sent:
+                return HookVerdict(name, ep.pod, True, "host", code=int(Reason["ALLOW_HOST"]))
+            peer_identity = identity_of(state, peer, prefixes_only=True)
     if not ep.flags & flag:
-        return HookVerdict(name, ep.pod, True, "not isolated")
-    rules = all_rules_allowing(state, ep, direction, peer_identity, proto, port)
-    if rules:
-        return HookVerdict(name, ep.pod, True, "allowed by policy", rules)
-    return HookVerdict(name, ep.pod, False, "no rule allows")
+        return HookVerdict(name, ep.pod, True, "not isolated", code=int(Reason["ALLOW_NOT_ISOLATED"]),
+                           tier="default")
+    return judge(state, ep, direction, peer_identity, proto, port)
+
+
+_WHY = {"ALLOW_POLICY": "allowed by policy", "DROP_POLICY": "no rule allows",
+        "ALLOW_ADMIN": "accepted by an Admin rule", "DROP_ADMIN": "denied by an Admin rule",
+        "ALLOW_BASELINE": "accepted by a Baseline rule", "DROP_BASELINE": "denied by a Baseline rule",
+        "ALLOW_NOT_ISOLATED": "default allow", "ALLOW_HOST": "host", "ALLOW_SELF": "self"}
+
+
+def judge(state: DesiredState, ep: EndpointSpec, direction: int, peer_identity: int, proto: int,
+          port: int) -> HookVerdict:
+    """The policy map's verdict for an isolated endpoint's new flow."""
+    name = "ingress" if direction == DIR_INGRESS else "egress"
+    value = policy_lookup(state.policy, ep.endpoint_id, direction, peer_identity, proto, port)
+    if value is None:
+        return HookVerdict(name, ep.pod, False, "no rule allows", code=int(Reason["DROP_POLICY"]),
+                           tier="NetworkPolicy")
+    reason = Reason(value.reason)
+    allowed = value.reason not in DROPS
+    decider = state.rules.get(value.rule_id) if value.rule_id else None
+    if reason == Reason["ALLOW_POLICY"]:
+        rules = all_rules_allowing(state, ep, direction, peer_identity, proto, port)
+    else:
+        rules = [decider] if decider is not None else []
+    return HookVerdict(name, ep.pod, allowed, _WHY.get(reason.name, reason.name.lower()), rules,
+                       code=int(reason), tier=tier_of_reason(value.reason), decider=decider)
 
 
 def evaluate(state: DesiredState, src: IPAddress, dst: IPAddress, proto: int, port: int) -> ConnectionVerdict:
@@ -151,13 +200,28 @@ def evaluate(state: DesiredState, src: IPAddress, dst: IPAddress, proto: int, po
     return ConnectionVerdict(all(h.allowed for h in hooks), hooks, src_id, dst_id)
 
 
-def connection_still_allowed(state: DesiredState, endpoints_by_id: dict[int, EndpointSpec],
-                             conn: TrackedConnection) -> bool:
-    """Whether the compiled state would still open a tracked connection."""
+def _connection_verdict(state: DesiredState, endpoints_by_id: dict[int, EndpointSpec],
+                        conn: TrackedConnection) -> HookVerdict | None:
     ep = endpoints_by_id.get(conn.endpoint_id)
     if ep is None:
-        return False
+        return None
     direction = DIR_EGRESS if conn.origin_egress else DIR_INGRESS
     port = conn.peer_port if conn.origin_egress else conn.pod_port
     return _hook(state, ep, direction, conn.peer, conn.proto, port,
-                 node_sent=conn.reason == Reason["ALLOW_HOST"]).allowed
+                 node_sent=conn.reason == Reason["ALLOW_HOST"])
+
+
+def connection_still_allowed(state: DesiredState, endpoints_by_id: dict[int, EndpointSpec],
+                             conn: TrackedConnection) -> bool:
+    """Whether the compiled state would still open a tracked connection."""
+    verdict = _connection_verdict(state, endpoints_by_id, conn)
+    return verdict is not None and verdict.allowed
+
+
+def connection_not_admin_denied(state: DesiredState, endpoints_by_id: dict[int, EndpointSpec],
+                                conn: TrackedConnection) -> bool:
+    """False when an Admin-tier Deny now refuses a tracked connection: an
+    admin's explicit deny cuts established connections even where the
+    daemon keeps them otherwise (--keep-established)."""
+    verdict = _connection_verdict(state, endpoints_by_id, conn)
+    return verdict is None or verdict.code != Reason["DROP_ADMIN"]

@@ -19,7 +19,7 @@ from ..api.view import StateView
 from ..compiler.admission import CompileLimits
 from ..compiler.compile import Compiler, DesiredState, NodeContext
 from ..compiler.diagnose import Diagnostic, diagnostic_changes
-from ..compiler.evaluate import connection_still_allowed
+from ..compiler.evaluate import connection_not_admin_denied, connection_still_allowed
 from ..datapath import bpfsys
 from ..datapath.attach import NODE_HOOKS, TcAttacher
 from ..datapath.events import EventReader, Verdict
@@ -171,6 +171,12 @@ class Daemon:
             by_id = desired.endpoint_by_id()
             revoked = revoke_connections(self.maps, lambda c: connection_still_allowed(desired, by_id, c),
                                          report.removed_endpoint_ids, recheck_services=True)
+        elif report.changed and desired.tier_programs:
+            # --keep-established keeps what policy no longer allows, but for
+            # an Admin-tier Deny.
+            by_id = desired.endpoint_by_id()
+            revoked = revoke_connections(self.maps, lambda c: connection_not_admin_denied(desired, by_id, c),
+                                         report.removed_endpoint_ids)
         elif report.removed_endpoint_ids:
             revoked = revoke_connections(self.maps, lambda c: True, report.removed_endpoint_ids)
         self._reset_counters(report.removed_endpoint_ids)

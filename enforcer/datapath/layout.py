@@ -26,6 +26,7 @@ IDENTITY_ANY = 0
 IDENTITY_HOST = 1
 IDENTITY_WORLD = 2
 IDENTITY_SERVICE_UNWRITTEN = 3  # a Service address left out of the services map (compiler/services.py)
+IDENTITY_SELF = 4  # the policy map's peer for a pod's own traffic back through a Service (common.h)
 IDENTITY_FIRST_ALLOCATED = 256
 ADDR_LEN = 16
 
@@ -33,6 +34,8 @@ ADDR_LEN = 16
 # endpoints.h
 EP_F_INGRESS_ISOLATED = 0x1
 EP_F_EGRESS_ISOLATED = 0x2
+EP_F_EGRESS_HOST_JUDGED = 0x4  # endpoints.h
+EP_F_SELF_JUDGED = 0x8
 # policy.h: POLICY_PREFIX_*, derived from PolicyKey below
 # conntrack.h
 CT_F_SEEN_REPLY = 0x1
@@ -149,7 +152,7 @@ class PolicyKey(ctypes.Structure):
 
 
 class PolicyEntry(ctypes.Structure):
-    _fields_ = [("rule_id", ctypes.c_uint32)]
+    _fields_ = [("rule_id", ctypes.c_uint32), ("reason", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
 
 
 class CtKey(ctypes.Structure):

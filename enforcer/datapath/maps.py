@@ -157,6 +157,7 @@ class PolicyRule:
     port: int | None
     end_port: int | None
     rule_id: int
+    reason: int = int(Reason["ALLOW_POLICY"])  # the verdict the entries hold (DROP_ADMIN, ...)
 
     def keys(self) -> list[PolicyKey]:
         """The keys the compiler would write for this allow (policykeys.py)."""
@@ -263,7 +264,7 @@ class DatapathMaps:
     def add_rule(self, rule: PolicyRule) -> int:
         keys = rule.keys()
         for k in keys:
-            self._maps["policy"].update(k, PolicyEntry(rule_id=rule.rule_id))
+            self._maps["policy"].update(k, PolicyEntry(rule_id=rule.rule_id, reason=rule.reason))
         return len(keys)
 
     # conntrack

@@ -1,7 +1,9 @@
 """Move the pinned maps to a desired content with the fewest writes, in an
 order no packet can see half-applied:
 
-  1. policy entries added or changed   (allows exist before they are needed)
+  1. policy entries added or changed   (allows exist before they are needed):
+                                        those that deny first, then those that
+                                        allow
   2. ipcache entries added or changed  (a new identity's allows are in place):
                                         host entries, then prefixes longest
                                         first; a prefix waits while a more
@@ -14,7 +16,9 @@ order no packet can see half-applied:
   4. Service frontends added, then removed (either way a packet is judged:
                                         before DNAT, or after it)
   5. endpoints removed, then by id
-  6. policy entries removed            (removing an allow never opens anything)
+  6. policy entries removed            (removing an allow never opens anything):
+                                        every-peer keys before one peer's, each
+                                        shortest prefix first
   7. ipcache entries removed           prefixes shortest first, then host
                                         entries; one waits while a write it
                                         overlaps could not be done, or while a
@@ -44,7 +48,19 @@ each term during a pass:
   Endpoint writes happen whatever policy writes failed: isolation goes on
   even when its allows could not be written (fail closed).
 - policy entries: every entry in the map is the old state's or the new one's
-  (1 adds, 6 and 8 only remove or add new ones), and every entry allows.
+  (1 adds, 6 and 8 only remove or add new ones). Entries hold verdicts (a
+  cluster policy's Deny over a wider allow), so a lookup must not mix an
+  old allow with new keys that no longer cover it. A lookup takes the first
+  hit in this priority: the peer's own keys, longest first, then the
+  every-peer keys, longest first. In 1, while deny values are written, every
+  old key is still there and every new value present denies, so an allowing
+  hit is an old key that is also the old state's first hit; once the allows
+  are written, every new key holds its new value, so an allowing hit with a
+  new value is the new state's first hit, and one with an old value (an
+  old-only key) is preceded by no old key (all are there) and is the old
+  state's. In 6, removals go lowest priority first, so an old-only key still
+  there has every higher-priority old key still there too: an allowing hit
+  is the old or the new state's first hit, as before.
 - the peer's identity, found by a host entry, else the longest prefix. Each
   address resolves, at every moment, to the identity the old state gives it
   or the one the new state gives it. Writes: when a prefix is written, every
@@ -82,12 +98,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MapError, MapFullError
-from ..records import EndpointIdRecord, EndpointRecord, Frontend, PolicyMapKey
+from ..records import EndpointIdRecord, EndpointRecord, Frontend, PolicyMapKey, PolicyValue
 from . import bpfsys
 from .layout import (
     CT_F_RECHECK,
     CT_F_SERVICE,
     DIR_EGRESS,
+    IDENTITY_ANY,
     CtEntry,
     CtKey,
     EndpointInfo,
@@ -99,6 +116,10 @@ from .layout import (
 )
 from .maps import DatapathMaps
 from .policykeys import from_policy_key, to_policy_key
+from .reasons import Reason
+
+# The verdicts a policy entry may hold that drop (policy.h policy_reason_drops).
+_DROP_REASONS = frozenset(int(Reason[n]) for n in ("DROP_POLICY", "DROP_ADMIN", "DROP_BASELINE"))
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +127,7 @@ log = logging.getLogger(__name__)
 class MapContents:
     ipcache: dict[IPNetwork, int] = field(default_factory=dict)
     endpoints: dict[IPAddress, EndpointRecord] = field(default_factory=dict)
-    policy: dict[PolicyMapKey, int] = field(default_factory=dict)  # -> rule id
+    policy: dict[PolicyMapKey, PolicyValue] = field(default_factory=dict)
     endpoint_ids: dict[int, EndpointIdRecord] = field(default_factory=dict)
     services: set[Frontend] = field(default_factory=set)
     # Optional hint from a producer that knows what it changed: this content
@@ -199,7 +220,7 @@ class MapSync:
         return MapContents(
             ipcache=m.identities(),
             endpoints={k.ip(): EndpointRecord(v.id, v.ifindex, v.identity, v.flags) for k, v in m["endpoints"].items()},
-            policy={from_policy_key(k): v.rule_id for k, v in m["policy"].items()},
+            policy={from_policy_key(k): PolicyValue(v.rule_id, v.reason) for k, v in m["policy"].items()},
             endpoint_ids={int(k.value): EndpointIdRecord(v.ifindex, v.identity, v.flags)
                           for k, v in m["endpoint_ids"].items()},
             services=m.services(),
@@ -225,7 +246,7 @@ class MapSync:
             report.removed_endpoint_ids = {have.endpoints[ip][0] for ip in endpoints_gone} - live_ids
 
         p = _Pass(self.maps, have, report)
-        p.write("policy", policy_writes)                        # 1
+        p.write("policy", _denies_first(policy_writes))         # 1
         p.write_ipcache(ipcache_writes)                         # 2
         p.write("endpoint_ids", id_writes)                      # 3
         p.write("endpoints", endpoint_writes)
@@ -233,13 +254,30 @@ class MapSync:
         p.remove("services", services_gone)
         p.remove("endpoints", endpoints_gone)                   # 5
         p.remove("endpoint_ids", ids_gone)
-        p.remove("policy", policy_gone)                         # 6
+        p.remove("policy", _lowest_priority_first(policy_gone))  # 6
         held = p.remove_ipcache(ipcache_gone)                   # 7
         if p.retry():                                           # 8
             held = p.remove_ipcache(held)
         p.finish(describe, held)
         self._applied_token = want.token if report.complete else None
         return report
+
+
+def _denies_first(writes: list[tuple[PolicyMapKey, PolicyValue]]) -> list[tuple[PolicyMapKey, PolicyValue]]:
+    """Step 1's order (linear: a cold sync writes every entry)."""
+    denies = [w for w in writes if w[1][1] in _DROP_REASONS]
+    if not denies:
+        return writes
+    return denies + [w for w in writes if w[1][1] not in _DROP_REASONS]
+
+
+def _lowest_priority_first(keys: list[PolicyMapKey]) -> list[PolicyMapKey]:
+    """Step 6's order: every-peer keys before a peer's own, each by prefix
+    length, shortest first (bucketed: linear)."""
+    buckets: dict[tuple[bool, int], list[PolicyMapKey]] = {}
+    for k in keys:
+        buckets.setdefault((k.identity != IDENTITY_ANY, k.prefixlen), []).append(k)
+    return [k for b in sorted(buckets) for k in buckets[b]]
 
 
 class _Table:
@@ -269,7 +307,7 @@ class _Pass:
         self.report = report
         self.tables = {
             "policy": _Table("policy", "policy",
-                             lambda t, rule: pol.update(to_policy_key(t), PolicyEntry(rule_id=rule)),
+                             lambda t, v: pol.update(to_policy_key(t), PolicyEntry(rule_id=v[0], reason=v[1])),
                              lambda t: pol.delete(to_policy_key(t)), have.policy),
             "ipcache": _Table("ipcache", "ipcache", m.set_identity, m.delete_identity, have.ipcache),
             "endpoint_ids": _Table("endpoint", "endpoint_ids", lambda i, info: m.set_endpoint_id(i, *info),

@@ -1,0 +1,359 @@
+"""Tiers: ClusterNetworkPolicy's pipeline, evaluated offline.
+
+Per direction, a local pod's new flow is judged by, in order:
+  Admin cluster policies selecting it (priority, then name; in each, its
+  rules in order: the first whose peers and protocols match decides:
+  Accept allows, Deny drops, Pass leaves the tier)
+  -> NetworkPolicy: final when one isolates the pod in that direction
+  -> Baseline cluster policies, likewise (Pass: to the default)
+  -> the default: allow.
+
+Every input of that walk is static per (endpoint, direction, peer
+identity, protocol, port), so the compiler walks it here and writes only
+the outcome: the policy map then holds, for each key, a verdict reason and
+the rule that decided (policy.h), and a new flow costs the same two
+lookups at most whatever the number of tiers, priorities and rules.
+
+The encoding, per (endpoint, direction), over the LPM keys
+`identity | protocol | port`, where a lookup takes the longest key of the
+peer's own identity and, when it has none, the longest of every peer
+(IDENTITY_ANY):
+  - every peer (the function of identities no rule names): complete: a
+    catch-all for every protocol, per protocol where it differs, and port
+    prefixes where a port range differs (a range is its prefix cover, as
+    for NetworkPolicy's endPort);
+  - each identity some rule names: only where its function differs from
+    every peer's, so a peer no rule singles out costs nothing, and most
+    named peers cost what NetworkPolicy's allows cost: one key per port
+    prefix; whichever of "its own complete protocol" and "only the ports
+    that differ" takes fewer keys.
+NetworkPolicy's part is the keys the NetworkPolicy compiler made for the
+pod (entries.py), read as the datapath reads them (the longest key of the
+identity, else of every peer, else denied), so NetworkPolicy keeps one
+definition.
+
+Special peers: IDENTITY_HOST (this node's addresses, judged in egress only
+when a cluster policy governs it: NetworkPolicy's tier allows it, Admin
+and Baseline rules on nodes and networks may not) and IDENTITY_SELF (the
+pod's own traffic back through a Service: NetworkPolicy leaves it alone,
+cluster policies judge it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from ..datapath.layout import (
+    DIR_EGRESS,
+    IDENTITY_ANY,
+    IDENTITY_HOST,
+    IDENTITY_SELF,
+    POLICY_PREFIX_EXACT,
+    POLICY_PREFIX_PROTO,
+)
+from ..datapath.policykeys import port_range_prefixes
+from ..datapath.reasons import Reason
+from ..model.objects import PROTOCOLS, PolicyPort
+from ..records import PolicyMapKey, PolicyValue
+from .desired import RuleRef
+
+ADMIN, NETWORK_POLICY, BASELINE, DEFAULT = "Admin", "NetworkPolicy", "Baseline", "default"
+ACCEPT, DENY, PASS = "Accept", "Deny", "Pass"
+PORTED = (6, 17, 132)
+_PORTS = 1 << 16
+_ALLOW_ADMIN, _DROP_ADMIN = int(Reason["ALLOW_ADMIN"]), int(Reason["DROP_ADMIN"])
+_ALLOW_BASELINE, _DROP_BASELINE = int(Reason["ALLOW_BASELINE"]), int(Reason["DROP_BASELINE"])
+_ALLOW_POLICY, _DROP_POLICY = int(Reason["ALLOW_POLICY"]), int(Reason["DROP_POLICY"])
+_ALLOW_HOST, _ALLOW_SELF = int(Reason["ALLOW_HOST"]), int(Reason["ALLOW_SELF"])
+_ALLOW_DEFAULT = int(Reason["ALLOW_NOT_ISOLATED"])
+DROPS = frozenset((_DROP_ADMIN, _DROP_BASELINE, _DROP_POLICY))
+_OUTCOME = {(ADMIN, ACCEPT): _ALLOW_ADMIN, (ADMIN, DENY): _DROP_ADMIN,
+            (BASELINE, ACCEPT): _ALLOW_BASELINE, (BASELINE, DENY): _DROP_BASELINE}
+NP_DENY = PolicyValue(0, _DROP_POLICY)
+
+
+@dataclass(frozen=True, slots=True)
+class TierRule:
+    """One cluster policy rule as the walk needs it: its peers' identities
+    (None: every peer, only a fail-closed deny-all) and protocols (() every
+    protocol; a named port resolves on the destination)."""
+
+    tier: str
+    action: str
+    peers: frozenset[int] | None
+    ports: tuple[PolicyPort, ...]
+    rule_id: int
+    ref: RuleRef
+
+
+NamedPorts = Mapping[int, "object"]  # identity -> its key, for egress named ports (PodIdentity)
+
+
+@dataclass
+class TierProgram:
+    """What one local endpoint's direction is judged by: kept for explain
+    (trace) and made into keys by encode()."""
+
+    endpoint_id: int
+    direction: int
+    admin: tuple[TierRule, ...]
+    baseline: tuple[TierRule, ...]
+    np_isolated: bool
+    np_keys: dict[PolicyMapKey, PolicyValue]
+    self_identities: frozenset[int]  # the pod's own identities (IDENTITY_SELF matches as them)
+    own_named_port: object  # callable (name, protocol) -> port | None: the pod's own container ports
+    peer_named_port: object  # callable (identity, name, protocol) -> port | None
+    _np_by_ident: dict[int, list[tuple[int, int, int, int, PolicyValue]]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        by: dict[int, list[tuple[int, int, int, int, PolicyValue]]] = {}
+        for k, v in self.np_keys.items():
+            lo, hi = _key_span(k)
+            by.setdefault(k.identity, []).append((k.protocol, lo, hi, k.prefixlen, v))
+        for entries in by.values():
+            entries.sort(key=lambda e: -e[3])  # longest first
+        self._np_by_ident = by
+
+    # -- the walk --
+
+    def named(self) -> frozenset[int]:
+        """The identities some rule or NetworkPolicy key singles out, and the
+        special peers the datapath looks up for this endpoint."""
+        out: set[int] = set()
+        for r in (*self.admin, *self.baseline):
+            if r.peers is not None:
+                out |= r.peers
+        out.update(i for i in self._np_by_ident if i != IDENTITY_ANY)
+        if self.direction == DIR_EGRESS:
+            out.add(IDENTITY_HOST)
+        out.add(IDENTITY_SELF)
+        out.discard(IDENTITY_ANY)
+        return frozenset(out)
+
+    def _matches_peer(self, rule: TierRule, ident: int) -> bool:
+        if rule.peers is None:
+            return True
+        if ident == IDENTITY_SELF:
+            return not rule.peers.isdisjoint(self.self_identities)
+        return ident in rule.peers
+
+    def _port_of(self, port: PolicyPort, ident: int) -> tuple[int, int] | None:
+        """A rule port's [start, end], a named one resolved on the
+        destination: this pod for ingress (and for its own hairpin), the
+        peer for egress."""
+        if isinstance(port.port, str):
+            if self.direction == DIR_EGRESS and ident != IDENTITY_SELF:
+                num = self.peer_named_port(ident, port.port, port.protocol)  # type: ignore[operator]
+            else:
+                num = self.own_named_port(port.port, port.protocol)  # type: ignore[operator]
+            return None if num is None else (num, num)
+        if port.port is None:
+            return (0, _PORTS - 1)
+        return (port.port, port.end_port if port.end_port is not None else port.port)
+
+    def _matches_port(self, rule: TierRule, ident: int, proto: int | None, port: int) -> bool:
+        if not rule.ports:
+            return True
+        if proto is None:
+            return False
+        for p in rule.ports:
+            if PROTOCOLS[p.protocol] != proto:
+                continue
+            span = self._port_of(p, ident)
+            if span is not None and span[0] <= port <= span[1]:
+                return True
+        return False
+
+    def np_value(self, ident: int, proto: int | None, port: int) -> PolicyValue:
+        """NetworkPolicy's verdict, as the datapath reads its keys."""
+        for who in (ident, IDENTITY_ANY):
+            for kproto, lo, hi, plen, value in self._np_by_ident.get(who, ()):
+                if plen == POLICY_PREFIX_EXACT or (kproto == proto and lo <= port <= hi):
+                    return value
+        return NP_DENY
+
+    def walk(self, ident: int, proto: int | None, port: int,
+             trace: list[str] | None = None) -> PolicyValue:
+        """The pipeline's verdict for a new flow with this peer identity,
+        protocol (None: one without ports no rule names) and port."""
+        for rule in self.admin:
+            if self._matches_peer(rule, ident) and self._matches_port(rule, ident, proto, port):
+                if trace is not None:
+                    trace.append(f"{describe_rule(rule.ref)}: {rule.action}")
+                if rule.action == PASS:
+                    break
+                return PolicyValue(rule.rule_id, _OUTCOME[(ADMIN, rule.action)])
+        if self.np_isolated:
+            if ident == IDENTITY_HOST:
+                value = PolicyValue(0, _ALLOW_HOST)
+            elif ident == IDENTITY_SELF:
+                value = PolicyValue(0, _ALLOW_SELF)
+            else:
+                value = self.np_value(ident, proto, port)
+            if trace is not None:
+                trace.append("NetworkPolicy: isolated: " + ("allowed" if value.reason not in DROPS
+                                                            else "no rule allows") + " (final)")
+            return value
+        if trace is not None:
+            trace.append("NetworkPolicy: not isolated")
+        for rule in self.baseline:
+            if self._matches_peer(rule, ident) and self._matches_port(rule, ident, proto, port):
+                if trace is not None:
+                    trace.append(f"{describe_rule(rule.ref)}: {rule.action}")
+                if rule.action == PASS:
+                    break
+                return PolicyValue(rule.rule_id, _OUTCOME[(BASELINE, rule.action)])
+        if trace is not None:
+            trace.append("default: allow")
+        # (The pod's own hairpin gets the same default as any peer: its
+        # key would cost one more entry per endpoint for a name.)
+        if ident == IDENTITY_HOST:
+            return PolicyValue(0, _ALLOW_HOST)
+        return PolicyValue(0, _ALLOW_DEFAULT)
+
+    # -- the function of one identity --
+
+    def function(self, ident: int) -> Function:
+        """The walk's outcome over every protocol and port, for one peer
+        identity (IDENTITY_ANY: one that no rule singles out)."""
+        bounds: dict[int, set[int]] = {p: {0} for p in PORTED}
+        rules = [r for r in (*self.admin, *self.baseline) if self._matches_peer(r, ident)]
+        for r in rules:
+            for p in r.ports:
+                proto = PROTOCOLS[p.protocol]
+                span = self._port_of(p, ident)
+                if span is not None and proto in bounds:
+                    bounds[proto].update((span[0], span[1] + 1))
+        for who in {ident, IDENTITY_ANY}:
+            for kproto, lo, hi, plen, _ in self._np_by_ident.get(who, ()):
+                if plen != POLICY_PREFIX_EXACT and kproto in bounds:
+                    bounds[kproto].update((lo, hi + 1))
+        other = self.walk(ident, None, 0)
+        per_proto: dict[int, tuple[tuple[int, int, PolicyValue], ...]] = {}
+        for proto, points in bounds.items():
+            starts = sorted(b for b in points if b < _PORTS)
+            segs: list[tuple[int, int, PolicyValue]] = []
+            for i, lo in enumerate(starts):
+                hi = starts[i + 1] - 1 if i + 1 < len(starts) else _PORTS - 1
+                value = self.walk(ident, proto, lo)
+                if segs and segs[-1][2] == value:
+                    segs[-1] = (segs[-1][0], hi, value)
+                else:
+                    segs.append((lo, hi, value))
+            per_proto[proto] = tuple(segs)
+        return Function(other, per_proto)
+
+    # -- keys --
+
+    def encode(self) -> dict[PolicyMapKey, PolicyValue]:
+        out: dict[PolicyMapKey, PolicyValue] = {}
+        every = self.function(IDENTITY_ANY)
+        self._encode_whole(IDENTITY_ANY, every, out)
+        for ident in sorted(self.named()):
+            self._encode_against(ident, self.function(ident), every, out)
+        return out
+
+    def _key(self, ident: int, proto: int, port: int, plen: int) -> PolicyMapKey:
+        return PolicyMapKey(ident, self.endpoint_id, self.direction, proto, port, plen)
+
+    def _encode_whole(self, ident: int, fn: Function, out: dict[PolicyMapKey, PolicyValue]) -> None:
+        out[self._key(ident, 0, 0, POLICY_PREFIX_EXACT)] = fn.other
+        for proto, segs in fn.per_proto.items():
+            self._encode_proto(ident, proto, segs, fn.other, out)
+
+    def _encode_proto(self, ident: int, proto: int, segs: tuple[tuple[int, int, PolicyValue], ...],
+                      parent: PolicyValue | None, out: dict[PolicyMapKey, PolicyValue]) -> None:
+        """One protocol's ports, under a key for the whole protocol unless
+        `parent` (the identity's catch-all) already says its most common
+        value; parent None: there is none, the protocol key is needed."""
+        default = _cheapest_default(segs)
+        if default != parent:
+            out[self._key(ident, proto, 0, POLICY_PREFIX_PROTO)] = default
+        for lo, hi, value in segs:
+            if value != default:
+                for port, bits in port_range_prefixes(lo, hi):
+                    out[self._key(ident, proto, port, POLICY_PREFIX_PROTO + bits)] = value
+
+    def _encode_against(self, ident: int, fn: Function, every: Function,
+                        out: dict[PolicyMapKey, PolicyValue]) -> None:
+        if fn == every:
+            return
+        if fn.other != every.other:
+            self._encode_whole(ident, fn, out)
+            return
+        for proto, segs in fn.per_proto.items():
+            base = every.per_proto[proto]
+            if segs == base:
+                continue
+            differing = list(_differences(segs, base))
+            cost_diff = sum(len(port_range_prefixes(lo, hi)) for lo, hi, _ in differing)
+            default = _cheapest_default(segs)
+            cost_whole = 1 + sum(len(port_range_prefixes(lo, hi)) for lo, hi, v in segs if v != default)
+            if cost_diff <= cost_whole:
+                for lo, hi, value in differing:
+                    for port, bits in port_range_prefixes(lo, hi):
+                        out[self._key(ident, proto, port, POLICY_PREFIX_PROTO + bits)] = value
+            else:
+                self._encode_proto(ident, proto, segs, None, out)
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A peer identity's verdicts: `other` for protocols without ports (and
+    any no rule names), per ported protocol the port segments
+    (start, end inclusive, verdict), adjacent ones merged."""
+
+    other: PolicyValue
+    per_proto: Mapping[int, tuple[tuple[int, int, PolicyValue], ...]]
+
+
+def _key_span(k: PolicyMapKey) -> tuple[int, int]:
+    if k.prefixlen <= POLICY_PREFIX_PROTO:
+        return 0, _PORTS - 1
+    bits = k.prefixlen - POLICY_PREFIX_PROTO
+    return k.port, k.port + (1 << (16 - bits)) - 1
+
+
+def _cheapest_default(segs: tuple[tuple[int, int, PolicyValue], ...]) -> PolicyValue:
+    """The value to leave to the protocol's key: the one whose ports would
+    take the most prefixes to write out."""
+    cost: dict[PolicyValue, int] = {}
+    for lo, hi, v in segs:
+        cost[v] = cost.get(v, 0) + len(port_range_prefixes(lo, hi))
+    return max(cost, key=lambda v: (cost[v], v))
+
+
+def _differences(segs: tuple[tuple[int, int, PolicyValue], ...], base: tuple[tuple[int, int, PolicyValue], ...]
+                 ) -> Iterator[tuple[int, int, PolicyValue]]:
+    """Where segs differ from base: (start, end, segs' value)."""
+    i = j = 0
+    while i < len(segs) and j < len(base):
+        lo = max(segs[i][0], base[j][0])
+        hi = min(segs[i][1], base[j][1])
+        if segs[i][2] != base[j][2]:
+            yield lo, hi, segs[i][2]
+        if segs[i][1] == hi:
+            i += 1
+        if base[j][1] == hi:
+            j += 1
+
+
+def describe_rule(ref: RuleRef) -> str:
+    """e.g. `Admin deny-x (priority 10) ingress rule 0 "block"`."""
+    name = f' "{ref.name}"' if ref.name else ""
+    if ref.tier in (ADMIN, BASELINE):
+        kind = "" if ref.kind == "ClusterNetworkPolicy" else f"{ref.kind} "
+        return (f"{ref.tier} {kind}{ref.policy} (priority {ref.priority}) "
+                f"{ref.direction.lower()} rule {ref.index}{name}")
+    return f"NetworkPolicy {ref.policy} {ref.direction.lower()} rule {ref.index}"
+
+
+def tier_of_reason(reason: int) -> str:
+    if reason in (_ALLOW_ADMIN, _DROP_ADMIN):
+        return ADMIN
+    if reason in (_ALLOW_BASELINE, _DROP_BASELINE):
+        return BASELINE
+    if reason in (_ALLOW_POLICY, _DROP_POLICY):
+        return NETWORK_POLICY
+    return DEFAULT
