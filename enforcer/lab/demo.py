@@ -4,7 +4,9 @@ Builds a lab (namespaces foo and bar, an external load balancer), starts
 `enforcer run` in the lab's node on a manifest directory holding the lab's
 Namespace and Pod objects, prints connectivity, adds examples/ (foo's
 default deny and allow list), prints it again with what the daemon reports,
-and tears everything down, also on Ctrl-C.
+then adds examples/cluster/ (an Admin deny and a Baseline default deny:
+ClusterNetworkPolicy tiers) and shows the matrix and `explain` naming the
+tier, and tears everything down, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .loader import DaemonProcess
 from .netns import netns_path
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
+CLUSTER_EXAMPLES = EXAMPLES / "cluster"
 PREFIX = "enfdemo"
 PIN_DIR = Path("/sys/fs/bpf/enforcer-demo")
 
@@ -81,6 +84,21 @@ def run_demo() -> int:
             _say("    " + line)
         _say("\n[5] why? (`enforcer explain bar/client foo/web --port 80`, and foo/web -> foo/api on 81)")
         for src, dst, port in (("bar/client", "foo/web", 80), ("foo/web", "foo/api", 81)):
+            text = client.show_explain(stub, False, pb.ExplainRequest(source=src, destination=dst, port=port))
+            _say("\n".join("    " + line for line in text.splitlines()))
+
+        _say(f"\n[6] cluster policy tiers: adding {', '.join(p.name for p in sorted(CLUSTER_EXAMPLES.glob('*.yaml')))}")
+        _say("    Admin: bar may open no connection to any pod (no NetworkPolicy can override it);")
+        _say("    Baseline: every namespace but foo is default-deny for ingress (its NetworkPolicies may open it)")
+        for f in sorted(CLUSTER_EXAMPLES.glob("*.yaml")):
+            shutil.copy(f, source / f"cluster-{f.name}")
+        status = daemon.wait_synced(directory_revision(source))
+        _say(f"    applied: {status['policy_entries']} policy entries, errors: {status['errors'] or 'none'}\n")
+        _matrices(state)
+        _say("    bar/client's row is empty (Admin Deny); foo/web -> bar/client is dropped by the Baseline;")
+        _say("    foo keeps its own NetworkPolicies (Baseline never applies where one isolates).\n")
+        _say("[7] which tier decided? (`enforcer explain foo/web bar/client --port 80`, bar/client -> foo/web)")
+        for src, dst, port in (("foo/web", "bar/client", 80), ("bar/client", "foo/web", 80)):
             text = client.show_explain(stub, False, pb.ExplainRequest(source=src, destination=dst, port=port))
             _say("\n".join("    " + line for line in text.splitlines()))
         return 0
