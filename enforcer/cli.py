@@ -247,7 +247,7 @@ def _api(args: argparse.Namespace) -> int:
                    "allowed": pb.StreamFlowsRequest.VERDICT_FILTER_ALLOWED,
                    "denied": pb.StreamFlowsRequest.VERDICT_FILTER_DENIED}[args.verdict]
         flows_req = pb.StreamFlowsRequest(namespace=args.namespace or "", pod=args.pod or "", verdict=verdict,
-                                          since_recent=True, follow=args.follow)
+                                          since_recent=True, follow=args.follow, tier=args.tier or "")
         try:
             client.stream_flows(stub, args.json, flows_req, out=lambda line: print(line, flush=True))
         except KeyboardInterrupt:
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     api_cmds = []
     for name, text in (("status", "the daemon's state"), ("endpoints", "local endpoints"),
-                       ("policies", "network policies and what they compiled to"),
+                       ("policies", "network policies and cluster policies, and what they compiled to"),
                        ("counters", "verdict counters per endpoint"), ("flows", "verdict flows"),
                        ("explain", "why a connection is allowed or denied")):
         cmd = sub.add_parser(name, help=text)
@@ -371,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--pod")
     sub.choices["flows"].add_argument("--follow", "-f", action="store_true", help="keep streaming")
     sub.choices["flows"].add_argument("--verdict", choices=("all", "allowed", "denied"), default="all")
+    sub.choices["flows"].add_argument("--tier", choices=("Admin", "Baseline", "NetworkPolicy"),
+                                      help="only flows this tier decided (an Admin or Baseline cluster policy, "
+                                           "or NetworkPolicy)")
     explain_cmd = sub.choices["explain"]
     explain_cmd.add_argument("source", help="IP or namespace/pod")
     explain_cmd.add_argument("destination", help="IP or namespace/pod")

@@ -51,6 +51,18 @@ def direction_name(value: int) -> str:
     return pb.Direction.Name(value).removeprefix("DIRECTION_").lower()
 
 
+def describe_rule(r: pb.RuleRef) -> str:
+    """e.g. `Admin deny-x (priority 10) ingress rule 0 "block"`, or
+    `NetworkPolicy ns/name ingress rule 1` (as the daemon's trace names
+    rules: compiler.tiers.describe_rule)."""
+    direction = direction_name(r.direction)
+    if r.tier in ("Admin", "Baseline"):
+        kind = "" if r.kind in ("", "ClusterNetworkPolicy") else f"{r.kind} "
+        name = f' "{r.rule_name}"' if r.rule_name else ""
+        return f"{r.tier} {kind}{r.policy} (priority {r.priority}) {direction} rule {r.rule_index}{name}"
+    return f"NetworkPolicy {r.policy} {direction} rule {r.rule_index}"
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     if not rows:
         widths = [len(h) for h in header]
@@ -72,7 +84,8 @@ def show_status(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
     lines = [f"enforcer {st.version} on node {st.node}: {'ready' if st.ready else 'NOT READY'}",
              f"source     {st.source} @ {st.source_revision}",
              f"last sync  {age} ({st.last_sync_duration_ms:.1f} ms)",
-             f"objects    {st.namespaces} namespaces, {st.pods} pods, {st.network_policies} network policies",
+             f"objects    {st.namespaces} namespaces, {st.pods} pods, {st.network_policies} network policies, "
+             f"{st.cluster_network_policies} cluster network policies",
              f"endpoints  {st.local_endpoints} local; revoked connections: {st.revoked_connections}", "",
              table([[m.name, m.entries, m.capacity, f"{100 * m.entries / m.capacity:.1f}%" if m.capacity else "-"]
                     for m in st.maps], ["map", "entries", "capacity", "used"])]
@@ -87,6 +100,9 @@ def show_status(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
         lines += [f"  {o.kind} {o.namespace + '/' if o.namespace else ''}{o.name}: {o.error}"
                   for o in st.invalid_objects]
         lines += more(st.invalid_objects_omitted, "invalid objects")
+    if st.notices:
+        lines += ["", "cluster policy notices:"]
+        lines += [f"  {n}" for n in st.notices] + more(st.notices_omitted, "notices")
     if st.sync_failures or st.entries_not_written:
         per_map = "; ".join(f"{m.map}: " + ", ".join(f"{n} {w}" for n, w in ((m.full, "no room"), (m.other, "failed"),
                                                                                (m.held, "held back")) if n)
@@ -122,7 +138,15 @@ def show_policies(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
              (",".join(p.selected_endpoints) or "-")
              + (f" (+{p.selected_endpoints_omitted} more)" if p.selected_endpoints_omitted else ""),
              p.error or ""] for p in resp.policies]
-    return table(rows, ["policy", "types", "entries", "selects (local)", "error"])
+    text = table(rows, ["policy", "types", "entries", "selects (local)", "error"])
+    if resp.cluster_policies:
+        crows = [[c.name, c.tier, c.priority, c.kind, f"{c.ingress_rules}/{c.egress_rules}", c.entries,
+                  (",".join(c.selected_endpoints) or "-")
+                  + (f" (+{c.selected_endpoints_omitted} more)" if c.selected_endpoints_omitted else ""),
+                  "; ".join(c.warnings)] for c in resp.cluster_policies]
+        text += "\n\n" + table(crows, ["cluster policy", "tier", "priority", "kind", "rules (in/out)", "entries",
+                                        "selects (local)", "warnings"])
+    return text
 
 
 def show_counters(stub: pb_grpc.EnforcerStub, as_machine: bool, namespace: str = "", pod: str = "") -> str:
@@ -130,8 +154,9 @@ def show_counters(stub: pb_grpc.EnforcerStub, as_machine: bool, namespace: str =
     if as_machine:
         return as_json(resp)
     rows = [[f"{c.namespace}/{c.pod}" if c.pod else "(no endpoint)", direction_name(c.direction),
-             "allowed" if c.allowed else "DENIED", reason_name(c.reason), c.packets, c.bytes] for c in resp.counters]
-    return table(rows, ["endpoint", "direction", "verdict", "reason", "packets", "bytes"])
+             "allowed" if c.allowed else "DENIED", reason_name(c.reason), c.tier or "-", c.packets, c.bytes]
+            for c in resp.counters]
+    return table(rows, ["endpoint", "direction", "verdict", "reason", "tier", "packets", "bytes"])
 
 
 def flow_line(f: pb.Flow) -> str:
@@ -140,8 +165,11 @@ def flow_line(f: pb.Flow) -> str:
         return f"{who} [{p.ip}]:{p.port}" if p.pod or p.identity_description else f"{p.ip}:{p.port}"
 
     when = time.strftime("%H:%M:%S", time.localtime(f.time_unix))
-    why = (f"by {f.rule.policy} {direction_name(f.rule.direction)} rule {f.rule.rule_index}"
-           if f.HasField("rule") else reason_name(f.reason))
+    why = reason_name(f.reason)
+    if f.HasField("rule"):
+        why += f" by {describe_rule(f.rule)}"
+    elif f.tier:
+        why += f" ({f.tier})"
     return (f"{when} {'ALLOW' if f.allowed else 'DROP '} {f.protocol:<5} {side(f.source)} -> {side(f.destination)} "
             f"({direction_name(f.direction)} of {f.endpoint or '?'}: {why})")
 
@@ -163,16 +191,37 @@ def show_explain(stub: pb_grpc.EnforcerStub, as_machine: bool, req: pb.ExplainRe
         return as_json(resp)
     lines = [resp.summary]
     for h in resp.hooks:
-        lines.append(f"  {h.endpoint} {direction_name(h.direction)}: {'allowed' if h.allowed else 'DENIED'} ({h.why})")
+        lines.append(f"  {hook_line(h)}")
+        if h.cluster_policies:
+            lines.append(f"    cluster policies: {', '.join(h.cluster_policies)}"
+                         + (f" and {h.cluster_policies_omitted} more" if h.cluster_policies_omitted else ""))
+        if h.trace:
+            lines.append("    pipeline:")
+            lines += [f"      {step}" for step in h.trace]
         for r in h.rules:
-            lines.append(f"    rule: {r.policy} {direction_name(r.direction)} rule {r.rule_index}")
+            lines.append(f"    rule: {describe_rule(r)}" + (f" ({r.action})" if r.tier != "NetworkPolicy" else ""))
         if h.rules_omitted:
             lines.append(f"    ... and {h.rules_omitted} more rules")
         if h.isolating_policies:
             lines.append(f"    isolated by: {', '.join(h.isolating_policies)}"
                          + (f" and {h.isolating_policies_omitted} more" if h.isolating_policies_omitted else ""))
-        lines.append(f"    maps: {'agree' if h.maps_agree else 'DISAGREE'} ({h.maps_detail})")
+        lines.append(f"    maps: {'agree' if h.maps_agree else 'DISAGREE'} ({h.maps_detail})" if h.maps_detail
+                     else "    maps: not read")
     return "\n".join(lines)
+
+
+def hook_line(h: pb.HookExplanation) -> str:
+    """e.g. `ingress of y/a: denied by Admin deny-x (priority 10) ingress
+    rule 0 "block"`; `egress of x/a: allowed (not isolated)`."""
+    head = f"{direction_name(h.direction)} of {h.endpoint}: {'allowed' if h.allowed else 'denied'}"
+    cluster = [r for r in h.rules if r.tier in ("Admin", "Baseline")]
+    if cluster:
+        return f"{head} by {describe_rule(cluster[0])}"
+    if h.allowed and h.rules:
+        more = len(h.rules) - 1 + h.rules_omitted
+        return f"{head} by {describe_rule(h.rules[0])}" + (f" (and {more} more rules)" if more else "")
+    tier = f" [{h.tier}]" if h.tier and h.tier != "default" and h.tier not in h.why else ""
+    return f"{head} ({h.why}){tier}"
 
 
 # `enforcer diagnose` exit status when it found problems (0: none found;

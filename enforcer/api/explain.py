@@ -6,11 +6,15 @@ datapath makes, to show the kernel holds what the daemon believes."""
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 
-from ..compiler.evaluate import HookVerdict, evaluate
+from ..compiler.desired import DesiredState, RuleRef
+from ..compiler.evaluate import HookVerdict, evaluate, identity_of
+from ..compiler.tiers import describe_rule
 from ..datapath.layout import (
     DIR_EGRESS,
     DIR_INGRESS,
+    EP_F_EGRESS_HOST_JUDGED,
     EP_F_EGRESS_ISOLATED,
     EP_F_INGRESS_ISOLATED,
     IDENTITY_ANY,
@@ -26,10 +30,13 @@ from ..datapath.layout import (
     family_of,
 )
 from ..datapath.maps import DatapathMaps
+from ..datapath.reasons import Reason, is_drop
 from ..model.objects import EGRESS, INGRESS, IPAddress
 from ..v1 import enforcer_pb2 as pb
-from .flows import peer_pb
+from .flows import peer_pb, rule_pb
 from .view import PROTOCOL_NUMBERS, StateView, capped, clip
+
+PORTED = (6, 17, 132)
 
 
 def maps_identity(maps: DatapathMaps, ip, prefixes_only: bool = False) -> int:
@@ -43,30 +50,65 @@ def maps_identity(maps: DatapathMaps, ip, prefixes_only: bool = False) -> int:
     return int(v.identity) if v is not None else IDENTITY_WORLD
 
 
-def maps_hook(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int, port: int,
-              node_sent: bool = True) -> tuple[bool, str]:
+@dataclass(frozen=True)
+class MapsVerdict:
+    """A hook's decision as the live maps give it: the verdict reason and
+    the rule id the datapath would record (0: none), and how it was found."""
+
+    allowed: bool
+    reason: int
+    rule_id: int
+    detail: str
+
+
+def maps_verdict(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int, port: int,
+                 node_sent: bool = True) -> MapsVerdict:
     """The datapath's decision re-taken from the live maps (enforce.h):
-    a node address passes as a destination, and as a source the node itself
-    sent (`node_sent`); masqueraded, it is judged by the prefixes holding it."""
+    a node address passes as a destination unless a cluster policy governs
+    the pod's egress (EP_F_EGRESS_HOST_JUDGED: then the policy map judges
+    it as IDENTITY_HOST), and as a source the node itself sent
+    (`node_sent`); masqueraded, it is judged by the prefixes holding it.
+    The policy entry is found as policy.h's policy_lookup finds it: the
+    longest key of the peer's identity, else the longest of every peer;
+    none is NetworkPolicy's default deny."""
     ep = maps["endpoints"].lookup(EndpointKey.of(pod_ip))
     if ep is None:
-        return False, f"no endpoint entry for {pod_ip}"
+        return MapsVerdict(False, int(Reason["DROP_UNKNOWN_ENDPOINT"]), 0, f"no endpoint entry for {pod_ip}")
     ident = maps_identity(maps, peer_ip)
     if ident == IDENTITY_HOST:
-        if direction == DIR_EGRESS or node_sent:
-            return True, "peer has the host identity"
-        ident = maps_identity(maps, peer_ip, prefixes_only=True)
+        if direction == DIR_EGRESS:
+            if not ep.flags & EP_F_EGRESS_HOST_JUDGED:
+                return MapsVerdict(True, int(Reason["ALLOW_HOST"]), 0, "peer has the host identity")
+        elif node_sent:
+            return MapsVerdict(True, int(Reason["ALLOW_HOST"]), 0, "peer has the host identity")
+        else:
+            ident = maps_identity(maps, peer_ip, prefixes_only=True)
     flag = EP_F_INGRESS_ISOLATED if direction == DIR_INGRESS else EP_F_EGRESS_ISOLATED
     if not ep.flags & flag:
-        return True, f"endpoint {ep.id} not isolated (flags {ep.flags:#x})"
-    ported = proto in (6, 17, 132)
+        return MapsVerdict(True, int(Reason["ALLOW_NOT_ISOLATED"]), 0,
+                           f"endpoint {ep.id} not isolated (flags {ep.flags:#x})")
+    ported = proto in PORTED
     for candidate in (ident, IDENTITY_ANY):
         key = PolicyKey(prefixlen=POLICY_PREFIX_FULL, identity=candidate, endpoint_id=ep.id, direction=direction,
                         protocol=proto, dport=socket.htons(port if ported else 0))
-        entry = maps["policy"].lookup(key)
+        entry = maps["policy"].lookup(key)  # an LPM trie lookup returns the longest match
         if entry is not None:
-            return True, f"policy entry for identity {candidate} (rule {entry.rule_id})"
-    return False, f"isolated (flags {ep.flags:#x}); no policy entry for identity {ident} or any peer"
+            reason = int(entry.reason)
+            try:
+                name = Reason(reason).name
+            except ValueError:
+                name = str(reason)
+            return MapsVerdict(not is_drop(reason), reason, int(entry.rule_id),
+                               f"policy entry for identity {candidate}: {name} (rule {entry.rule_id})")
+    return MapsVerdict(False, int(Reason["DROP_POLICY"]), 0,
+                       f"isolated (flags {ep.flags:#x}); no policy entry for identity {ident} or any peer")
+
+
+def maps_hook(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int, port: int,
+              node_sent: bool = True) -> tuple[bool, str]:
+    """maps_verdict as (allowed, detail)."""
+    v = maps_verdict(maps, pod_ip, peer_ip, direction, proto, port, node_sent)
+    return v.allowed, v.detail
 
 
 def _one_endpoint(maps: DatapathMaps, a: IPAddress, b: IPAddress) -> bool:
@@ -76,9 +118,39 @@ def _one_endpoint(maps: DatapathMaps, a: IPAddress, b: IPAddress) -> bool:
     return ends[0] is not None and ends[1] is not None and ends[0].id == ends[1].id
 
 
-def _rule_pb(ref) -> pb.RuleRef:
-    return pb.RuleRef(policy=ref.policy, rule_index=ref.index,
-                      direction=pb.DIRECTION_INGRESS if ref.direction == INGRESS else pb.DIRECTION_EGRESS)
+def _rule_id(desired: DesiredState, ref: RuleRef | None) -> int:
+    """The id the compiled state gives a rule (0: none): what a policy
+    entry holds when that rule decided."""
+    if ref is None:
+        return 0
+    return next((i for i, r in desired.rules.items() if r == ref), 0)
+
+
+def _why(hook: HookVerdict) -> str:
+    """evaluate's reason, naming the rule where a cluster policy decided."""
+    ref = hook.decider
+    if ref is not None and ref.tier != "NetworkPolicy":
+        return f"{'accepted' if hook.allowed else 'denied'} by {describe_rule(ref)}"
+    return hook.reason
+
+
+def _trace(view: StateView, hook: HookVerdict, ep_id: int, direction: int, peer: IPAddress, proto: int,
+           port: int) -> list[str]:
+    """The tiers walked step by step (tiers.TierProgram.walk), for an
+    endpoint a cluster policy governs in this direction; [] otherwise."""
+    program = view.desired.tier_programs.get((ep_id, direction))
+    if program is None:
+        return []
+    if hook.reason == "host":
+        return ["host: the node's own address passes before the tiers (no cluster policy judges it here)"]
+    if hook.reason == "not isolated":
+        return ["not isolated: no tier judges this direction"]
+    ident = identity_of(view.desired, peer)
+    if ident == IDENTITY_HOST and direction == DIR_INGRESS:
+        ident = identity_of(view.desired, peer, prefixes_only=True)
+    trace: list[str] = []
+    program.walk(ident, proto if proto in PORTED else None, port if proto in PORTED else 0, trace)
+    return trace
 
 
 def explain(view: StateView, maps: DatapathMaps | None, req: pb.ExplainRequest) -> pb.ExplainResponse:
@@ -112,15 +184,26 @@ def explain(view: StateView, maps: DatapathMaps | None, req: pb.ExplainRequest) 
                          if (pol := view.snapshot.policies.get(k)) is not None and type_name in pol.policy_types]
         rules, rules_omitted = capped(hook.rules)
         isolating, isolating_omitted = capped(isolating_all)
-        h = pb.HookExplanation(endpoint=hook.pod, allowed=hook.allowed, why=hook.reason,
+        cluster, cluster_omitted = capped(view.desired.cluster_selected_by.get(hook.pod, []))
+        pod_ip, peer_ip = (src, dst) if egress else (dst, src)
+        spec = view.desired.endpoints.get(pod_ip)
+        trace = _trace(view, hook, spec.endpoint_id, direction, peer_ip, proto, port) if spec is not None else []
+        h = pb.HookExplanation(endpoint=hook.pod, allowed=hook.allowed, why=clip(_why(hook)),
                                direction=pb.DIRECTION_EGRESS if egress else pb.DIRECTION_INGRESS,
-                               rules=[_rule_pb(r) for r in rules], rules_omitted=rules_omitted,
-                               isolating_policies=isolating, isolating_policies_omitted=isolating_omitted)
+                               rules=[rule_pb(r) for r in rules], rules_omitted=rules_omitted,
+                               isolating_policies=isolating, isolating_policies_omitted=isolating_omitted,
+                               trace=[clip(t) for t in trace], tier=hook.tier,
+                               cluster_policies=[clip(c) for c in cluster], cluster_policies_omitted=cluster_omitted)
         if maps is not None:
-            pod_ip, peer_ip = (src, dst) if egress else (dst, src)
-            maps_allowed, detail = maps_hook(maps, pod_ip, peer_ip, direction, proto, port)
-            h.maps_agree = maps_allowed == hook.allowed
-            h.maps_detail = detail
+            live = maps_verdict(maps, pod_ip, peer_ip, direction, proto, port)
+            want_rule = _rule_id(view.desired, hook.decider)
+            h.maps_agree = (live.allowed == hook.allowed and (not hook.code or live.reason == hook.code)
+                            and live.rule_id == want_rule)
+            detail = live.detail
+            if not h.maps_agree:
+                want = Reason(hook.code).name if hook.code else ("allowed" if hook.allowed else "denied")
+                detail += f"; compiled: {want} (rule {want_rule})"
+            h.maps_detail = clip(detail)
             all_agree &= h.maps_agree
         resp.hooks.append(h)
     resp.maps_agree = all_agree and maps is not None
@@ -134,7 +217,9 @@ def summarize(allowed: bool, hooks: list[HookVerdict], req: pb.ExplainRequest, p
         return f"{what}: neither end is a local endpoint of this node; nothing here decides it"
     parts = []
     for h in hooks:
-        if h.reason == "allowed by policy":
+        if h.decider is not None and h.decider.tier != "NetworkPolicy":
+            parts.append(f"{h.pod} {h.direction}: {_why(h)}")
+        elif h.reason == "allowed by policy":
             rules = "; ".join(f"{r.policy} {r.direction.lower()} rule {r.index}" for r in h.rules)
             parts.append(f"{h.pod} {h.direction}: allowed by {rules}")
         elif h.reason == "no rule allows":

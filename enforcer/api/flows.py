@@ -11,7 +11,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import cast
 
+from ..compiler.desired import RuleRef
 from ..datapath.events import Verdict
+from ..datapath.reasons import Reason
 from ..v1 import enforcer_pb2 as pb
 from .view import PROTOCOL_NAMES, StateView
 
@@ -26,6 +28,27 @@ def direction_pb(direction: str) -> pb.Direction:
 def reason_pb(reason: int) -> pb.Reason:
     """The API's Reason for the datapath's (the same value: test_proto_mirror)."""
     return cast(pb.Reason, int(reason))
+
+
+# The tier a verdict reason names ("" for the reasons no policy decides:
+# not isolated, host, established, malformed, ...).
+_TIER_OF_REASON = {int(Reason[name]): tier for name, tier in (
+    ("ALLOW_ADMIN", "Admin"), ("DROP_ADMIN", "Admin"), ("ALLOW_BASELINE", "Baseline"),
+    ("DROP_BASELINE", "Baseline"), ("ALLOW_POLICY", "NetworkPolicy"), ("DROP_POLICY", "NetworkPolicy"))}
+TIERS = ("Admin", "NetworkPolicy", "Baseline")
+
+
+def tier_of_reason(reason: int) -> str:
+    """Admin, Baseline or NetworkPolicy for the reasons a policy map entry
+    holds, "" for the others."""
+    return _TIER_OF_REASON.get(int(reason), "")
+
+
+def rule_pb(ref: RuleRef) -> pb.RuleRef:
+    """A compiled rule reference with every field: a NetworkPolicy rule
+    (tier NetworkPolicy, action Accept) or a cluster policy's."""
+    return pb.RuleRef(policy=ref.policy, rule_index=ref.index, direction=direction_pb(ref.direction.lower()),
+                      tier=ref.tier, kind=ref.kind, priority=ref.priority, action=ref.action, rule_name=ref.name)
 
 
 def peer_pb(view: StateView | None, ip, port: int, identity: int | None = None) -> pb.Peer:
@@ -62,11 +85,11 @@ def flow_from_verdict(v: Verdict, view: StateView | None, boot_offset: float) ->
         protocol=PROTOCOL_NAMES.get(v.proto, str(v.proto)),
         tcp_flags=v.tcp_flags,
         endpoint=ep.pod if ep is not None else "",
+        tier=tier_of_reason(v.reason),
     )
+    # Drops carry the deciding rule too (an Admin or Baseline Deny).
     if v.rule_id and view is not None and (ref := view.desired.rules.get(v.rule_id)) is not None:
-        flow.rule.CopyFrom(pb.RuleRef(policy=ref.policy, rule_index=ref.index,
-                                      direction=pb.DIRECTION_INGRESS if ref.direction == "Ingress"
-                                      else pb.DIRECTION_EGRESS))
+        flow.rule.CopyFrom(rule_pb(ref))
     return flow
 
 
@@ -74,6 +97,8 @@ def matches(flow: pb.Flow, req: pb.StreamFlowsRequest) -> bool:
     if req.verdict == pb.StreamFlowsRequest.VERDICT_FILTER_ALLOWED and not flow.allowed:
         return False
     if req.verdict == pb.StreamFlowsRequest.VERDICT_FILTER_DENIED and flow.allowed:
+        return False
+    if req.tier and flow.tier.lower() != req.tier.lower():
         return False
     sides = (flow.source, flow.destination)
     if req.namespace and not any(s.namespace == req.namespace for s in sides):

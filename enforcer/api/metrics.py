@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from ..datapath.layout import DIR_INGRESS
 from ..datapath.reasons import is_drop
 from ..datapath.sync import REASONS, WRITTEN_MAPS
+from .flows import tier_of_reason
 
 
 class DaemonCollector(Collector):
@@ -21,8 +22,10 @@ class DaemonCollector(Collector):
         self.flows = flows  # the FlowHub, when flows are served
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        verdicts = CounterMetricFamily("enforcer_verdicts", "Packets by verdict reason, endpoint and direction",
-                                       labels=["namespace", "pod", "direction", "reason", "verdict"])
+        verdicts = CounterMetricFamily("enforcer_verdicts",
+                                       "Packets by verdict reason, endpoint and direction; tier: the tier the "
+                                       "reason names (Admin, Baseline, NetworkPolicy; empty for the others)",
+                                       labels=["namespace", "pod", "direction", "reason", "verdict", "tier"])
         view = self.daemon.view()
         endpoints = [(0, "", "")]
         if view is not None:
@@ -30,7 +33,8 @@ class DaemonCollector(Collector):
         for ep_id, ns, pod in endpoints:
             for (direction, reason), (pkts, _bytes) in self.daemon.counters(ep_id).items():
                 verdicts.add_metric([ns, pod, "ingress" if direction == DIR_INGRESS else "egress",
-                                     reason.name, "denied" if is_drop(reason) else "allowed"], pkts)
+                                     reason.name, "denied" if is_drop(reason) else "allowed",
+                                     tier_of_reason(reason)], pkts)
         yield verdicts
         entries = GaugeMetricFamily("enforcer_map_entries", "Entries in a datapath map", labels=["map"])
         capacity = GaugeMetricFamily("enforcer_map_capacity", "Capacity of a datapath map", labels=["map"])
@@ -41,6 +45,10 @@ class DaemonCollector(Collector):
         yield capacity
         yield GaugeMetricFamily("enforcer_invalid_objects", "Objects not enforced as written",
                                 value=len(view.desired.errors) if view is not None else 0)
+        notices = getattr(view.desired, "notices", ()) if view is not None else ()
+        yield GaugeMetricFamily("enforcer_cluster_policy_notices",
+                                "Same-priority cluster policies of one tier selecting one local pod (ordered by name)",
+                                value=len(notices))
         failures = self.daemon.status.write_failures
         not_written = GaugeMetricFamily("enforcer_map_write_failures",
                                         "Entries the last sync pass could not write, by map and reason "

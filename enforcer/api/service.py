@@ -13,7 +13,7 @@ from ..datapath.reasons import is_drop
 from ..v1 import enforcer_pb2 as pb
 from ..v1 import enforcer_pb2_grpc as pb_grpc
 from .explain import explain
-from .flows import FlowHub, reason_pb
+from .flows import TIERS, FlowHub, reason_pb, tier_of_reason
 from .view import LIST_MAX, capped, clip
 
 
@@ -59,6 +59,9 @@ class EnforcerService(pb_grpc.EnforcerServicer):
                                                              name=clip(e.name), error=clip(e.reason)))
             diagnostics, resp.diagnostics_omitted = capped(view.diagnostics)
             resp.diagnostics.extend(diagnostic_messages(diagnostics))
+            resp.cluster_network_policies = len(getattr(snap, "cluster_policies", None) or {})
+            notices, resp.notices_omitted = capped(getattr(view.desired, "notices", None) or [])
+            resp.notices.extend(clip(n) for n in notices)
         for name, (entries, capacity) in self.daemon.map_occupancy().items():
             resp.maps.append(pb.MapOccupancy(name=name, entries=entries, capacity=capacity))
         return resp
@@ -95,6 +98,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
                 namespace=pol.namespace, name=pol.name, selected_endpoints=pods, selected_endpoints_omitted=omitted,
                 entries=view.desired.entries_by_policy.get(key, 0), policy_types=sorted(pol.policy_types),
                 error=clip(err.reason) if err else ""))
+        resp.cluster_policies.extend(cluster_policy_messages(view))
         return resp
 
     def GetCounters(self, request: pb.GetCountersRequest, context: grpc.ServicerContext) -> pb.GetCountersResponse:
@@ -108,12 +112,15 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             for (direction, reason), (pkts, nbytes) in sorted(self.daemon.counters(ep_id).items()):
                 resp.counters.append(pb.Counter(
                     namespace=ns, pod=pod, reason=reason_pb(reason), allowed=not is_drop(reason),
-                    packets=pkts,
+                    packets=pkts, tier=tier_of_reason(reason),
                     bytes=nbytes, direction=pb.DIRECTION_INGRESS if direction == DIR_INGRESS else pb.DIRECTION_EGRESS))
 
         return resp
 
     def StreamFlows(self, request: pb.StreamFlowsRequest, context: grpc.ServicerContext) -> Iterator[pb.Flow]:
+        if request.tier and request.tier.lower() not in {t.lower() for t in TIERS}:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"unknown tier {request.tier!r}: one of {', '.join(TIERS)}")
         yield from self.flows.subscribe(request, context.is_active)
 
     def Diagnose(self, request: pb.DiagnoseRequest, context: grpc.ServicerContext) -> pb.DiagnoseResponse:
@@ -133,3 +140,35 @@ class EnforcerService(pb_grpc.EnforcerServicer):
 def diagnostic_messages(diagnostics: Sequence[Diagnostic]) -> list[pb.Diagnostic]:
     return [pb.Diagnostic(**{k: clip(v) if isinstance(v, str) else v for k, v in d.as_dict().items()})
             for d in diagnostics]
+
+
+def cluster_policy_messages(view) -> list[pb.ClusterPolicy]:
+    """The cluster policies in force, in evaluation order (Admin then
+    Baseline, by priority, then name), with the local pods each selects
+    (its subjects on this node) and the policy map entries its rules
+    decided."""
+    cnps = getattr(view.snapshot, "cluster_policies", None) or {}
+    if not cnps:
+        return []
+    selected: dict[str, list[str]] = {}
+    for pod, keys in view.desired.cluster_selected_by.items():
+        for k in keys:
+            selected.setdefault(k, []).append(pod)
+    cluster_rules = {rule_id: ref.policy for rule_id, ref in view.desired.rules.items()
+                     if ref.tier != "NetworkPolicy"}
+    entries: dict[str, int] = {}
+    if cluster_rules:
+        for value in view.desired.policy.values():
+            key = cluster_rules.get(value.rule_id)
+            if key is not None:
+                entries[key] = entries.get(key, 0) + 1
+    out = []
+    order = {"Admin": 0, "Baseline": 1}
+    for key, cnp in sorted(cnps.items(), key=lambda kv: (order.get(kv[1].tier, 2), kv[1].priority, kv[0])):
+        pods, omitted = capped(sorted(selected.get(key, [])))
+        warnings, _ = capped(list(cnp.warnings))
+        out.append(pb.ClusterPolicy(name=clip(key), kind=cnp.source_kind, tier=cnp.tier, priority=cnp.priority,
+                                    selected_endpoints=[clip(p) for p in pods], selected_endpoints_omitted=omitted,
+                                    entries=entries.get(key, 0), ingress_rules=len(cnp.ingress),
+                                    egress_rules=len(cnp.egress), warnings=[clip(w) for w in warnings]))
+    return out

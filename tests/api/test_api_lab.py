@@ -218,3 +218,55 @@ def test_cli_flows_follow_streams_live_drops(api_lab):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_cluster_policy_tiers_in_flows_explain_policies_and_status(api_lab):
+    """An Admin Deny and a Baseline Deny against the real datapath: the
+    drops' flows name the tier and the rule, explain's trace and its check
+    against the live maps (reason and rule id) agree, `enforcer policies`
+    lists them with their local subjects, status counts them."""
+    api_lab.reset()
+    ns = {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}
+    admin = {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+             "metadata": {"name": "deny-y"},
+             "spec": {"tier": "Admin", "priority": 10, "subject": ns,
+                      "ingress": [{"name": "block", "action": "Deny", "from": [
+                          {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}]}]}}
+    baseline = {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": "baseline-x"},
+                "spec": {"tier": "Baseline", "priority": 5, "subject": ns,
+                         "ingress": [{"action": "Deny", "from": [{"namespaces": {}}],
+                                      "protocols": [{"tcp": {"destinationPort": {"number": 81}}}]}]}}
+    api_lab._write("policies/cnp.yaml", [admin, baseline])
+    api_lab.sync()
+    ips = api_lab.pod_ips()
+    xa = ips["x/a"][0]
+    by_y, by_z, ok = probe_many([ProbeSpec(api_lab.lab.pod("ya").netns, xa, 80),
+                                 ProbeSpec(api_lab.lab.pod("zc").netns, xa, 81),
+                                 ProbeSpec(api_lab.lab.pod("zc").netns, xa, 80)])
+    assert not by_y.ok and not by_z.ok and ok.ok
+    time.sleep(0.3)  # the ring buffer is polled every 200 ms
+    admin_drops = [f for f in _flows(api_lab, tier="Admin") if f.destination.ip == xa and f.source.ip == ips["y/a"][0]]
+    assert admin_drops and all(f.tier == "Admin" for f in _flows(api_lab, tier="Admin"))
+    d = admin_drops[-1]
+    assert (d.reason, d.rule.policy, d.rule.tier, d.rule.kind, d.rule.priority, d.rule.action, d.rule.rule_name) == \
+        (pb.REASON_DROP_ADMIN, "deny-y", "Admin", "ClusterNetworkPolicy", 10, "Deny", "block")
+    base = [f for f in _flows(api_lab, tier="Baseline") if f.destination.ip == xa and f.destination.port == 81]
+    assert base and base[-1].reason == pb.REASON_DROP_BASELINE and base[-1].rule.policy == "baseline-x"
+    assert 'DROP_ADMIN by Admin deny-y (priority 10) ingress rule 0 "block"' in client.flow_line(d)
+    s = stub(api_lab)
+    resp = s.Explain(pb.ExplainRequest(source="y/a", destination="x/a", port=80), timeout=10)
+    h = next(h for h in resp.hooks if h.direction == pb.DIRECTION_INGRESS)
+    assert resp.maps_agree and not resp.allowed and h.tier == "Admin", resp
+    assert list(h.trace) == ['Admin deny-y (priority 10) ingress rule 0 "block": Deny']
+    assert list(h.cluster_policies) == ["deny-y", "baseline-x"]
+    resp = s.Explain(pb.ExplainRequest(source="z/c", destination="x/a", port=81), timeout=10)
+    h = next(h for h in resp.hooks if h.direction == pb.DIRECTION_INGRESS)
+    assert resp.maps_agree and list(h.trace) == ["NetworkPolicy: not isolated",
+                                                 "Baseline baseline-x (priority 5) ingress rule 0: Deny"], resp
+    ex = enforcer_cli("explain", "y/a", "x/a", "--port", "80", "--socket", str(api_lab.daemon.socket))
+    assert 'ingress of x/a: denied by Admin deny-y (priority 10) ingress rule 0 "block"' in ex.stdout, ex.stdout
+    cnps = {c.name: c for c in s.ListPolicies(pb.ListPoliciesRequest(), timeout=10).cluster_policies}
+    assert list(cnps["deny-y"].selected_endpoints) == ["x/a", "x/b", "x/c"] and cnps["deny-y"].entries > 0
+    assert cnps["baseline-x"].tier == "Baseline"
+    assert s.Status(pb.StatusRequest(), timeout=10).cluster_network_policies == 2

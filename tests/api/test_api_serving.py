@@ -142,7 +142,7 @@ def test_metrics(served):
     pods = served["state"].pods
     probe_many([ProbeSpec(pods["bar/client"]["netns"], pods["foo/web"]["ipv4"], 80)])
     text = in_node(served, IN_NODE, f"http://127.0.0.1:{METRICS_PORT}/metrics")
-    assert 'enforcer_verdicts_total{direction="egress",namespace="bar",pod="client",reason="ALLOW_NOT_ISOLATED",verdict="allowed"}' in text
+    assert 'enforcer_verdicts_total{direction="egress",namespace="bar",pod="client",reason="ALLOW_NOT_ISOLATED",tier="",verdict="allowed"}' in text
     assert 'enforcer_map_entries{map="endpoints"} 6.0' in text
     assert "enforcer_sync_duration_seconds_bucket" in text and "enforcer_sync_duration_seconds_count" in text
     assert "enforcer_invalid_objects 0.0" in text and "enforcer_ready 1.0" in text
