@@ -86,6 +86,7 @@ UNIT_PATHS = (
     "tests/kubeapi/test_source_cluster_policies.py",
     "tests/api/test_proto_mirror.py",
     "tests/api/test_status_bounded.py",
+    "tests/api/test_tiers_api.py",
     "tests/api/test_api_socket.py",
     "tests/conformance/test_cases_data.py",
     "tests/conformance/cnp/test_cnp_data.py",

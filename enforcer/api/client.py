@@ -57,9 +57,9 @@ def describe_rule(r: pb.RuleRef) -> str:
     rules: compiler.tiers.describe_rule)."""
     direction = direction_name(r.direction)
     if r.tier in ("Admin", "Baseline"):
-        kind = "" if r.kind in ("", "ClusterNetworkPolicy") else f"{r.kind} "
+        # (A converted v1alpha1 policy's key already names its kind.)
         name = f' "{r.rule_name}"' if r.rule_name else ""
-        return f"{r.tier} {kind}{r.policy} (priority {r.priority}) {direction} rule {r.rule_index}{name}"
+        return f"{r.tier} {r.policy} (priority {r.priority}) {direction} rule {r.rule_index}{name}"
     return f"NetworkPolicy {r.policy} {direction} rule {r.rule_index}"
 
 

@@ -14,6 +14,7 @@ from ..datapath.sync import MapContents
 from ..errors import InvalidObjectError
 from ..model.objects import IPAddress, IPNetwork
 from ..records import EndpointIdRecord, EndpointRecord, Frontend, PolicyMapKey, PolicyValue
+from .rulerefs import RuleRef
 
 if TYPE_CHECKING:
     from .tiers import TierProgram
@@ -44,19 +45,6 @@ class CidrIdentity:
 
 IdentityKey = PodIdentity | CidrIdentity
 
-
-@dataclass(frozen=True, slots=True)
-class RuleRef:
-    policy: str  # namespace/name; a cluster policy's key (its name)
-    direction: str  # Ingress / Egress
-    index: int
-    # A cluster policy rule: its tier (Admin, Baseline), kind, priority,
-    # action and name; a NetworkPolicy rule keeps the defaults.
-    tier: str = "NetworkPolicy"
-    kind: str = "NetworkPolicy"
-    priority: int = 0
-    action: str = "Accept"
-    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ from ..datapath.policykeys import port_range_prefixes
 from ..datapath.reasons import Reason
 from ..model.objects import PROTOCOLS, PolicyPort
 from ..records import PolicyMapKey, PolicyValue
-from .desired import RuleRef
+from .rulerefs import RuleRef
 
 ADMIN, NETWORK_POLICY, BASELINE, DEFAULT = "Admin", "NetworkPolicy", "Baseline", "default"
 ACCEPT, DENY, PASS = "Accept", "Deny", "Pass"
@@ -343,8 +343,8 @@ def describe_rule(ref: RuleRef) -> str:
     """e.g. `Admin deny-x (priority 10) ingress rule 0 "block"`."""
     name = f' "{ref.name}"' if ref.name else ""
     if ref.tier in (ADMIN, BASELINE):
-        kind = "" if ref.kind == "ClusterNetworkPolicy" else f"{ref.kind} "
-        return (f"{ref.tier} {kind}{ref.policy} (priority {ref.priority}) "
+        # (A converted v1alpha1 policy's key already names its kind.)
+        return (f"{ref.tier} {ref.policy} (priority {ref.priority}) "
                 f"{ref.direction.lower()} rule {ref.index}{name}")
     return f"NetworkPolicy {ref.policy} {ref.direction.lower()} rule {ref.index}"
 

@@ -175,8 +175,8 @@ EXPLAIN_CASES = [
                         "default: allow"],
       "ingress of y/a: allowed (default allow)")),
     ("a converted AdminNetworkPolicy names its kind", [ANP_OLD], "x/a", "z/c", 80,
-     (False, "Admin", ['Admin AdminNetworkPolicy AdminNetworkPolicy/old (priority 3) ingress rule 0 "r": Deny'],
-      'ingress of z/c: denied by Admin AdminNetworkPolicy AdminNetworkPolicy/old (priority 3) ingress rule 0 "r"')),
+     (False, "Admin", ['Admin AdminNetworkPolicy/old (priority 3) ingress rule 0 "r": Deny'],
+      'ingress of z/c: denied by Admin AdminNetworkPolicy/old (priority 3) ingress rule 0 "r"')),
     ("NetworkPolicy only: no trace, as before", [NP_Y_ALLOW_ALL], "x/a", "y/a", 80,
      (True, "NetworkPolicy", [], "ingress of y/a: allowed by NetworkPolicy y/allow-all ingress rule 0")),
 ]
