@@ -11,10 +11,11 @@
 # network, nowhere else.
 #
 # Environment (Vagrantfile): NODE_IP, POD_CIDR, LAB_NET_PREFIX (e.g.
-# 192.168.56), FLANNEL_VERSION, LAB_FILES_PORT; the repository is at /vagrant.
+# 192.168.56), FLANNEL_VERSION, LAB_FILES_PORT, CRD_CHANNEL (standard or
+# experimental); the repository is at /vagrant.
 set -euo pipefail
 
-: "${NODE_IP:?}" "${POD_CIDR:?}" "${LAB_NET_PREFIX:?}" "${FLANNEL_VERSION:?}" "${LAB_FILES_PORT:?}"
+: "${NODE_IP:?}" "${POD_CIDR:?}" "${LAB_NET_PREFIX:?}" "${FLANNEL_VERSION:?}" "${LAB_FILES_PORT:?}" "${CRD_CHANNEL:?}"
 REPO=${REPO:-/vagrant}
 LAB_DIR=/srv/enforcer-lab
 export KUBECONFIG=/etc/kubernetes/admin.conf
@@ -53,6 +54,26 @@ EOF
 fi
 kubectl -n kube-flannel rollout status daemonset/kube-flannel-ds --timeout=10m
 kubectl wait --for=condition=Ready "node/$node" --timeout=10m
+
+# -- network-policy-api CRDs ----------------------------------------------
+# Vendored in deploy/crds (deploy/crds/network-policy-api/SOURCES: tags,
+# commits, checksums), so this works offline: ClusterNetworkPolicy
+# (v1alpha2) of v0.2.0, AdminNetworkPolicy and BaselineAdminNetworkPolicy
+# (v1alpha1) of v0.1.7, one channel. Before the enforcer, so its first list
+# finds them (it goes on without a CRD that is missing, and picks it up
+# later). Server-side apply: no last-applied annotation on these large
+# objects, and a later switch of channel applies cleanly.
+case "$CRD_CHANNEL" in
+  standard|experimental) ;;
+  *) log "CRD_CHANNEL must be standard or experimental, got '$CRD_CHANNEL'"; exit 1 ;;
+esac
+crds="$REPO/deploy/crds/network-policy-api"
+log "network-policy-api CRDs, $CRD_CHANNEL channel: ClusterNetworkPolicy (v0.2.0), AdminNetworkPolicy and BaselineAdminNetworkPolicy (v0.1.7)"
+kubectl apply --server-side --force-conflicts -f "$crds/v0.2.0/$CRD_CHANNEL/" -f "$crds/v0.1.7/$CRD_CHANNEL/"
+kubectl wait --for condition=Established --timeout=2m \
+  crd/clusternetworkpolicies.policy.networking.k8s.io \
+  crd/adminnetworkpolicies.policy.networking.k8s.io \
+  crd/baselineadminnetworkpolicies.policy.networking.k8s.io
 
 # -- the enforcer image ---------------------------------------------------
 # The tag is whatever deploy/kustomization.yaml deploys.

@@ -17,6 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 VAGRANT_SCRIPTS = DEPLOY / "vagrant"
+CRDS = DEPLOY / "crds"  # upstream's CRDs, vendored for the Vagrant lab: not the enforcer's manifests
 
 
 def require_tool(binary: str, *packages: str) -> str:
@@ -63,4 +64,5 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
 
 
 def deploy_yaml_files() -> list[Path]:
-    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+                  and CRDS not in p.parents)
