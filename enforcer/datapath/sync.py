@@ -3,7 +3,9 @@ order no packet can see half-applied:
 
   1. policy entries added or changed   (allows exist before they are needed):
                                         those that deny first, then those that
-                                        allow
+                                        allow; an endpoint and direction whose
+                                        deny could not be written gets none of
+                                        its allows this pass
   2. ipcache entries added or changed  (a new identity's allows are in place):
                                         host entries, then prefixes longest
                                         first; a prefix waits while a more
@@ -149,6 +151,7 @@ REASONS = (FULL, OTHER, HELD)
 WRITTEN_MAPS = ("policy", "ipcache", "ipcache_hosts", "endpoints", "endpoint_ids", "services")
 SAMPLE_MAX = 10  # messages a report keeps
 HELD_MESSAGE = "held back: a more specific ipcache entry inside it could not be written"
+POLICY_HELD_MESSAGE = "held back: a deny entry of the same endpoint and direction could not be written"
 
 # What describe(kind, key) may return: "Kind namespace/name (detail)", or
 # the object and the detail apart.
@@ -246,7 +249,7 @@ class MapSync:
             report.removed_endpoint_ids = {have.endpoints[ip][0] for ip in endpoints_gone} - live_ids
 
         p = _Pass(self.maps, have, report)
-        p.write("policy", _denies_first(policy_writes))         # 1
+        p.write_policy(policy_writes)                           # 1
         p.write_ipcache(ipcache_writes)                         # 2
         p.write("endpoint_ids", id_writes)                      # 3
         p.write("endpoints", endpoint_writes)
@@ -263,14 +266,6 @@ class MapSync:
         return report
 
 
-def _denies_first(writes: list[tuple[PolicyMapKey, PolicyValue]]) -> list[tuple[PolicyMapKey, PolicyValue]]:
-    """Step 1's order (linear: a cold sync writes every entry)."""
-    denies = [w for w in writes if w[1][1] in _DROP_REASONS]
-    if not denies:
-        return writes
-    return denies + [w for w in writes if w[1][1] not in _DROP_REASONS]
-
-
 def _lowest_priority_first(keys: list[PolicyMapKey]) -> list[PolicyMapKey]:
     """Step 6's order: every-peer keys before a peer's own, each by prefix
     length, shortest first (bucketed: linear)."""
@@ -278,6 +273,14 @@ def _lowest_priority_first(keys: list[PolicyMapKey]) -> list[PolicyMapKey]:
     for k in keys:
         buckets.setdefault((k.identity != IDENTITY_ANY, k.prefixlen), []).append(k)
     return [k for b in sorted(buckets) for k in buckets[b]]
+
+
+def _denies_first(writes: list[tuple[PolicyMapKey, PolicyValue]]) -> list[tuple[PolicyMapKey, PolicyValue]]:
+    """Step 1's order (linear: a cold sync writes every entry)."""
+    denies = [w for w in writes if w[1][1] in _DROP_REASONS]
+    if not denies:
+        return writes
+    return denies + [w for w in writes if w[1][1] not in _DROP_REASONS]
 
 
 class _Table:
@@ -327,8 +330,10 @@ class _Pass:
     def _map(self, table: _Table, key: object) -> str:
         return _ipcache_map(key) if table.map == "ipcache" else table.map  # type: ignore[arg-type]
 
-    def _fail(self, name: str, key: object, value: object, reason: str, map_name: str, e: MapError | None) -> None:
-        msg_key: object = HELD
+    def _fail(self, name: str, key: object, value: object, reason: str, map_name: str, e: MapError | None,
+              held_message: str = HELD_MESSAGE) -> None:
+        msg_key: object = HELD if held_message == HELD_MESSAGE else held_message
+        self.messages.setdefault(msg_key, held_message)
         if e is not None:
             msg_key = (map_name, e.errno, e.op)
             if msg_key not in self.messages:
@@ -356,6 +361,28 @@ class _Pass:
             if failed and failed.pop((name, key), None) is not None and name == "ipcache":
                 self.pending.discard(key)
         self.report.written += n
+
+    def write_policy(self, items: list[tuple[PolicyMapKey, PolicyValue]]) -> None:
+        """Step 1: the entries that deny, then those that allow; an allow of
+        an endpoint and direction where a deny could not be written waits
+        (HELD): the deny it would have sat under is missing, so the allow
+        could reach further than either state does (a peer falling back to
+        an every-peer allow past its own missing deny)."""
+        ordered = _denies_first(items)
+        n_denies = sum(1 for w in ordered if w[1][1] in _DROP_REASONS)
+        if not n_denies:
+            self.write("policy", ordered)
+            return
+        self.write("policy", ordered[:n_denies])
+        allows = ordered[n_denies:]
+        blocked = {(k[1], k[2]) for (name, k), (value, *_) in self.failed.items()  # type: ignore[index]
+                   if name == "policy" and value is not _GONE and value[1] in _DROP_REASONS}  # type: ignore[index]
+        if blocked:
+            held = [w for w in allows if (w[0].endpoint_id, w[0].direction) in blocked]
+            allows = [w for w in allows if (w[0].endpoint_id, w[0].direction) not in blocked]
+            for key, value in held:
+                self._fail("policy", key, value, HELD, "policy", None, POLICY_HELD_MESSAGE)
+        self.write("policy", allows)
 
     def write_ipcache(self, items: list) -> None:
         """Host entries, then prefixes longest first; a prefix with an
@@ -440,7 +467,7 @@ class _Pass:
         self.report.retried = sum(len(v) for v in again.values())
         for net, _ in again["ipcache"]:  # pending again only if it fails again
             self.pending.discard(net)  # type: ignore[arg-type]  # ipcache keys are networks
-        self.write("policy", again["policy"])
+        self.write_policy(again["policy"])  # type: ignore[arg-type]
         self.write_ipcache(again["ipcache"])
         self.write("endpoint_ids", again["endpoint_ids"])
         self.write("endpoints", again["endpoints"])
