@@ -96,6 +96,16 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # quiet
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.fake.connections_lock:
+            self.server.fake.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.fake.connections_lock:
+            self.server.fake.connections.discard(self.connection)
+        super().finish()
+
     def _json(self, code: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
@@ -147,6 +157,7 @@ class Handler(BaseHTTPRequestHandler):
     def _watch(self, kind: str, q: dict[str, str]) -> None:
         fake = self.server.fake
         st = fake.state
+        generation = fake.generation  # a stop ends this watch, even if a start follows at once
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -163,7 +174,8 @@ class Handler(BaseHTTPRequestHandler):
                 last = start or st.rv
             last_bookmark = time.monotonic()
             # A collection that stops being served (CRD deleted) ends its watches.
-            while time.monotonic() < deadline and not fake.stopping.is_set() and KIND_PATH[kind] not in fake.absent:
+            while (time.monotonic() < deadline and fake.generation == generation and not fake.stopping.is_set()
+                   and KIND_PATH[kind] not in fake.absent):
                 with st.lock:
                     pending = [e for e in st.events if e.rv > last and e.kind == kind]
                     if not pending:
@@ -213,6 +225,9 @@ class FakeApiServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.failing: dict[str, int] = {}  # collection path -> HTTP status every request to it gets
         self.stopping = threading.Event()
+        self.generation = 0  # bumped by stop(): watches of an earlier generation end
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -230,13 +245,23 @@ class FakeApiServer:
         return self
 
     def stop(self) -> None:
+        """The server goes away with every connection (kept-alive ones too:
+        none of them may serve a request after a restart)."""
         self.stopping.set()
         with self.state.lock:
+            self.generation += 1
             self.state.lock.notify_all()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self.connections_lock:
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self.connections.clear()
 
     def restart(self, lose_history: bool = False, down_for: float = 0.5) -> None:
         """Drop every connection and the port; come back after down_for."""

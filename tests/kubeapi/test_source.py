@@ -103,7 +103,9 @@ def test_list_then_watch_with_continuity(fake, source):
     wait_for(store.ready.is_set)
     snap = store.snapshot()
     assert set(snap.pods) == {"x/a"} and set(snap.policies) == {"x/deny"} and snap.namespaces["x"].labels["team"] == "a"
-    # Each kind listed once, then watched from the list's resourceVersion with bookmarks.
+    # Each kind listed once, then watched from the list's resourceVersion with bookmarks
+    # (ready comes with the last list; a watch may start a moment later).
+    wait_for(lambda: sum(1 for _, q in fake.requests if q.get("watch") in ("true", "1")) >= len(COLLECTIONS))
     watches = [q for _, q in fake.requests if q.get("watch") in ("true", "1")]
     assert len(watches) == len(COLLECTIONS) == 9 and all(q["resourceVersion"] == str(listed_at) and q["allowWatchBookmarks"] == "true"
                                      for q in watches)
