@@ -42,7 +42,7 @@ SPLIT_BY_LAB_PARAM = (
 SHARED_SESSION_GROUPS = {
     module: "tests/datapath: harness_session"
     for module in ("tests/datapath/test_packets.py", "tests/datapath/test_crafted.py",
-                   "tests/datapath/test_services.py")
+                   "tests/datapath/test_services.py", "tests/datapath/test_tiers.py")
 }
 
 

@@ -259,6 +259,7 @@ static __always_inline int policy_verdict(const struct endpoint_info *ep, int di
 					  __u32 peer_id, const struct flow *f,
 					  __u32 *rule_id)
 {
+	*rule_id = 0; /* no rule decided, unless an entry did (pass_hairpin asks twice) */
 	if (!endpoint_isolated(ep, dir))
 		return ALLOW_NOT_ISOLATED;
 	struct policy_entry *pe = policy_lookup(ep->id, dir, peer_id, f->proto,

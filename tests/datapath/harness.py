@@ -92,15 +92,28 @@ class Harness:
         self.reader.drain()
         self._events.clear()
 
-    def set_pod(self, pod: dict, ingress: bool = False, egress: bool = False, ifindex: int = 1) -> None:
-        flags = (EP_F_INGRESS_ISOLATED if ingress else 0) | (EP_F_EGRESS_ISOLATED if egress else 0)
+    def set_pod(self, pod: dict, ingress: bool = False, egress: bool = False, ifindex: int = 1,
+                flags: int = 0) -> None:
+        """flags: endpoint flags beyond isolation (EP_F_EGRESS_HOST_JUDGED,
+        EP_F_SELF_JUDGED)."""
+        flags |= (EP_F_INGRESS_ISOLATED if ingress else 0) | (EP_F_EGRESS_ISOLATED if egress else 0)
         for fam in ("v4", "v6"):
             self.maps.set_endpoint(pod[fam], pod["id"], ifindex, pod["identity"], flags)
         self.maps.set_endpoint_id(pod["id"], ifindex, pod["identity"], flags)
 
     def allow(self, pod: dict, direction: int, identity: int, protocol: int | None = None,
+              port: int | None = None, end_port: int | None = None, rule_id: int = 77,
+              reason: Reason = Reason.ALLOW_POLICY) -> None:
+        """Policy entries for pod: protocol None is every protocol, port None
+        every port. reason: the verdict they hold (a cluster policy's
+        DROP_ADMIN, ALLOW_BASELINE, ...); ALLOW_POLICY is NetworkPolicy's allow."""
+        self.maps.add_rule(PolicyRule(pod["id"], direction, identity, protocol, port, end_port, rule_id,
+                                      int(reason)))
+
+    def entry(self, pod: dict, direction: int, identity: int, reason: Reason, protocol: int | None = None,
               port: int | None = None, end_port: int | None = None, rule_id: int = 77) -> None:
-        self.maps.add_rule(PolicyRule(pod["id"], direction, identity, protocol, port, end_port, rule_id))
+        """allow() for an entry of any verdict, the reason first."""
+        self.allow(pod, direction, identity, protocol, port, end_port, rule_id, reason)
 
     def _all_counters(self) -> dict[tuple[int, int, Reason], int]:
         out = {}

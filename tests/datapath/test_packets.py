@@ -8,6 +8,7 @@ counter that moved (endpoint, direction, reason) and the event emitted.
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 
 import pytest
@@ -446,8 +447,13 @@ def test_conntrack_entry_records_the_rule(dp):
 # --- events are rate limited per CPU ---
 
 def test_events_are_rate_limited():
+    """The bucket is per CPU and BPF_PROG_TEST_RUN runs on the caller's CPU:
+    the test stays on one, or a migration between runs (two xdist workers
+    on two cores) finds the other CPU's full bucket and sees more events."""
     h = new_harness("ratelimit", events_per_sec=1, events_burst=3)
+    cpus = os.sched_getaffinity(0)
     try:
+        os.sched_setaffinity(0, {min(cpus)})
         h.reset()
         h.set_pod(POD_A, ingress=True)
         emitted = []
@@ -459,4 +465,5 @@ def test_events_are_rate_limited():
         assert h.maps.event_stats()["suppressed"] == 7
         assert sum(p for (ep, d, r), p in h._all_counters().items() if r == Reason.DROP_POLICY) == 10
     finally:
+        os.sched_setaffinity(0, cpus)
         h.close()

@@ -19,6 +19,9 @@ import pytest
 
 from enforcer.datapath.layout import (
     CT_F_SERVICE,
+    EP_F_SELF_JUDGED,
+    IDENTITY_ANY,
+    IDENTITY_SELF,
     CtKey,
     SvcPendingKey,
     addr_bytes,
@@ -309,6 +312,59 @@ def test_hairpin_with_a_masquerade_that_changed_the_port(dp, fam):
     # Without the mark, the same packet is a stranger from the VIP.
     out = dp.ingress(frame(TCP_, vip, a, 80, sp + 1, flags="SA"))
     assert out.retval == TC_ACT_SHOT
+
+
+# A cluster policy selecting the pod (EP_F_SELF_JUDGED) judges its hairpin
+# with peer IDENTITY_SELF, egress then ingress: (direction, peer, reason,
+# rule id) entries; the verdict; the counter (direction, reason) that moves
+# and the drop event's rule id.
+R = Reason
+SELF_ALLOWED = ((DIR_EGRESS, IDENTITY_SELF, R.ALLOW_SELF, 0), (DIR_INGRESS, IDENTITY_SELF, R.ALLOW_SELF, 0))
+HAIRPIN_CASES = [
+    pytest.param(EP_F_SELF_JUDGED, SELF_ALLOWED, True, (DIR_INGRESS, R.ALLOW_SELF), 0, id="judged-allowed"),
+    pytest.param(EP_F_SELF_JUDGED, ((DIR_EGRESS, IDENTITY_SELF, R.DROP_ADMIN, 61),
+                                    (DIR_INGRESS, IDENTITY_SELF, R.ALLOW_SELF, 0)),
+                 False, (DIR_EGRESS, R.DROP_ADMIN), 61, id="egress-denied-by-admin"),
+    pytest.param(EP_F_SELF_JUDGED, ((DIR_EGRESS, IDENTITY_SELF, R.ALLOW_ADMIN, 62),
+                                    (DIR_INGRESS, IDENTITY_SELF, R.DROP_BASELINE, 63)),
+                 False, (DIR_INGRESS, R.DROP_BASELINE), 63, id="ingress-denied-by-baseline"),
+    pytest.param(EP_F_SELF_JUDGED, ((DIR_EGRESS, IDENTITY_SELF, R.ALLOW_ADMIN, 64),
+                                    (DIR_INGRESS, IDENTITY_ANY, R.DROP_ADMIN, 65)),
+                 False, (DIR_INGRESS, R.DROP_ADMIN), 65, id="ingress-denied-by-every-peer-entry"),
+    # No ingress entry at all: NetworkPolicy's default deny, which no rule
+    # decided (rule 0, not the egress entry's).
+    pytest.param(EP_F_SELF_JUDGED, ((DIR_EGRESS, IDENTITY_SELF, R.ALLOW_ADMIN, 66),),
+                 False, (DIR_INGRESS, R.DROP_POLICY), 0, id="ingress-entry-missing"),
+    pytest.param(0, ((DIR_EGRESS, IDENTITY_SELF, R.DROP_ADMIN, 67), (DIR_INGRESS, IDENTITY_SELF, R.DROP_ADMIN, 68)),
+                 True, (DIR_INGRESS, R.ALLOW_SELF), 0, id="not-judged-without-the-flag"),
+]
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("flags,entries,passed,counter,rule_id", HAIRPIN_CASES)
+def test_hairpin_judged_as_its_own_peer(dp, fam, flags, entries, passed, counter, rule_id):
+    """A isolated both ways, to its own Service, DNATed back to A and
+    masqueraded: a denying entry for IDENTITY_SELF drops it silently, in
+    the direction whose entry denies, with an event naming the rule; else it
+    passes as ALLOW_SELF and the answer is tracked."""
+    dp.set_pod(POD_A, ingress=True, egress=True, flags=flags)
+    for direction, identity, reason, rid in entries:
+        dp.allow(POD_A, direction, identity, rule_id=rid, reason=reason)
+    dp.maps.set_service(VIP[fam], TCP_, 80)
+    a, node, vip, sp = POD_A[fam], peer("host", fam), VIP[fam], next(_sports)
+    out = dp.egress(frame(TCP_, a, vip, sp, 80))
+    assert counters(out) == {(POD_A["id"], DIR_EGRESS, Reason.ALLOW_SERVICE_DEFERRED): 1}
+    out = dp.ingress(frame(TCP_, node, a, sp, 8080), mark=out.mark, ingress_ifindex=5)
+    assert out.retval == (TC_ACT_UNSPEC if passed else TC_ACT_SHOT)
+    assert counters(out) == {(POD_A["id"], *counter): 1}
+    (ev,) = out.events
+    assert (ev.allowed, ev.reason, ev.rule_id, ev.peer_identity) == (passed, counter[1], rule_id, POD_A["identity"])
+    if passed:
+        out = dp.egress(frame(TCP_, a, node, 8080, sp, flags="SA"))
+        assert counters(out) == {(POD_A["id"], DIR_EGRESS, Reason.ALLOW_REPLY): 1}
+    else:  # silent: nothing tracked, under the Service address or the masqueraded source
+        port = socket.htons(sp)
+        assert [k for k, _ in dp.maps.conntrack() if port in (k.pod_port, k.peer_port)] == []
 
 
 @pytest.mark.parametrize("fam", FAMILIES)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 import logging
 from dataclasses import dataclass, field
 
@@ -15,14 +16,33 @@ import pytest
 
 from enforcer.api.explain import maps_identity
 from enforcer.daemon.failures import OBJECTS_KEPT, FailureLog, WriteFailures
-from enforcer.datapath.layout import EP_F_INGRESS_ISOLATED, IDENTITY_WORLD
+from enforcer.datapath.layout import (
+    DIR_INGRESS,
+    EP_F_INGRESS_ISOLATED,
+    IDENTITY_ANY,
+    IDENTITY_WORLD,
+    POLICY_PREFIX_EXACT,
+    POLICY_PREFIX_PROTO,
+)
 from enforcer.datapath.maps import BpfMap
-from enforcer.datapath.sync import SAMPLE_MAX, MapContents, MapSync, SyncReport
+from enforcer.datapath.policykeys import from_policy_key, policy_map_keys
+from enforcer.datapath.reasons import Reason
+from enforcer.datapath.sync import (
+    SAMPLE_MAX,
+    MapContents,
+    MapSync,
+    SyncReport,
+    _denies_first,
+    _lowest_priority_first,
+)
 from enforcer.errors import MapError
+from enforcer.records import PolicyMapKey, PolicyValue
 
+from . import frames
 from .harness import new_harness
 
 POLICY_MAX, IPCACHE_MAX, HOSTS_MAX = 8, 4, 4
+ALLOW_7 = PolicyValue(7, int(Reason.ALLOW_POLICY))  # rule 7 allows
 
 
 @pytest.fixture
@@ -41,7 +61,7 @@ def contents(n_rules: int, flags: int = 1, ident: int = 300) -> MapContents:
     return MapContents(
         ipcache={ipaddress.ip_network("10.0.0.1/32"): ident, ipaddress.ip_network("10.2.0.0/16"): 500},
         endpoints={ipaddress.ip_address("10.0.0.1"): (1, 1, ident, flags)},
-        policy={(400 + i, 1, 0, 6, 80, 80): 7 for i in range(n_rules)},
+        policy={PolicyMapKey(400 + i, 1, 0, 6, 80, 80): ALLOW_7 for i in range(n_rules)},
     )
 
 
@@ -53,16 +73,16 @@ def test_order_and_minimal_writes(small, monkeypatch):
     sync = MapSync(small.maps)
     report = sync.apply(contents(3))
     assert report.written == 6 and not report.failures
-    assert [n for _, n in log] == ["policy_v1"] * 3 + ["ipcache_hosts_v1", "ipcache_v1", "endpoints_v1"]
+    assert [n for _, n in log] == ["policy_v2"] * 3 + ["ipcache_hosts_v1", "ipcache_v1", "endpoints_v1"]
     log.clear()
     assert not sync.apply(contents(3)).changed and log == []  # nothing to do: nothing written
     # Identity change + one rule fewer: new allows, then ipcache, endpoint; deletions last.
     want = contents(2, ident=301)
-    want.policy[(301, 1, 0, 6, 81, 80)] = 8
+    want.policy[PolicyMapKey(301, 1, 0, 6, 81, 80)] = PolicyValue(8, int(Reason.ALLOW_POLICY))
     want.endpoints = {}
     sync.apply(want)
-    assert log == [("write", "policy_v1"), ("write", "ipcache_hosts_v1"), ("delete", "endpoints_v1"),
-                   ("delete", "policy_v1")]
+    assert log == [("write", "policy_v2"), ("write", "ipcache_hosts_v1"), ("delete", "endpoints_v1"),
+                   ("delete", "policy_v2")]
 
 
 def test_restart_reads_back_and_writes_nothing(small):
@@ -87,9 +107,9 @@ def policies(objects: dict[str, tuple[int, int, int]], isolated: set[int]) -> Ma
     policy = {}
     for name, (ep, n, first) in objects.items():
         for ident in range(first, first + n):
-            key = (ident, ep, 0, 6, 80, 80)
+            key = PolicyMapKey(ident, ep, 0, 6, 80, 80)
             OWNERS[key] = name
-            policy[key] = 7
+            policy[key] = ALLOW_7
     return MapContents(
         ipcache={ipaddress.ip_network(f"{ip}/32"): 300 + ep for ep, ip in EP_IPS.items()},
         endpoints={ip: (ep, ep, 300 + ep, EP_F_INGRESS_ISOLATED if ep in isolated else 0) for ep, ip in EP_IPS.items()},
@@ -325,3 +345,164 @@ def test_failure_log_says_one_line_per_pass_at_most(caplog, passes, expected):
         assert len(caplog.records) <= 1
         said.append(caplog.records[0].levelname if caplog.records else None)
     assert said == expected
+
+
+# -- policy entries that hold verdicts: write and removal order ---------------
+
+def _pk(identity: int, proto: int | None = None, port: int | None = None) -> PolicyMapKey:
+    (key,) = policy_map_keys(identity, 1, DIR_INGRESS, proto, port)
+    return key
+
+
+def _v(rule_id: int, reason: Reason) -> PolicyValue:
+    return PolicyValue(rule_id, int(reason))
+
+
+# Endpoint 1 (10.0.0.1, ingress isolated). Old: allow everything, more
+# precisely for 400. New: the catch-all becomes a Baseline Deny with a port
+# allowed, Admin Denies for 400 (TCP 80) and 600 (TCP); 4 old + 4 new keys
+# fill the map of 8 at the peak.
+TIER_OLD = {
+    _pk(IDENTITY_ANY): _v(1, Reason.ALLOW_POLICY),
+    _pk(IDENTITY_ANY, 6): _v(2, Reason.ALLOW_POLICY),
+    _pk(400): _v(4, Reason.ALLOW_POLICY),
+    _pk(400, 6): _v(5, Reason.ALLOW_POLICY),
+}
+TIER_NEW = {
+    _pk(IDENTITY_ANY): _v(10, Reason.DROP_BASELINE),
+    _pk(IDENTITY_ANY, 6, 80): _v(11, Reason.ALLOW_BASELINE),
+    _pk(400, 6, 80): _v(12, Reason.DROP_ADMIN),
+    _pk(400, 17): _v(13, Reason.ALLOW_ADMIN),
+    _pk(600, 6): _v(14, Reason.DROP_ADMIN),
+}
+TIER_PEERS = {400: "10.1.0.5", 500: "10.2.1.1", 600: "10.3.0.6"}
+TIER_PROBES = [(ident, proto, port) for ident in TIER_PEERS for proto, port in ((6, 80), (6, 81), (17, 53))]
+
+
+def tier_contents(policy: dict[PolicyMapKey, PolicyValue]) -> MapContents:
+    return MapContents(
+        ipcache={ipaddress.ip_network("10.0.0.1/32"): 300, ipaddress.ip_network("10.1.0.5/32"): 400,
+                 ipaddress.ip_network("10.2.0.0/16"): 500, ipaddress.ip_network("10.3.0.6/32"): 600},
+        endpoints={ipaddress.ip_address("10.0.0.1"): (1, 1, 300, EP_F_INGRESS_ISOLATED)},
+        policy=dict(policy))
+
+
+def first_hit(policy: dict[PolicyMapKey, PolicyValue], ident: int, proto: int, port: int) -> tuple[int, int]:
+    """policy.h's lookup of a content: (reason, rule id); the peer's own
+    keys, longest first, then every peer's; a miss is the default deny."""
+    for who in (ident, IDENTITY_ANY):
+        hits = [k for k in policy if k.identity == who and
+                (k.prefixlen == POLICY_PREFIX_EXACT or
+                 (k.protocol == proto and (k.prefixlen == POLICY_PREFIX_PROTO or k.port == port)))]
+        if hits:
+            v = policy[max(hits, key=lambda k: k.prefixlen)]
+            return v.reason, v.rule_id
+    return int(Reason.DROP_POLICY), 0
+
+
+def probe(h, ident: int, proto: int, port: int) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """The datapath's verdict on a new flow from that peer to 10.0.0.1."""
+    src, sp = TIER_PEERS[ident], next(_tier_ports)
+    frame = frames.tcp(src, "10.0.0.1", sp, port) if proto == 6 else frames.udp(src, "10.0.0.1", sp, port)
+    out = h.ingress(frame)
+    (ev,) = out.events
+    assert int(ev.reason) == int(out.reason)
+    return int(out.reason), ev.rule_id
+
+
+_tier_ports = itertools.count(41000)
+
+
+def _record_policy_ops(small, monkeypatch, expected):  # type: ignore[no-untyped-def]
+    """After every policy write or removal, each probe's verdict (reason and
+    rule) in the datapath; the ops; the probes whose verdict was neither the
+    old state's nor the new one's."""
+    ops: list[tuple[str, PolicyMapKey, int | None]] = []
+    bad: list[tuple] = []  # type: ignore[type-arg]
+    orig_update, orig_delete = BpfMap.update, BpfMap.delete
+
+    def check() -> None:
+        for p in TIER_PROBES:
+            got = probe(small, *p)
+            if got not in expected[p]:
+                bad.append((list(ops), p, got))
+
+    def update(self, k, v, flags=0):  # type: ignore[no-untyped-def]
+        orig_update(self, k, v, flags)
+        if self.name.startswith("policy"):
+            ops.append(("write", from_policy_key(k), v.reason))
+            check()
+
+    def delete(self, k):  # type: ignore[no-untyped-def]
+        out = orig_delete(self, k)
+        if self.name.startswith("policy"):
+            ops.append(("delete", from_policy_key(k), None))
+            check()
+        return out
+
+    monkeypatch.setattr(BpfMap, "update", update)
+    monkeypatch.setattr(BpfMap, "delete", delete)
+    return ops, bad
+
+
+def _tier_start(small):  # type: ignore[no-untyped-def]
+    sync = MapSync(small.maps)
+    assert sync.apply(tier_contents(TIER_OLD)).complete
+    expected = {p: {first_hit(TIER_OLD, *p), first_hit(TIER_NEW, *p)} for p in TIER_PROBES}
+    for p in TIER_PROBES:  # the datapath agrees with the reading of policy.h above
+        assert probe(small, *p) == first_hit(TIER_OLD, *p), p
+    return sync, expected
+
+
+def test_policy_verdicts_change_without_a_third_verdict(small, monkeypatch):
+    """An allow catch-all becomes a deny with a port allowed: denies are
+    written first, removals go every-peer keys first and shortest prefix
+    first, and after every single write or removal each probed flow gets
+    the old state's verdict or the new one's, with its rule (the datapath
+    itself judging a packet)."""
+    sync, expected = _tier_start(small)
+    ops, bad = _record_policy_ops(small, monkeypatch, expected)
+    report = sync.apply(tier_contents(TIER_NEW))
+    monkeypatch.undo()
+    assert report.complete and not bad, bad
+    writes = [(k, r) for op, k, r in ops if op == "write"]
+    deletes = [k for op, k, _ in ops if op == "delete"]
+    assert {k for k, _ in writes} == {k for k in TIER_NEW if TIER_OLD.get(k) != TIER_NEW[k]}
+    drops = [r in (Reason.DROP_ADMIN, Reason.DROP_BASELINE, Reason.DROP_POLICY) for _, r in writes]
+    assert drops == sorted(drops, reverse=True) and drops.count(True) == 3, writes  # denies, then allows
+    assert deletes == [_pk(IDENTITY_ANY, 6), _pk(400), _pk(400, 6)]  # every peer, then 400 shortest first
+    assert sync.read().policy == TIER_NEW
+    for p in TIER_PROBES:
+        assert probe(small, *p) == first_hit(TIER_NEW, *p), p
+
+
+@pytest.mark.parametrize("which", ["allows-first", "highest-priority-removed-first"])
+def test_the_other_order_shows_a_third_verdict(small, monkeypatch, which):
+    """The same change in the reverse orders: some flow meets a verdict
+    neither state gives it (so the test above can tell)."""
+    from enforcer.datapath import sync as sync_module
+
+    if which == "allows-first":
+        monkeypatch.setattr(sync_module, "_denies_first", lambda w: _denies_first(w)[::-1])
+    else:
+        monkeypatch.setattr(sync_module, "_lowest_priority_first", lambda ks: _lowest_priority_first(ks)[::-1])
+    sync, expected = _tier_start(small)
+    ops, bad = _record_policy_ops(small, monkeypatch, expected)
+    sync.apply(tier_contents(TIER_NEW))
+    monkeypatch.undo()
+    assert bad, ops
+
+
+def test_policy_write_and_removal_orders():
+    deny_a, deny_b = (_pk(500), _v(1, Reason.DROP_ADMIN)), (_pk(600), _v(2, Reason.DROP_BASELINE))
+    allow_a, allow_b = (_pk(500, 6), _v(3, Reason.ALLOW_ADMIN)), (_pk(700), _v(4, Reason.ALLOW_POLICY))
+    explicit = (_pk(800), _v(5, Reason.DROP_POLICY))
+    assert _denies_first([allow_a, deny_a, allow_b, explicit, deny_b]) == [deny_a, explicit, deny_b, allow_a, allow_b]
+    assert _denies_first([allow_b, allow_a]) == [allow_b, allow_a]  # order kept
+    assert _denies_first([]) == []
+    keys = [_pk(400, 6, 80), _pk(IDENTITY_ANY, 6, 80), _pk(400), _pk(IDENTITY_ANY), _pk(500, 6),
+            _pk(IDENTITY_ANY, 17), _pk(400, 6)]
+    assert _lowest_priority_first(keys) == [
+        _pk(IDENTITY_ANY), _pk(IDENTITY_ANY, 17), _pk(IDENTITY_ANY, 6, 80),  # every peer, shortest first
+        _pk(400), _pk(500, 6), _pk(400, 6), _pk(400, 6, 80),                 # then own keys, shortest first
+    ]
