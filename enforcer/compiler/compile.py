@@ -23,7 +23,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from ..datapath.layout import IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_SERVICE_UNWRITTEN
+from ..datapath.layout import IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_SERVICE_UNWRITTEN, IDENTITY_WORLD
 from ..errors import InvalidObjectError
 from ..model.objects import IPAddress, IPNetwork, Namespace, NetworkPolicy, Pod
 from ..model.state import ClusterSnapshot
@@ -79,6 +79,11 @@ class Compiler:
                 state.admission.policy_room_used(refused, len(out.policy))
         self._state = state
         return out
+
+
+# Identities the ipcache returns beyond those compiled: an address it does
+# not know, and a Service address left out of the services map.
+_RESERVED_PEERS = frozenset((IDENTITY_WORLD, IDENTITY_SERVICE_UNWRITTEN))
 
 
 class _ClusterHolder:
@@ -282,11 +287,16 @@ class _Incremental:
         identities: dict[int, IdentityKey] = dict(pods.keys)
         identities.update(self.cidrs.keys)
         out.identities = identities
+        universe_changed = False
+        if self.cluster_policies:
+            universe = frozenset(identities.keys() | _RESERVED_PEERS)
+            universe_changed = universe != self.entries.universe
+            self.entries.universe = universe
 
         changed_peers = self.peer_sets.refresh(flips, ns_changed, block_changes)
         for block in warm:  # a waiting version's blocks, resolved ahead (admission.py)
             self.peer_sets.get(("ip", block))
-        self._endpoints_and_policy(out, node, changed_peers, bool(flips), nodes_changed)
+        self._endpoints_and_policy(out, node, changed_peers, bool(flips), nodes_changed or universe_changed)
         if self.cluster_policies:
             out.notices = self.notices()
         self._forget_ids(out)
@@ -500,7 +510,10 @@ class _Incremental:
         return came, went
 
     def _endpoints_and_policy(self, out: DesiredState, node: NodeContext, changed_peers: set[PeerKey],
-                              idents_changed: bool, nodes_changed: bool) -> None:
+                              idents_changed: bool, cluster_changed: bool) -> None:
+        """cluster_changed: the Nodes, this node's addresses or the identity
+        universe changed: every endpoint a cluster policy selects is redone
+        (tiers.py: its verdicts are written per identity)."""
         live_uids = set()
         ep_pods: dict[int, str] = {}
         recs: dict[str, EndpointEntries] = {}
@@ -533,7 +546,7 @@ class _Incremental:
             if (shared or rec is None or rec.shared or rec.pod is not pod or rec.ep_id != ep_id
                     or rec.ifindex != ifindex or (rec.ips is not ips and rec.ips != ips)
                     or not _same(rec.selecting, pols) or not _same(rec.cluster, cluster)
-                    or (nodes_changed and rec.cluster)
+                    or (cluster_changed and rec.cluster)
                     or (changed_peers and not changed_peers.isdisjoint(rec.peers))
                     or (idents_changed and rec.any_named)):
                 # Two pods with one endpoint id (one uid) are one endpoint to

@@ -78,6 +78,9 @@ class EntryBuilder:
         self.peers = peers
         self.pods = pods  # identity keys, for egress named ports
         self.cluster_peers = cluster_peers
+        # Every identity the ipcache can return this pass (tiers.py encodes
+        # verdicts for each).
+        self.universe: frozenset[int] = frozenset()
 
     def endpoint(self, pod: Pod, pols: tuple[NetworkPolicy, ...], ep_id: int, ifindex: int,
                  ips: tuple[tuple[IPAddress, int], ...], shared: bool,
@@ -166,7 +169,7 @@ class EntryBuilder:
             program = TierProgram(rec.ep_id, direction, tuple(admin), tuple(baseline), np_isolated, mine,
                                   own_ids, pod.named_port, peer_named_port)
             rec.programs[direction] = program
-            np_entries.update(program.encode())
+            np_entries.update(program.encode(self.universe))
 
     def _policy_entries(self, rec: EndpointEntries, pod: Pod, ep_id: int, pol: NetworkPolicy,
                         policy: dict[PolicyMapKey, PolicyValue], deps: set[PeerKey]) -> None:

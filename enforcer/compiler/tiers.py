@@ -17,16 +17,24 @@ lookups at most whatever the number of tiers, priorities and rules.
 The encoding, per (endpoint, direction), over the LPM keys
 `identity | protocol | port`, where a lookup takes the longest key of the
 peer's own identity and, when it has none, the longest of every peer
-(IDENTITY_ANY):
-  - every peer (the function of identities no rule names): complete: a
+(IDENTITY_ANY). The identities the ipcache can return (the universe: every
+pod and CIDR identity compiled, the world, the node, the pod itself) fall
+into classes by what the rules can tell apart: which peer sets hold them,
+their NetworkPolicy keys, their named ports. Members of a class share one
+function, walked once for the class. Then:
+  - every peer's keys hold the function of the largest class: complete, a
     catch-all for every protocol, per protocol where it differs, and port
     prefixes where a port range differs (a range is its prefix cover, as
     for NetworkPolicy's endPort);
-  - each identity some rule names: only where its function differs from
-    every peer's, so a peer no rule singles out costs nothing, and most
-    named peers cost what NetworkPolicy's allows cost: one key per port
-    prefix; whichever of "its own complete protocol" and "only the ports
-    that differ" takes fewer keys.
+  - each identity of another class gets keys only where its function
+    differs from that one: whichever of "its own complete protocol" and
+    "only the ports that differ" takes fewer keys.
+So a rule naming every pod ("namespaces: {}") costs keys for the few
+identities it does not name, not for every pod; a peer no rule singles
+out costs nothing. Since an identity outside the largest class needs keys
+of its own, the compiler redoes these endpoints whenever the universe
+changes (an identity comes or goes), in the same pass that writes the new
+identity's ipcache entries, after its policy entries (sync.py).
 NetworkPolicy's part is the keys the NetworkPolicy compiler made for the
 pod (entries.py), read as the datapath reads them (the longest key of the
 identity, else of every peer, else denied), so NetworkPolicy keeps one
@@ -42,6 +50,7 @@ cluster policies judge it).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from ..datapath.layout import (
@@ -117,19 +126,50 @@ class TierProgram:
 
     # -- the walk --
 
-    def named(self) -> frozenset[int]:
-        """The identities some rule or NetworkPolicy key singles out, and the
-        special peers the datapath looks up for this endpoint."""
-        out: set[int] = set()
+    def classes(self, universe: frozenset[int]) -> list[frozenset[int]]:
+        """The universe split by what the walk can tell apart: membership of
+        each rule's peer set, NetworkPolicy keys, named ports (egress: the
+        peer's). The node (egress) and the pod itself are classes of their
+        own: NetworkPolicy's tier treats them apart."""
+        special = {IDENTITY_ANY, IDENTITY_HOST, IDENTITY_SELF}
+        parts: list[set[int]] = [set(universe - special)]
+        splitters: list[AbstractSet[int]] = []
+        seen: set[int] = set()
         for r in (*self.admin, *self.baseline):
-            if r.peers is not None:
-                out |= r.peers
-        out.update(i for i in self._np_by_ident if i != IDENTITY_ANY)
+            if r.peers is not None and id(r.peers) not in seen:
+                seen.add(id(r.peers))
+                splitters.append(r.peers)
+        by_np: dict[tuple[tuple[int, int, int, int, PolicyValue], ...], set[int]] = {}
+        for ident, entries in self._np_by_ident.items():
+            if ident not in special:
+                by_np.setdefault(tuple(entries), set()).add(ident)
+        splitters += by_np.values()
         if self.direction == DIR_EGRESS:
-            out.add(IDENTITY_HOST)
-        out.add(IDENTITY_SELF)
-        out.discard(IDENTITY_ANY)
-        return frozenset(out)
+            for r in (*self.admin, *self.baseline):
+                named = [p for p in r.ports if isinstance(p.port, str)]
+                if named and r.peers is not None:
+                    by_ports: dict[tuple[int | None, ...], set[int]] = {}
+                    for ident in r.peers:
+                        sig = tuple(self.peer_named_port(ident, p.port, p.protocol)  # type: ignore[operator]
+                                    for p in named)
+                        by_ports.setdefault(sig, set()).add(ident)
+                    if len(by_ports) > 1:
+                        splitters += by_ports.values()
+        for splitter in splitters:
+            nxt: list[set[int]] = []
+            for part in parts:
+                inside = part & splitter if len(part) > len(splitter) else {i for i in part if i in splitter}
+                if inside and len(inside) < len(part):
+                    nxt.append(inside)
+                    nxt.append(part - inside)
+                else:
+                    nxt.append(part)
+            parts = nxt
+        out = [frozenset(p) for p in parts if p]
+        if self.direction == DIR_EGRESS:
+            out.append(frozenset((IDENTITY_HOST,)))
+        out.append(frozenset((IDENTITY_SELF,)))
+        return out
 
     def _matches_peer(self, rule: TierRule, ident: int) -> bool:
         if rule.peers is None:
@@ -246,12 +286,25 @@ class TierProgram:
 
     # -- keys --
 
-    def encode(self) -> dict[PolicyMapKey, PolicyValue]:
+    def encode(self, universe: frozenset[int]) -> dict[PolicyMapKey, PolicyValue]:
+        """The keys for every identity of `universe` (and the special
+        peers); an identity outside it gets the largest class's verdicts."""
+        classes = self.classes(universe)
+        functions = [self.function(min(c)) for c in classes]
+        special = (IDENTITY_HOST, IDENTITY_SELF)
+        largest = max(range(len(classes)),
+                      key=lambda i: (-1 if min(classes[i]) in special else len(classes[i]), -i))
+        every = functions[largest]
         out: dict[PolicyMapKey, PolicyValue] = {}
-        every = self.function(IDENTITY_ANY)
         self._encode_whole(IDENTITY_ANY, every, out)
-        for ident in sorted(self.named()):
-            self._encode_against(ident, self.function(ident), every, out)
+        for members, fn in zip(classes, functions, strict=True):
+            if fn == every:
+                continue
+            template: dict[PolicyMapKey, PolicyValue] = {}
+            self._encode_against(IDENTITY_ANY, fn, every, template)
+            for ident in members:
+                for key, value in template.items():
+                    out[key._replace(identity=ident)] = value
         return out
 
     def _key(self, ident: int, proto: int, port: int, plen: int) -> PolicyMapKey:

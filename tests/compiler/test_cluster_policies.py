@@ -333,3 +333,18 @@ def test_node_context_for_own_node():
     node = NodeContext(NODE, (ipaddress.ip_address(NODE_IP),), {"x/a": 100})
     state = Compiler().compile(store.snapshot(), node)
     assert not evaluate(state, ip_of("x/a"), ipaddress.ip_address(NODE_IP), 6, 10250).allowed
+
+
+def test_a_rule_naming_every_pod_costs_keys_for_those_it_does_not_name():
+    """Keys go to the identities outside the largest class: a Baseline
+    "deny from every namespace" costs the same with 5 or 60 workloads."""
+    from .cluster import pod
+
+    def entries(extra: int) -> int:
+        objs = base_objects() + [BASELINE_Y_DENY_ALL]
+        objs += [pod(f"z/w{i}", {"app": f"w{i}"}, [f"10.0.3.{100 + i}"], "n2") for i in range(extra)]
+        state = compile_objects(objs)
+        ep = state.endpoints[ip_of("y/a")].endpoint_id
+        return sum(1 for k in state.policy if k.endpoint_id == ep)
+
+    assert entries(0) == entries(55) <= 4

@@ -33,6 +33,7 @@ R = Reason
 EP = 7
 POD_IDS = frozenset({300, 301})  # the pod's own identities
 OTHER = 999  # an identity no rule names
+UNNAMED = frozenset(range(1000, 1010))
 ICMP = 1
 
 
@@ -77,8 +78,12 @@ def probes(prog: TierProgram) -> list[tuple[int | None, int]]:
 
 
 def check_encoding(prog: TierProgram, idents: set[int]) -> dict[PolicyMapKey, PolicyValue]:
-    keys = prog.encode()
-    for ident in sorted(idents | prog.named() | {OTHER}):
+    named = {i for r in (*prog.admin, *prog.baseline) if r.peers is not None for i in r.peers}
+    named |= {k.identity for k in prog.np_keys}
+    # Most identities of a cluster are named by no rule: the largest class.
+    universe = frozenset(idents | named | {OTHER} | UNNAMED) - {IDENTITY_ANY}
+    keys = prog.encode(universe)
+    for ident in sorted(universe | {IDENTITY_SELF} | ({IDENTITY_HOST} if prog.direction == DIR_EGRESS else set())):
         for proto, port in probes(prog):
             want = prog.walk(ident, proto, port)
             got = policy_lookup(keys, EP, prog.direction, ident, ICMP if proto is None else proto, port)
