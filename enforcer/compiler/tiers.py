@@ -22,7 +22,8 @@ pod and CIDR identity compiled, the world, the node, the pod itself) fall
 into classes by what the rules can tell apart: which peer sets hold them,
 their NetworkPolicy keys, their named ports. Members of a class share one
 function, walked once for the class. Then:
-  - every peer's keys hold the function of the largest class: complete, a
+  - every peer's keys hold the function that leaves the fewest keys to
+    write (of the most common few; usually the largest class's): complete, a
     catch-all for every protocol, per protocol where it differs, and port
     prefixes where a port range differs (a range is its prefix cover, as
     for NetworkPolicy's endPort);
@@ -282,7 +283,7 @@ class TierProgram:
                 else:
                     segs.append((lo, hi, value))
             per_proto[proto] = tuple(segs)
-        return Function(other, per_proto)
+        return Function(other, tuple(sorted(per_proto.items())))
 
     # -- keys --
 
@@ -292,27 +293,43 @@ class TierProgram:
         classes = self.classes(universe)
         functions = [self.function(min(c)) for c in classes]
         special = (IDENTITY_HOST, IDENTITY_SELF)
-        largest = max(range(len(classes)),
-                      key=lambda i: (-1 if min(classes[i]) in special else len(classes[i]), -i))
-        every = functions[largest]
-        out: dict[PolicyMapKey, PolicyValue] = {}
-        self._encode_whole(IDENTITY_ANY, every, out)
-        for members, fn in zip(classes, functions, strict=True):
-            if fn == every:
+        # Members of one function, whatever their class.
+        members: dict[Function, list[int]] = {}
+        for c, fn in zip(classes, functions, strict=True):
+            members.setdefault(fn, []).extend(c)
+        # Every peer's keys take the function that saves the most keys: of
+        # the most common few, the one leaving the fewest to write out.
+        candidates = sorted((fn for fn in members if not set(members[fn]) <= set(special)),
+                            key=lambda fn: -len(members[fn]))[:4]
+        best: tuple[int, dict[PolicyMapKey, PolicyValue]] | None = None
+        for every in candidates or [functions[-1]]:
+            out: dict[PolicyMapKey, PolicyValue] = {}
+            self._encode_whole(IDENTITY_ANY, every, out)
+            cost = len(out)
+            templates: list[tuple[list[int], dict[PolicyMapKey, PolicyValue]]] = []
+            for fn, idents in members.items():
+                if fn == every:
+                    continue
+                template: dict[PolicyMapKey, PolicyValue] = {}
+                self._encode_against(IDENTITY_ANY, fn, every, template)
+                cost += len(template) * len(idents)
+                templates.append((idents, template))
+            if best is not None and cost >= best[0]:
                 continue
-            template: dict[PolicyMapKey, PolicyValue] = {}
-            self._encode_against(IDENTITY_ANY, fn, every, template)
-            for ident in members:
-                for key, value in template.items():
-                    out[key._replace(identity=ident)] = value
-        return out
+            for idents, template in templates:
+                for ident in idents:
+                    for key, value in template.items():
+                        out[key._replace(identity=ident)] = value
+            best = (cost, out)
+        assert best is not None
+        return best[1]
 
     def _key(self, ident: int, proto: int, port: int, plen: int) -> PolicyMapKey:
         return PolicyMapKey(ident, self.endpoint_id, self.direction, proto, port, plen)
 
     def _encode_whole(self, ident: int, fn: Function, out: dict[PolicyMapKey, PolicyValue]) -> None:
         out[self._key(ident, 0, 0, POLICY_PREFIX_EXACT)] = fn.other
-        for proto, segs in fn.per_proto.items():
+        for proto, segs in fn.per_proto:
             self._encode_proto(ident, proto, segs, fn.other, out)
 
     def _encode_proto(self, ident: int, proto: int, segs: tuple[tuple[int, int, PolicyValue], ...],
@@ -335,8 +352,9 @@ class TierProgram:
         if fn.other != every.other:
             self._encode_whole(ident, fn, out)
             return
-        for proto, segs in fn.per_proto.items():
-            base = every.per_proto[proto]
+        base_of = dict(every.per_proto)
+        for proto, segs in fn.per_proto:
+            base = base_of[proto]
             if segs == base:
                 continue
             differing = list(_differences(segs, base))
@@ -358,7 +376,7 @@ class Function:
     (start, end inclusive, verdict), adjacent ones merged."""
 
     other: PolicyValue
-    per_proto: Mapping[int, tuple[tuple[int, int, PolicyValue], ...]]
+    per_proto: tuple[tuple[int, tuple[tuple[int, int, PolicyValue], ...]], ...]  # by protocol
 
 
 def _key_span(k: PolicyMapKey) -> tuple[int, int]:
