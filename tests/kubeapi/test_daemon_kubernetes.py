@@ -194,3 +194,49 @@ def test_services_from_the_api_become_frontends(world):
     frontends_become({(vip, 6, 80), (vip, 17, 53)})
     fake.delete("Service", "foo", "api-web")
     frontends_become(set())
+
+
+def test_cluster_policies_once_their_crd_is_installed(world):
+    """The ClusterNetworkPolicy CRD missing (404) holds nothing back; once
+    installed, its objects are watched and enforced on the wire: an Admin
+    Deny over what no NetworkPolicy restricts, then gone again."""
+    fake = world["fake"]
+    fake.uninstall("ClusterNetworkPolicy")
+    fake.create({"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": "scratch", "labels": {"purpose": "moves-the-revision"}}})
+    converge(world)  # ready and current without the CRD
+    check(world, {("foo/web", "bar/client", 80): True, ("lb", "bar/client", 80): True})
+
+    fake.install("ClusterNetworkPolicy")
+    fake.create({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+                 "metadata": {"name": "bar-from-foo"},
+                 "spec": {"tier": "Admin", "priority": 5,
+                          "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "bar"}}},
+                          "ingress": [{"name": "no-foo", "action": "Deny", "from": [
+                              {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "foo"}}}]}]}})
+    _converge_until(world, lambda: _has_cluster_policy(world, "bar-from-foo"))
+    check(world, {("foo/web", "bar/client", 80): False, ("lb", "bar/client", 80): True})
+
+    fake.delete("ClusterNetworkPolicy", None, "bar-from-foo")
+    converge(world)
+    check(world, {("foo/web", "bar/client", 80): True})
+
+
+def _has_cluster_policy(world, name: str) -> bool:  # type: ignore[no-untyped-def]
+    from enforcer.api import client
+    from enforcer.v1 import enforcer_pb2 as pb
+
+    stub = client.connect(world["daemon"].socket)
+    return any(c.name == name for c in stub.ListPolicies(pb.ListPoliciesRequest(), timeout=5).cluster_policies)
+
+
+def _converge_until(world, done, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """The CRD's kind is asked again with backoff once it was absent: wait
+    for the daemon to have it, then for the revision."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, world["daemon"].log_tail(20)
+        time.sleep(0.2)
+    converge(world)
