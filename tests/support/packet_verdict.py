@@ -8,6 +8,11 @@ program on its own. Run inside the node namespace (the skb's ifindex must
 name an interface there):
 
     nsenter --net=/run/netns/<node> python tests/support/packet_verdict.py < flows.json
+
+With --serve it stays up and judges one JSON list of flows per input line,
+answering one JSON line each (VerdictProcess: a lab's SCTP verdicts without
+a Python start per question). Every question reads the attached programs
+afresh: the daemon may have replaced them since the last one.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import select
 import struct
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from enforcer.datapath import bpfsys
@@ -80,9 +88,62 @@ def judge(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def serve() -> int:
+    for line in sys.stdin:
+        if line.strip():
+            sys.stdout.write(json.dumps(judge(json.loads(line))) + "\n")
+            sys.stdout.flush()
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--serve"]:
+        return serve()
     json.dump(judge(json.load(sys.stdin)), sys.stdout)
     return 0
+
+
+class VerdictProcess:
+    """packet_verdict.py --serve in a node namespace, started at the first
+    question and kept until close(): judge() costs a few milliseconds, not
+    a Python start and imports."""
+
+    def __init__(self, node_netns_path: str, timeout: float = 30.0) -> None:
+        self.netns_path = node_netns_path
+        self.timeout = timeout
+        self.proc: subprocess.Popen[str] | None = None
+
+    def judge(self, flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.close()
+            self.proc = subprocess.Popen(
+                ["nsenter", f"--net={self.netns_path}", sys.executable, str(Path(__file__).resolve()), "--serve"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(flows) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            code = self.proc.poll()
+            self.close()
+            raise RuntimeError(f"packet_verdict --serve gave no answer (exit code {code})")
+        verdicts: list[dict[str, Any]] = json.loads(line)
+        return verdicts
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 if __name__ == "__main__":

@@ -1076,6 +1076,18 @@ def _tcp(port: int) -> dict[str, Any]:
     return {"tcp": {"destinationPort": {"number": port}}}
 
 
+def service(name: str, house: str, selector: dict[str, str], cluster_ips: tuple[str, str],
+            ports: tuple[tuple[str, int], ...]) -> dict[str, Any]:
+    """A dual-stack ClusterIP Service (extra cases): ports as (protocol,
+    port), targetPort the same; the lab emulates kube-proxy for it."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS_PREFIX + house},
+            "spec": {"type": "ClusterIP", "clusterIP": cluster_ips[0], "clusterIPs": list(cluster_ips),
+                     "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
+                     "selector": dict(selector),
+                     "ports": [{"name": f"{proto.lower()}-{port}", "protocol": proto, "port": port,
+                                "targetPort": port} for proto, port in ports]}}
+
+
 G0, G1 = "gryffindor/harry-potter-0", "gryffindor/harry-potter-1"
 S0, S1 = "slytherin/draco-malfoy-0", "slytherin/draco-malfoy-1"
 H0, H1 = "hufflepuff/cedric-diggory-0", "hufflepuff/cedric-diggory-1"
@@ -1117,6 +1129,7 @@ EXTRA_CASES: tuple[UpstreamTest, ...] = (
         Subtest("Pass in Baseline means the default (allow), not the next Baseline policy", (
             Poke(S0, "TCP", G0, 80, True), Poke(S1, "UDP", G1, 53, True),
             Poke(H0, "TCP", G0, 80, False), Poke(R1, "UDP", G1, 53, False))),
+        families=(4,),  # orders policies only: the control plane, whatever the family
     ),
     _extra(
         "CNPExtraSeveralBaselines",
@@ -1130,6 +1143,7 @@ EXTRA_CASES: tuple[UpstreamTest, ...] = (
         Subtest("the deny moved to priority 5 now comes first", (
             Patch("a-deny-slytherin", (SetPriority(5),)),
             Poke(S0, "TCP", G0, 80, False), Poke(S1, "TCP", G1, 8080, False), Poke(H0, "TCP", G0, 80, True))),
+        families=(4,),  # orders policies only: the control plane, whatever the family
     ),
     _extra(
         "CNPExtraEgressAcceptIngressDeny",
@@ -1203,13 +1217,71 @@ EXTRA_CASES: tuple[UpstreamTest, ...] = (
         Subtest("a valid edit applies", (
             Patch("deny-from-slytherin", (ReplaceSpec({"tier": "Admin", "subject": _ns("hufflepuff")}),)),
             Poke(S0, "TCP", G0, 80, True), Poke(S0, "TCP", H0, 80, False))),
+        families=(4,),  # orders policies only: the control plane, whatever the family
+    ),
+    _extra(
+        "CNPExtraHairpinViaService",
+        "A.2.4/C.2: a pod reaching itself through its Service (kube-proxy DNATs it back and masquerades it: "
+        "a hairpin) is judged by cluster policies, the pod being its own peer; to its own pod IP it never "
+        "leaves the pod",
+        [service("harry-potter-0", "gryffindor", {"statefulset.kubernetes.io/pod-name": "harry-potter-0"},
+                 ("10.96.0.10", "fd00:96::10"), (("TCP", 80), ("UDP", 53)))],
+        Subtest("without a cluster policy the hairpin passes", (
+            Poke(G0, "TCP", G0, 80, True, via="service"), Poke(G0, "UDP", G0, 53, True, via="service"),
+            Poke(H0, "TCP", G0, 80, True, via="service"))),
+        Subtest("an Admin Deny of its own namespace's pods on TCP 80 drops the hairpin, not the pod's own IP", (
+            Apply(cnp("deny-gryffindor-tcp-80", "Admin", 1, "gryffindor",
+                      ingress=[rule("deny-from-gryffindor", "Deny", [_ns("gryffindor")], protocols=[_tcp(80)])])),
+            Poke(G0, "TCP", G0, 80, False, via="service"), Poke(G0, "TCP", G0, 80, True),
+            Poke(G0, "UDP", G0, 53, True, via="service"), Poke(G1, "TCP", G0, 80, False),
+            Poke(H0, "TCP", G0, 80, True, via="service"))),
+        Subtest("the same Deny as egress: the hairpin's egress is judged too", (
+            Patch("deny-gryffindor-tcp-80", (ReplaceSpec({"ingress": [], "egress": [
+                rule("deny-to-gryffindor", "Deny", [_ns("gryffindor")], "egress", [_tcp(80)])]}),)),
+            Poke(G0, "TCP", G0, 80, False, via="service"), Poke(G0, "TCP", G0, 80, True),
+            Poke(G0, "TCP", G1, 80, False), Poke(H0, "TCP", G0, 80, True, via="service"))),
+        Subtest("without the Deny the hairpin passes again", (
+            Delete("ClusterNetworkPolicy", None, "deny-gryffindor-tcp-80"),
+            Poke(G0, "TCP", G0, 80, True, via="service"))),
     ),
 )
 
-#: Upstream tests also run in the IPv6 lab (upstream's CI has an IPv6 lane).
-IPV6_UPSTREAM = ("CNPAdminTierGress", "CNPBaselineTierGress", "CNPAdminTierEgressInlineCIDRPeers",
+# -- equal priorities on two nodes (test_cnp_multinode.py) -----------------------
+
+#: The two-node lab's pods (MultiNodeLab, namespace "default"): a, b on n1;
+#: c, d on n2. Probed pairs (client, server), TCP 80: each server's node
+#: judges its ingress, so both nodes decide, for a pair across nodes and a
+#: pair on one node each.
+EQUAL_PRIORITY_NODES = {"n1": ("a", "b"), "n2": ("c", "d")}
+EQUAL_PRIORITY_PAIRS = (("b", "a"), ("c", "a"), ("a", "c"), ("d", "c"))
+EQUAL_PRIORITY = 7
+
+
+def equal_priority_policy(name: str, action: str) -> dict[str, Any]:
+    """An Admin policy at EQUAL_PRIORITY over every pod of "default": its
+    ingress from every namespace gets `action`. Two of them with opposite
+    actions conflict on every pair; the one first by name decides."""
+    default = {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "default"}}}
+    return {"apiVersion": CNP_API_VERSION, "kind": "ClusterNetworkPolicy", "metadata": {"name": name},
+            "spec": {"tier": "Admin", "priority": EQUAL_PRIORITY, "subject": default,
+                     "ingress": [rule(f"{action.lower()}-everyone", action, [{"namespaces": {}}])]}}
+
+
+#: (policy names of the Accept and the Deny, the winner: the first by name).
+#: Each step renames one of the two, so the order flips every time.
+EQUAL_PRIORITY_STEPS = (("a-accept", "b-deny", "Accept"),
+                        ("c-accept", "b-deny", "Deny"),
+                        ("c-accept", "d-deny", "Accept"))
+
+
+#: Upstream tests also run in the IPv6 lab (upstream's CI has an IPv6 lane):
+#: those whose peers or targets are addresses of the family (networks with
+#: /128 prefixes in both tiers, the node's IPv6 InternalIP, a named port
+#: on an IPv6 pod) and Gress (every protocol, both directions, patches).
+#: What is decided on names and priorities alone (the Baseline mirror of
+#: Gress and NodePeers, PriorityField, Integration) runs in IPv4 only.
+IPV6_UPSTREAM = ("CNPAdminTierGress", "CNPAdminTierEgressInlineCIDRPeers",
                  "CNPBaselineTierEgressInlineCIDRPeers", "CNPAdminTierEgressNodePeers",
-                 "CNPBaselineTierEgressNodePeers", "CNPAdminTierIntegration", "CNPAdminTierPriorityField",
                  "CNPAdminTierIngressNamedPort")
 ALL_CASES = UPSTREAM_TESTS + EXTRA_CASES
 

@@ -3,7 +3,7 @@ real daemon in a one-node netns lab, reusing the NetworkPolicy runner's
 machinery (tests/conformance/runner.py): enforcer.lab's Lab, pods and
 probes, DaemonProcess on a manifest directory, waiting until the daemon
 reports the directory's content revision before every probe, SCTP through
-BPF_PROG_TEST_RUN (packet_verdict.py).
+BPF_PROG_TEST_RUN (packet_verdict.py, one process kept per lab).
 
 Lab: the 8 pod-network pods of base/manifests.yaml ("hp0" is
 gryffindor/harry-potter-0, ...) serve TCP and UDP on 80, 8080, 53 and 5353
@@ -20,8 +20,14 @@ as the upstream YAML renders (a patch rewrites the object's file).
 
 A poke passes when an expected connect is answered (OK) and an expected
 deny is a TIMEOUT; a REFUSED (RST, ICMP reject) or an error fails either
-way, as upstream's doPokeServer. Pokes of one subtest run at once (they
-only read); a mismatch is probed twice more before it counts.
+way, as upstream's doPokeServer. Pokes with no other step between them
+run at once, across subtests (they only read: run_test); a mismatch is
+probed twice more before it counts.
+
+Services (the hairpin case): a Service object is written for the daemon
+and kube-proxy's iptables rules for it (tests/support/kubeproxy.py: ClusterIP
+DNAT, masquerade of a pod reaching itself) go into the node's namespace;
+a poke `via="service"` targets its ClusterIP.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +47,14 @@ from typing import Any
 from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
 from enforcer.lab.netns import netns_path
 from enforcer.lab.probe import Outcome, ProbeSpec, connect_tcp, exchange, probe_many
-from enforcer.lab.topology import NODE_IPV4, NODE_IPV6, Lab, stop_process
+from enforcer.lab.topology import NODE_IPV4, NODE_IPV6, POD_NET4, POD_NET6, Lab, stop_process
 from enforcer.sources.directory import directory_revision
+from tests.support import kubeproxy
 from tests.support.fast import FAST_POLL
 from tests.support.icmp import echo_many
+from tests.support.packet_verdict import VerdictProcess
 
-from ..runner import ALLOWED_TIMEOUT, DENIED_TIMEOUT, sctp_verdicts, write_manifest_list
+from ..runner import ALLOWED_TIMEOUT, DENIED_TIMEOUT, write_manifest_list
 from . import cases as C
 from . import cluster as K
 
@@ -94,6 +103,8 @@ class CNPLab:
     objects: dict[tuple[str, str | None, str], dict[str, Any]] = field(default_factory=dict)
     connections: dict[str, socket.socket] = field(default_factory=dict)
     centaur: subprocess.Popen | None = None
+    verdicts: VerdictProcess | None = None
+    kube_proxy: bool = False  # its chains installed in the node (at the first Service)
     _sport: int = 31000
 
     # -- lifecycle -----------------------------------------------------------
@@ -107,6 +118,7 @@ class CNPLab:
         self.lab = Lab(self.prefix, [K.lab_name(p) for p in K.POD_NETWORK_PODS], ports=POD_PORTS)
         self.lab.up()
         self._start_centaur()
+        self.verdicts = VerdictProcess(netns_path(self.lab.node_netns))
         self._reset_labels()
         self._write_cluster()
         self.daemon = DaemonProcess(self.lab.node_netns, self.pin_dir, self.source, NODE_NAME,
@@ -118,6 +130,8 @@ class CNPLab:
 
     def close(self) -> None:
         steps = [self._close_connections, lambda: stop_process(self.centaur)]
+        if self.verdicts is not None:
+            steps.append(self.verdicts.close)
         if hasattr(self, "daemon"):
             steps.append(self.daemon.close)
         if hasattr(self, "lab"):
@@ -188,10 +202,56 @@ class CNPLab:
         key = C.object_key(obj)
         self.objects[key] = obj
         write_manifest_list(self._object_path(key), [obj])
+        if key[0] == "Service":
+            self._sync_kube_proxy()
 
     def remove(self, key: tuple[str, str | None, str]) -> None:
-        self.objects.pop(key, None)
+        had = self.objects.pop(key, None)
         self._object_path(key).unlink(missing_ok=True)
+        if had is not None and key[0] == "Service":
+            self._sync_kube_proxy()
+
+    # -- Services: kube-proxy's iptables mode, emulated (tests/support/kubeproxy.py)
+
+    def service_backends(self, obj: dict[str, Any]) -> list[str]:
+        """The pods the Service's selector picks in its namespace."""
+        selector = obj["spec"].get("selector") or {}
+        return [p for p in K.POD_NETWORK_PODS if K.namespace(K.split(p)[0]) == obj["metadata"]["namespace"]
+                and selector and all(K.pod_labels(p).get(k) == v for k, v in selector.items())]
+
+    def _kube_proxy_services(self) -> list[tuple[kubeproxy.Service, list[kubeproxy.Endpoint]]]:
+        out = []
+        for (kind, ns, name), obj in sorted(self.objects.items(), key=lambda kv: str(kv[0])):
+            if kind != "Service":
+                continue
+            spec, backends = obj["spec"], self.service_backends(obj)
+            ips = spec["clusterIPs"]
+            svc = kubeproxy.Service(
+                name, next(ip for ip in ips if ":" not in ip),
+                tuple(kubeproxy.ServicePort(p["port"], p["targetPort"], p["protocol"], name=p["name"])
+                      for p in spec["ports"]),
+                tuple(K.lab_name(b) for b in backends), namespace=str(ns),
+                cluster_ipv6=next((ip for ip in ips if ":" in ip), None))
+            out.append((svc, [kubeproxy.Endpoint(self.pod_ip(b), NODE_NAME) for b in backends]))
+        return out
+
+    def _sync_kube_proxy(self) -> None:
+        """kube-proxy's rules for the Services there are now (ClusterIP
+        DNAT, masquerade of a hairpin) in the lab's family."""
+        if not self.kube_proxy:
+            kubeproxy.install_jumps(self.lab.node_netns, self.family)
+            self.kube_proxy = True
+        cidr = str(POD_NET4 if self.family == 4 else POD_NET6)
+        kubeproxy.sync(self.lab.node_netns,
+                       kubeproxy.render(NODE_NAME, self.family, cidr, self._kube_proxy_services()), self.family)
+
+    def cluster_ip(self, server: str, protocol: str, port: int) -> str:
+        """The lab family's ClusterIP of a Service selecting `server` with that port."""
+        for (kind, _, _), obj in self.objects.items():
+            if kind == "Service" and server in self.service_backends(obj) and any(
+                    p["protocol"] == protocol and p["port"] == port for p in obj["spec"]["ports"]):
+                return next(ip for ip in obj["spec"]["clusterIPs"] if (":" in ip) == (self.family == 6))
+        raise ValueError(f"no Service selects {server} on {protocol}/{port}")
 
     def sync(self) -> dict[str, Any]:
         status = self.daemon.wait_synced(directory_revision(self.source))
@@ -268,22 +328,17 @@ class CNPLab:
         return observed
 
     def target(self, poke: C.Poke) -> str:
+        if poke.via == "service":
+            return self.cluster_ip(poke.server, poke.protocol, poke.port)
         if poke.via != "pod":
-            raise ValueError(f"{poke}: only pod IPs in this lab")
+            raise ValueError(f"{poke}: a pod IP or a Service's ClusterIP")
         return self.pod_ip(poke.server)
 
     def _observe(self, pokes: list[C.Poke]) -> list[Result]:
+        """Every poke at once: SCTP first (BPF_PROG_TEST_RUN answers in
+        milliseconds), then TCP/UDP and ICMP side by side (a run of denies
+        costs one DENIED_TIMEOUT)."""
         out: dict[int, Result] = {}
-        wire = [(i, p) for i, p in enumerate(pokes) if p.protocol in ("TCP", "UDP")]
-        specs = [ProbeSpec(self.lab.pod(K.lab_name(p.client)).netns, self.target(p), p.port, p.protocol.lower(),
-                           timeout=ALLOWED_TIMEOUT if p.connect else DENIED_TIMEOUT) for _, p in wire]
-        for (i, p), r in zip(wire, probe_many(specs), strict=True):
-            out[i] = Result(p, observed_label(r.outcome))
-        icmp = [(i, p) for i, p in enumerate(pokes) if p.protocol == "ICMP"]
-        answers = echo_many([(self.lab.pod(K.lab_name(p.client)).netns, self.target(p),
-                              ALLOWED_TIMEOUT if p.connect else DENIED_TIMEOUT) for _, p in icmp])
-        for (i, p), ok in zip(icmp, answers, strict=True):
-            out[i] = Result(p, _OK if ok else _DENIED)
         sctp = [(i, p) for i, p in enumerate(pokes) if p.protocol == "SCTP"]
         if sctp:
             flows = []
@@ -293,9 +348,22 @@ class CNPLab:
                 flows.append({"src": self.pod_ip(p.client), "dst": self.target(p), "sport": self._sport,
                               "dport": p.port, "src_if": self.lab.pod(K.lab_name(p.client)).host_ifname,
                               "dst_if": dst_if})
+            assert self.verdicts is not None
             # A drop is silent (TC_ACT_SHOT): at packet level it can only be a timeout.
-            for (i, p), v in zip(sctp, sctp_verdicts(self.lab.node_netns, flows), strict=True):
+            for (i, p), v in zip(sctp, self.verdicts.judge(flows), strict=True):
                 out[i] = Result(p, _OK if v["allowed"] else _DENIED)
+        wire = [(i, p) for i, p in enumerate(pokes) if p.protocol in ("TCP", "UDP")]
+        specs = [ProbeSpec(self.lab.pod(K.lab_name(p.client)).netns, self.target(p), p.port, p.protocol.lower(),
+                           timeout=ALLOWED_TIMEOUT if p.connect else DENIED_TIMEOUT) for _, p in wire]
+        icmp = [(i, p) for i, p in enumerate(pokes) if p.protocol == "ICMP"]
+        echoes = [(self.lab.pod(K.lab_name(p.client)).netns, self.target(p),
+                   ALLOWED_TIMEOUT if p.connect else DENIED_TIMEOUT) for _, p in icmp]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            answers = pool.submit(echo_many, echoes) if echoes else None
+            for (i, p), r in zip(wire, probe_many(specs), strict=True):
+                out[i] = Result(p, observed_label(r.outcome))
+            for (i, p), ok in zip(icmp, answers.result() if answers else [], strict=True):
+                out[i] = Result(p, _OK if ok else _DENIED)
         unknown = [p for i, p in enumerate(pokes) if i not in out]
         if unknown:
             raise ValueError(f"cannot probe {unknown}")
@@ -308,26 +376,35 @@ class CNPLab:
 def run_test(lab: CNPLab, test: C.UpstreamTest) -> list[tuple[str, list[Result]]]:
     """Run one test from a clean state (its objects created, then its
     subtests in order, patches persisting; the next test's reset cleans up): (subtest title, results) per
-    subtest. Nothing raises on a mismatch; see failures()."""
+    subtest. Nothing raises on a mismatch; see failures().
+
+    Pokes only read, so every run of pokes with no other step between them
+    is probed as one batch, across subtest boundaries (upstream runs the
+    subtests one after the other; with nothing changed in between, at once
+    is the same question): one daemon sync and at most one DENIED_TIMEOUT
+    per batch. Each result goes back to its subtest, in step order."""
     lab.reset()
     for obj in C.test_objects(test):
         lab.put(C.resolve(obj, lab.pod_ip_map()))
-    out: list[tuple[str, list[Result]]] = []
-    for st in test.subtests:
-        results: list[Result] = []
-        batch: list[C.Poke] = []
-        for step in st.steps:
-            if isinstance(step, C.Poke):
-                batch.append(step)
-                continue
-            if batch:
-                results += lab.poke_all(batch)
-                batch = []
-            results += lab.apply(step)
+    found: list[list[tuple[int, Result]]] = [[] for _ in test.subtests]
+    batch: list[tuple[int, int, C.Poke]] = []  # (subtest, step, poke)
+
+    def flush() -> None:
         if batch:
-            results += lab.poke_all(batch)
-        out.append((st.title, results))
-    return out
+            for (st, pos, _), r in zip(batch, lab.poke_all([p for _, _, p in batch]), strict=True):
+                found[st].append((pos, r))
+            batch.clear()
+
+    for st_index, st in enumerate(test.subtests):
+        for pos, step in enumerate(st.steps):
+            if isinstance(step, C.Poke):
+                batch.append((st_index, pos, step))
+                continue
+            flush()
+            found[st_index] += [(pos, r) for r in lab.apply(step)]
+    flush()
+    return [(st.title, [r for _, r in sorted(rs, key=lambda x: x[0])])
+            for st, rs in zip(test.subtests, found, strict=True)]
 
 
 def failures(outcome: list[tuple[str, list[Result]]]) -> str:

@@ -110,10 +110,20 @@ def test_case_shape(case: C.UpstreamTest) -> None:
         if o["kind"] == "ClusterNetworkPolicy":
             assert o["apiVersion"] == C.CNP_API_VERSION and "namespace" not in o["metadata"]
             assert _valid(C.resolve(o, FAKE_V4), unknown_peers_ok=fail_closed), o["metadata"]["name"]
+        elif o["kind"] == "Service":  # the hairpin case's
+            assert o["apiVersion"] == "v1" and len(o["spec"]["clusterIPs"]) == 2
         else:
             assert (o["apiVersion"], o["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    services = [o for o in objs if o["kind"] == "Service"]
     for p in case.pokes:
         assert p.client in K.POD_NETWORK_PODS  # upstream never probes from centaur
+        assert p.via in ("pod", "service"), p
+        if p.via == "service":  # a Service of the case selects the server
+            assert any(o["metadata"]["namespace"] == K.namespace(K.split(p.server)[0])
+                       and _sel({"matchLabels": o["spec"]["selector"]}, K.pod_labels(p.server))
+                       and {"protocol": p.protocol, "port": p.port} in
+                       [{"protocol": sp["protocol"], "port": sp["port"]} for sp in o["spec"]["ports"]]
+                       for o in services), p
         assert p.server in K.ALL_PODS
         if p.protocol == "ICMP":
             assert p.port == 0
@@ -222,6 +232,8 @@ class World:
                and direction.capitalize() in o["spec"]["policyTypes"]]
         if not nps or K.is_host_network(subject):
             return "none"
+        if other == subject:  # its own hairpin: NetworkPolicy leaves a pod's traffic to itself alone
+            return "allow"
         for o in nps:
             for r in o["spec"].get(direction, []):
                 for peer in r.get("from" if direction == "ingress" else "to", []):
@@ -242,7 +254,11 @@ class World:
         b = self.tier("Baseline", direction, subject, other, proto, port, dst)
         return b != "deny"
 
-    def allowed(self, src: str, dst: str, proto: str, port: int) -> bool:
+    def allowed(self, src: str, dst: str, proto: str, port: int, via: str = "pod") -> bool:
+        if src == dst and via == "pod":
+            return True  # to its own IP: loopback in the pod, no policy sees it
+        # (through a Service, src == dst is the hairpin: each tier judges the
+        # pod as its own peer)
         return (self.direction("egress", src, dst, proto, port, dst)
                 and self.direction("ingress", dst, src, proto, port, dst))
 
@@ -270,6 +286,26 @@ def test_expectations_agree_with_an_independent_evaluator(case: C.UpstreamTest, 
                 ns_labels[step.house] = dict(step.labels)
             elif isinstance(step, C.Poke):
                 world = World(list(objects.values()), ns_labels, ips)
-                if world.allowed(step.client, step.server, step.protocol, step.port) != step.connect:
+                if world.allowed(step.client, step.server, step.protocol, step.port, step.via) != step.connect:
                     wrong.append(f"{st.title}: {step}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_equal_priority_steps_flip_the_name_order() -> None:
+    """Each step of the two-node case renames one policy, the winner is the
+    first by name, and it changes at every step."""
+    winners = []
+    previous: set[str] = set()
+    for accept, deny, winner in C.EQUAL_PRIORITY_STEPS:
+        assert winner == ("Accept" if min(accept, deny) == accept else "Deny")
+        assert not previous or len(previous - {accept, deny}) == 1  # one rename
+        policies = [C.equal_priority_policy(accept, "Accept"), C.equal_priority_policy(deny, "Deny")]
+        assert {p["spec"]["priority"] for p in policies} == {C.EQUAL_PRIORITY}
+        assert all(_valid(p) for p in policies)
+        previous = {accept, deny}
+        winners.append(winner)
+    assert all(a != b for a, b in zip(winners, winners[1:], strict=False))
+    nodes = {p: n for n, pods in C.EQUAL_PRIORITY_NODES.items() for p in pods}
+    kinds = {nodes[c] == nodes[s] for c, s in C.EQUAL_PRIORITY_PAIRS}
+    assert kinds == {True, False}  # pairs on one node and across
+    assert {nodes[s] for _, s in C.EQUAL_PRIORITY_PAIRS} == set(C.EQUAL_PRIORITY_NODES)  # both nodes judge
