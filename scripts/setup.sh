@@ -13,7 +13,10 @@ APT_PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 iptables
               gcc
               # tests/deploy: shellcheck for deploy/ scripts; vagrant (+ its
               # libvirt provider, ~10 MB more) for `vagrant validate` of the lab
-              shellcheck vagrant vagrant-libvirt)
+              shellcheck vagrant vagrant-libvirt
+              # bench/traffic_bench.py: real traffic beside kube-router-style
+              # iptables+ipset and nftables renderings of the same policies
+              iperf3 ipset nftables conntrack)
 # tests/deploy: `kubectl kustomize deploy/`. Debian ships kubectl as
 # kubernetes-client; a kubectl already installed from another package
 # (Kubernetes' or Google Cloud's apt repository) does as well, and would
