@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -94,6 +95,8 @@ def run_child(config: DatapathConfig, python: str = sys.executable, timeout: flo
         how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"status {proc.returncode}"
         raise BuildError(f"the loader child exited with {how} (its stderr is in this process's log)")
     report["seconds"] = round(time.monotonic() - started, 3)
+    # The largest RSS of any child this process waited for: the loader's, at start-up.
+    report["child_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     return report
 
 
@@ -112,7 +115,8 @@ def load_pinned(config: DatapathConfig, python: str = sys.executable) -> PinnedP
             os.close(fd)
         raise PinError(f"opening the pinned programs in {pin_dir} failed: {e}") from e
     reused, orphans = report["reused_pins"], report["removed_pins"]
-    log.info("datapath loaded by a child process in %.1f s: pins in %s (%s)%s", report["seconds"], pin_dir,
+    log.info("datapath loaded by a child process in %.1f s (its peak RSS %.0f MB): pins in %s (%s)%s",
+             report["seconds"], report["child_peak_rss_mb"], pin_dir,
              f"reused {', '.join(reused)}" if reused else "new",
              f"; removed pins of earlier layouts: {', '.join(orphans)}" if orphans else "")
     return PinnedPrograms(fds, events_fd, reused, orphans, int(report["kernel_hz"]))
