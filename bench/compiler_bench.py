@@ -54,6 +54,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -969,6 +970,70 @@ def measure_daemon(c: Cluster, n_changes: int, seed: int = SEED, interval: float
     return out
 
 
+def _proc_vm(pid: int) -> dict[str, int]:
+    """kB of VmRSS and VmHWM of a process."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            out[name] = int(value.split()[0])
+    return out
+
+
+def measure_real_daemon(c: Cluster, timeout: float = 900.0) -> dict[str, Any]:
+    """The real `enforcer run` (sys.executable -m enforcer) on the cluster
+    written as manifests, in a network namespace of its own where this
+    node's pods are veths with /32 routes (so they are placed
+    and their programs attached, as on a node): VmRSS and VmHWM of the
+    daemon process from /proc/<pid>/status, as daemon_child reads its own,
+    once its first pass has synced (its ready file), and 2 s later; and
+    the time from start to that first sync."""
+    from enforcer.lab.loader import DaemonProcess, remove_pin_dirs
+
+    tag = f"cbench{os.getpid()}"
+    netns, pin_dir = f"enforcer-{tag}", Path(f"{PIN_PREFIX}-real-{os.getpid()}")
+    tmp = Path(tempfile.mkdtemp(prefix="enforcer-cbench-real-"))
+    daemon: DaemonProcess | None = None
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        write_directory(c, tmp / "manifests")
+        local = [raw for raw in c.pods.values() if raw["spec"]["nodeName"] == NODE]
+        batch = ["link set lo up"]
+        for i, raw in enumerate(local):
+            batch += [f"link add p{i} type veth peer name q{i}", f"link set q{i} up", f"link set p{i} up"]
+            addrs = [ip["ip"] for ip in raw["status"]["podIPs"]]
+            batch += [f"route add {a}/{128 if ':' in a else 32} dev p{i}" for a in addrs]
+        subprocess.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(batch) + "\n", text=True, check=True)
+        daemon = DaemonProcess(netns, pin_dir, tmp / "manifests", NODE, workdir=tmp / "work",
+                               extra_args=["--map-size", f"policy={POLICY_MAX}"])
+        t0 = time.monotonic()
+        daemon.start(timeout=timeout)
+        first_sync = time.monotonic() - t0
+        assert daemon.pid is not None
+        at_sync = _proc_vm(daemon.pid)
+        time.sleep(2)
+        later = _proc_vm(daemon.pid)
+        mapped = Path(f"/proc/{daemon.pid}/maps").read_text().lower()
+        status = daemon.status()
+        log_text = daemon.log_text()
+    finally:
+        if daemon is not None:
+            daemon.close()
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+        remove_pin_dirs([pin_dir])
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "first_sync_s": round(first_sync, 2),
+        "rss_at_sync_mb": _mb(at_sync["VmRSS"]), "peak_at_sync_mb": _mb(at_sync["VmHWM"]),
+        "rss_mb": _mb(later["VmRSS"]), "peak_rss_mb": _mb(later["VmHWM"]),
+        "bcc_mapped": any(lib in mapped for lib in ("libbcc", "libllvm", "libclang")),
+        "local_pods": len(local), "endpoints": status.get("endpoints"),
+        "policy_entries": status.get("policy_entries"), "errors_total": status.get("errors_total"),
+        "loaded_by_child": "loaded by a child process" in log_text,
+        "loader_child_peak_rss_mb": float(m.group(1)) if (m := re.search(r"its peak RSS (\d+) MB", log_text)) else None,
+    }
+
+
 # ---------------------------------------------------------------- the benchmark
 
 def run_benchmark(n_pods: int = PODS, policy_counts: tuple[int, ...] = POLICY_COUNTS,
@@ -1003,6 +1068,9 @@ def run_benchmark(n_pods: int = PODS, policy_counts: tuple[int, ...] = POLICY_CO
         dmn = measure_daemon(build_cluster(n_pods, biggest, seed, n_namespaces, n_nodes), pickup_changes, seed,
                              interval=pickup_interval)
         progress(f"  {dmn}")
+        progress("real daemon process (`enforcer run` in a network namespace, this node's pods as veths)")
+        dmn["real"] = measure_real_daemon(build_cluster(n_pods, biggest, seed, n_namespaces, n_nodes))
+        progress(f"  {dmn['real']}")
     lo, hi = str(min(policy_counts)), str(biggest)
     goals = {
         f"change_p99_le_{GOAL_CHANGE_P99_MS:g}ms_at_{lo}_policies": sizes[lo]["change"]["p99_ms"] <= GOAL_CHANGE_P99_MS,
@@ -1028,6 +1096,10 @@ def run_benchmark(n_pods: int = PODS, policy_counts: tuple[int, ...] = POLICY_CO
         "pickup_p99_ms": dmn["p99_ms"] if dmn else None,
         "rss_peak_mb": dmn["peak_rss_mb"] if dmn else None,
         "rss_baseline_mb": dmn["baseline_rss_mb"] if dmn else None,
+        # The real `enforcer run` process after its first sync (measure_real_daemon).
+        "daemon_rss_mb": dmn["real"]["rss_mb"] if dmn else None,
+        "daemon_peak_rss_mb": dmn["real"]["peak_rss_mb"] if dmn else None,
+        "daemon_first_sync_s": dmn["real"]["first_sync_s"] if dmn else None,
         "goals": goals,
         "sizes": sizes,
         "daemon": dmn,
@@ -1114,7 +1186,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-daemon", action="store_true", help="skip the pickup and RSS process")
     p.add_argument("--pickup-interval", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--daemon-child", help=argparse.SUPPRESS)
+    p.add_argument("--real-daemon-only", action="store_true",
+                   help="only measure the real `enforcer run` process (RSS, first sync) at the largest policy count")
     args = p.parse_args(argv)
+    if args.real_daemon_only:
+        n_pol = max(int(x) for x in args.policies.split(","))
+        real = measure_real_daemon(build_cluster(args.pods, n_pol, args.seed, args.namespaces, args.nodes))
+        real.update(pods=args.pods, policies=n_pol)
+        print(json.dumps(real))
+        return 0
     if args.daemon_child:
         print(json.dumps(daemon_child(Path(args.daemon_child), args.pickup_changes, args.seed, args.pickup_interval)))
         return 0

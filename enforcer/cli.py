@@ -26,10 +26,10 @@ def _datapath_run(args: argparse.Namespace) -> int:
     enforcement stays in place for the next loader."""
     from .datapath.attach import TcAttacher
     from .datapath.events import EventReader, Verdict
-    from .datapath.loader import load_datapath_programs
+    from .datapath.loadchild import load_pinned
 
     config = DatapathConfig(pin_dir=Path(args.pin_dir))
-    loaded = load_datapath_programs(config)
+    loaded = load_pinned(config)  # compiled by a child process: no bcc here
     attacher = TcAttacher()
     for ifname in args.attach:
         attacher.attach(attacher.ifindex(ifname), loaded.fds)
@@ -41,7 +41,7 @@ def _datapath_run(args: argparse.Namespace) -> int:
                  v.direction, v.endpoint_id, v.src, v.sport, v.dst, v.dport, v.proto,
                  v.peer_identity, v.rule_id)
 
-    reader = EventReader(loaded.bpf, on_event)
+    reader = EventReader(loaded.events_fd, on_event)
     stop = False
 
     def _stop(signum: int, _frame: object) -> None:

@@ -24,7 +24,7 @@ from ..datapath import bpfsys
 from ..datapath.attach import NODE_HOOKS, TcAttacher
 from ..datapath.events import EventReader, Verdict
 from ..datapath.layout import Counter
-from ..datapath.loader import LoadedPrograms, load_datapath_programs
+from ..datapath.loadchild import PinnedPrograms, load_pinned
 from ..datapath.maps import DatapathMaps
 from ..datapath.reasons import REASON_SLOTS
 from ..datapath.source import DatapathConfig
@@ -107,7 +107,7 @@ class Daemon:
         self._lock = threading.Lock()
         self._seeded = False
         self._stop = threading.Event()
-        self.loaded: LoadedPrograms | None = None
+        self.loaded: PinnedPrograms | None = None
         self.maps: DatapathMaps | None = None
         self.sync: MapSync | None = None
         self._events_thread: threading.Thread | None = None
@@ -116,7 +116,9 @@ class Daemon:
     # -- lifecycle --
 
     def start(self) -> None:
-        self.loaded = load_datapath_programs(self.config.datapath)
+        # Compiled and loaded by a child process (bcc and LLVM stay out of
+        # this one), which pins the programs; opened here from their pins.
+        self.loaded = load_pinned(self.config.datapath)
         self.maps = DatapathMaps(self.config.datapath.pin_dir)
         self.sync = MapSync(self.maps)
         # Programs left by a previous daemon: replaced with ours on the first pass.
@@ -136,9 +138,12 @@ class Daemon:
 
     def _events_loop(self) -> None:
         assert self.loaded is not None
-        reader = EventReader(self.loaded.bpf, self._on_event)
-        while not self._stop.is_set():
-            reader.poll(200)
+        reader = EventReader(self.loaded.events_fd, self._on_event)
+        try:
+            while not self._stop.is_set():
+                reader.poll(200)
+        finally:
+            reader.close()
 
     def _on_event(self, v: Verdict) -> None:
         if self.on_verdict:

@@ -7,6 +7,8 @@ Layers, each using only the ones above it:
   source   BPF C source preparation and compile options
   maps     typed access to the pinned maps
   loader   compile with bcc, load, pin
+  ringbuf  a ring buffer map read by mmap and epoll (no bcc)
+  loadchild the loader run in a child process; the daemon opens its pins
   attach   clsact attach/detach through pyroute2
   events   ring-buffer verdict events
 """

@@ -160,6 +160,14 @@ class MapInfo(ctypes.Structure):
     ]
 
 
+def prog_id(fd: int) -> int:
+    """The kernel id of a program (the leading fields of struct
+    bpf_prog_info: type, id)."""
+    info = (ctypes.c_uint32 * 2)()
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)))
+    return int(info[1])
+
+
 class SkBuffCtx(ctypes.Structure):
     """Leading fields of struct __sk_buff accepted as test-run context."""
 
@@ -214,6 +222,12 @@ def obj_get(path: str) -> int:
     p = ctypes.create_string_buffer(path.encode())
     attr = _ObjAttr(pathname=ctypes.addressof(p))
     return _bpf(BPF_OBJ_GET, attr)
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a BPF object (map or program fd) at path in a bpffs."""
+    p = ctypes.create_string_buffer(path.encode())
+    _bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(p), bpf_fd=fd))
 
 
 class _GetIdAttr(ctypes.Structure):

@@ -1,13 +1,19 @@
-"""Verdict events from the ring buffer, decoded."""
+"""Verdict events from the `events` ring buffer, decoded.
+
+Read with ringbuf.py (mmap and epoll of the map fd), not bcc: the daemon
+opens the ring buffer's pin (the loader child pins it) and never loads bcc.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from .layout import DIR_EGRESS, EVENT_ALLOW, IPAddress, VerdictEvent, addr_from_bytes
 from .reasons import Reason
+from .ringbuf import RingBuffer
 
 
 @dataclass(frozen=True)
@@ -53,20 +59,23 @@ class Verdict:
 
 
 class EventReader:
-    """Consumes the ring buffer of the programs this process loaded."""
+    """Consumes the `events` ring buffer: `source` is its map fd (the
+    caller's), or a bcc BPF object that holds it (programs loaded in this
+    process, as the datapath tests do)."""
 
-    def __init__(self, bpf, callback) -> None:
-        self._bpf = bpf
+    def __init__(self, source: int | Any, callback) -> None:
+        fd = source if isinstance(source, int) else source[b"events"].map_fd
 
-        def _cb(_ctx, data, size):
-            callback(Verdict.decode(ctypes.string_at(data, size)))
-            return 0
+        def _cb(data: bytes) -> None:
+            callback(Verdict.decode(data))
 
-        self._cb = _cb
-        bpf[b"events"].open_ring_buffer(_cb)
+        self._ring = RingBuffer(fd, _cb)
 
     def poll(self, timeout_ms: int = 100) -> None:
-        self._bpf.ring_buffer_poll(timeout_ms)
+        self._ring.poll(timeout_ms)
 
     def drain(self) -> None:
-        self._bpf.ring_buffer_consume()
+        self._ring.consume()
+
+    def close(self) -> None:
+        self._ring.close()

@@ -1,4 +1,6 @@
-"""Compile the tc programs with bcc, load them, and pin their maps.
+"""Compile the tc programs with bcc, load them, and pin their maps (and,
+for a daemon, the programs and the events ring buffer: load_and_pin, run by
+loadchild.py in a short-lived child so bcc and LLVM never enter the daemon).
 
 Maps are declared pinned in C (BPF_TABLE_PINNED): bcc reuses a pin that
 exists and creates and pins one that does not. That is what lets a restarted
@@ -38,6 +40,19 @@ NOOP_PROGRAM_SOURCE = BPF_DIR / "noop.c"
 FROM_POD = "from_pod"
 TO_POD = "to_pod"
 TO_NETWORK = "to_network"
+PROGRAMS = (FROM_POD, TO_POD, TO_NETWORK)
+# What load_and_pin pins besides the maps: each program, and the events ring
+# buffer (a new one every load: bcc creates it with the programs that write
+# it). Replaced on every load, so their names carry no layout version.
+EVENTS_MAP = "events"
+EVENTS_PIN = "events_ring"
+
+
+def program_pin(program: str) -> str:
+    return f"prog_{program}"
+
+
+LOAD_PINS = (*(program_pin(p) for p in PROGRAMS), EVENTS_PIN)
 
 
 def ensure_bpffs(path: Path = Path("/sys/fs/bpf")) -> None:
@@ -107,6 +122,7 @@ class LoadedPrograms:
     bpf: Any  # bcc.BPF
     fds: dict[str, int] = field(default_factory=dict)
     reused_pins: list[str] = field(default_factory=list)
+    removed_pins: list[str] = field(default_factory=list)  # of earlier layouts
 
     def fd(self, name: str) -> int:
         return self.fds[name]
@@ -205,15 +221,47 @@ def load_datapath_programs(config: DatapathConfig) -> LoadedPrograms:
     ensure_bpffs()
     config.pin_dir.mkdir(parents=True, exist_ok=True)
     reused = check_pins(config)
-    loaded = _compile(DATAPATH_SOURCE, config.cflags(kernel_hz()), (FROM_POD, TO_POD, TO_NETWORK),
-                      checks=layout_checks())
+    loaded = _compile(DATAPATH_SOURCE, config.cflags(kernel_hz()), PROGRAMS, checks=layout_checks())
     loaded.reused_pins = reused
     _check_maps(loaded, config)
-    orphans = remove_old_pins(config.pin_dir)
+    loaded.removed_pins = orphans = remove_old_pins(config.pin_dir)
     log.info("datapath loaded: pins in %s (%s)%s", config.pin_dir,
              f"reused {', '.join(reused)}" if reused else "new",
              f"; removed pins of earlier layouts: {', '.join(orphans)}" if orphans else "")
     return loaded
+
+
+def _pin_replacing(fd: int, path: Path) -> None:
+    """Pin fd at path, replacing what is there in one step (a rename within
+    the bpffs): whoever opens the path gets the old object or the new."""
+    tmp = path.with_name(f"{path.name}_new_{os.getpid()}")  # bpffs names have no dots
+    tmp.unlink(missing_ok=True)
+    bpfsys.obj_pin(fd, str(tmp))
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_and_pin(config: DatapathConfig) -> dict[str, Any]:
+    """load_datapath_programs, then pin each program (LOAD_PINS) and the
+    events ring buffer in config.pin_dir beside the maps, replacing an
+    earlier load's; this process's references are dropped. Returns what
+    was done (the pins' names, maps reused, orphans removed, HZ)."""
+    loaded = load_datapath_programs(config)
+    try:
+        programs = {}
+        for name, fd in loaded.fds.items():
+            _pin_replacing(fd, config.pin_dir / program_pin(name))
+            programs[name] = program_pin(name)
+        _pin_replacing(loaded.bpf[EVENTS_MAP.encode()].map_fd, config.pin_dir / EVENTS_PIN)
+    except OSError as e:
+        raise PinError(f"pinning the programs in {config.pin_dir} failed: {e}") from e
+    finally:
+        loaded.cleanup()
+    return {"pin_dir": str(config.pin_dir), "programs": programs, "events": EVENTS_PIN,
+            "reused_pins": loaded.reused_pins, "removed_pins": loaded.removed_pins, "kernel_hz": kernel_hz()}
 
 
 def load_noop_program() -> LoadedPrograms:
@@ -226,8 +274,9 @@ def load_parse_check_program() -> LoadedPrograms:
 
 
 def remove_pins(config: DatapathConfig) -> list[str]:
-    """Our pins in config.pin_dir (names of the maps removed, and pin names
-    of earlier layouts' orphans), then the directory if that emptied it."""
+    """Our pins in config.pin_dir (names of the maps removed, pin names of
+    earlier layouts' orphans, then of the programs and the events ring
+    buffer), then the directory if that emptied it."""
     removed = []
     for spec in MAPS:
         path = config.pin_dir / spec.pin
@@ -235,6 +284,13 @@ def remove_pins(config: DatapathConfig) -> list[str]:
             path.unlink()
             removed.append(spec.name)
     removed += remove_old_pins(config.pin_dir)
+    for name in LOAD_PINS:
+        path = config.pin_dir / name
+        if path.exists() and not path.is_dir():
+            path.unlink()
+            removed.append(name)
+        for tmp in config.pin_dir.glob(f"{name}_new_*") if config.pin_dir.exists() else ():
+            tmp.unlink()  # a load killed between pin and rename
     if config.pin_dir.exists() and not any(config.pin_dir.iterdir()):
         config.pin_dir.rmdir()
     return removed

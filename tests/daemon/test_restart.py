@@ -11,11 +11,15 @@ established connection keeps exchanging data.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
+from enforcer.datapath import bpfsys
+from enforcer.datapath.loader import EVENTS_PIN, PROGRAMS, program_pin
 from enforcer.lab.netns import run
 from enforcer.lab.topology import ROUTED
 
@@ -131,6 +135,32 @@ def test_restart_with_many_labels_writes_nothing(env: DaemonLab) -> None:
     for family in (4, 6):
         env.check_flows([f for f, fam in WATCHED], family)
     assert written == [0, 0], f"restarted daemons rewrote map entries: {written}"
+
+
+COMPILER_LIBRARIES = ("libbcc", "libllvm", "libclang")
+
+
+def test_the_daemon_runs_without_bcc_or_llvm(env: DaemonLab) -> None:
+    """The programs are compiled by a short-lived child (loadchild.py): the
+    long-lived daemon maps none of bcc, LLVM or clang, and enforces with the
+    programs and the events ring buffer it opened from their pins."""
+    ensure_running(env)
+    assert env.daemon is not None and env.daemon.pid is not None
+    maps = Path(f"/proc/{env.daemon.pid}/maps").read_text()
+    assert "python" in maps  # the daemon itself, not nsenter
+    mapped = {line.split()[-1] for line in maps.splitlines() if len(line.split()) >= 6}
+    assert not [m for m in mapped if any(lib in Path(m).name.lower() for lib in COMPILER_LIBRARIES)], mapped
+    pins = {p.name for p in env.pin_dir.iterdir()}
+    assert {program_pin(p) for p in PROGRAMS} | {EVENTS_PIN} <= pins
+    attached = set(env.attached_programs().values())
+    pinned = set()
+    for p in PROGRAMS:
+        fd = bpfsys.obj_get(str(env.pin_dir / program_pin(p)))
+        try:
+            pinned.add(bpfsys.prog_id(fd))
+        finally:
+            os.close(fd)
+    assert attached <= pinned, "what is attached is what the child pinned"
 
 
 def test_cleanup_removes_filters_and_pins(env: DaemonLab) -> None:

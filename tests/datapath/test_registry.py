@@ -124,3 +124,36 @@ def test_load_reuses_fitting_pins_refuses_resized_ones_and_removes_old_layouts(p
     assert remove_pins(config) == [s.name for s in registry.MAPS] + ["conntrack_v1"]
     assert {p.name for p in pin_dir.iterdir()} == set(foreign), "only our own pins are removed"
     assert remove_old_pins(pin_dir) == []
+
+
+def test_the_loader_child_pins_programs_reuses_maps_and_reports_pin_errors(pin_dir):
+    """What the daemon does (loadchild.load_pinned): the child compiles and
+    pins; a second load reuses every map and replaces the program pins; a
+    resized map is refused with the child's PinError; cleanup removes it all."""
+    from enforcer.datapath.loadchild import load_pinned
+    from enforcer.datapath.loader import LOAD_PINS, PROGRAMS
+
+    pin_maps(pin_dir, {"conntrack_v1": '"hash", u32, u32, 4'})
+    config = DatapathConfig(pin_dir=pin_dir, policy_max=64, ct_max=128)
+    first = load_pinned(config)
+    try:
+        assert first.reused_pins == [] and first.removed_pins == ["conntrack_v1"]
+        assert set(first.fds) == set(PROGRAMS) and first.kernel_hz in (100, 250, 300, 1000)
+        assert bpfsys.map_info(first.events_fd).type == 27  # BPF_MAP_TYPE_RINGBUF
+        ids = {name: bpfsys.prog_id(fd) for name, fd in first.fds.items()}
+    finally:
+        first.cleanup()
+    assert {p.name for p in pin_dir.iterdir()} == {s.pin for s in registry.MAPS} | set(LOAD_PINS)
+
+    second = load_pinned(config)
+    try:
+        assert second.reused_pins == [s.name for s in registry.MAPS]
+        assert all(bpfsys.prog_id(fd) != ids[name] for name, fd in second.fds.items()), "pins replaced"
+    finally:
+        second.cleanup()
+    assert {p.name for p in pin_dir.iterdir()} == {s.pin for s in registry.MAPS} | set(LOAD_PINS)
+
+    with pytest.raises(PinError, match=r"conntrack_v2 has max_entries 128 \(expected 256\)"):
+        load_pinned(dataclasses.replace(config, ct_max=256))
+    assert remove_pins(config) == [s.name for s in registry.MAPS] + list(LOAD_PINS)
+    assert not pin_dir.exists()
