@@ -40,7 +40,7 @@ unit:
 	$$as $(PY) -m pytest -p no:cacheprovider -m unit $(if $(filter 0,$(UNIT_WORKERS)),,-n $(UNIT_WORKERS)) \
 		$(PYTEST_ARGS) $$paths
 
-# Every benchmark (datapath, compiler, prefix, tiers); the last line is one JSON object.
+# Every benchmark (datapath, compiler, prefix, tiers, revoke); the last line is one JSON object.
 bench: setup
 	$(PY) bench/run_all.py
 

@@ -1,6 +1,7 @@
 """Run every benchmark, one after the other, each in its own process:
 bench/datapath_bench.py, bench/compiler_bench.py, bench/prefix_bench.py,
-bench/tiers_bench.py, then bench/traffic_bench.py. Their output (a
+bench/tiers_bench.py, bench/revoke_bench.py, then bench/traffic_bench.py.
+Their output (a
 table, then a JSON line) passes through as it comes; the last line printed
 is one JSON object holding each benchmark's JSON under its name, and the
 goals of all of them.
@@ -21,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = (("datapath", HERE / "datapath_bench.py"), ("compiler", HERE / "compiler_bench.py"),
               ("prefix", HERE / "prefix_bench.py"), ("tiers", HERE / "tiers_bench.py"),
-              ("traffic", HERE / "traffic_bench.py"))
+              ("revoke", HERE / "revoke_bench.py"), ("traffic", HERE / "traffic_bench.py"))
 
 
 def run(name: str, script: Path) -> dict:

@@ -92,6 +92,7 @@ UNIT_PATHS = (
     "tests/conformance/cnp/test_cnp_data.py",
     "tests/datapath/test_reasons.py",
     "tests/datapath/test_maps_unit.py",
+    "tests/datapath/test_revoke_affected.py",
     "tests/deploy/test_manifests.py",
     "tests/deploy/test_entrypoint.py",
     "tests/deploy/test_health.py",

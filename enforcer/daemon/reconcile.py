@@ -5,6 +5,10 @@ the state dirty; the loop compiles the latest snapshot whole and syncs the
 difference. A pass also runs on a timer (resync), sooner while some local
 pod has no interface yet (the pod-start race), and never more often than
 min_interval (changes arriving in a burst are batched).
+
+Work that follows a pass but must not delay the next one (revocation) runs
+as `background` slices between passes: one slice at a time while no pass
+is due, or whatever is due while `urgent()` says it has waited long enough.
 """
 
 from __future__ import annotations
@@ -19,9 +23,15 @@ log = logging.getLogger(__name__)
 
 class BoundedRunner:
     def __init__(self, fn: Callable[[], bool], min_interval: float = 0.02, resync: float = 30.0,
-                 retry: float = 0.2) -> None:
-        """fn runs one pass and returns True when it wants to be retried soon."""
+                 retry: float = 0.2, background: Callable[[], bool] | None = None,
+                 urgent: Callable[[], bool] | None = None) -> None:
+        """fn runs one pass and returns True when it wants to be retried
+        soon; background runs one slice of the work after passes and
+        returns True while some is left."""
         self.fn = fn
+        self.background = background
+        self.urgent = urgent or (lambda: False)
+        self._more = False  # background work may be left
         self.min_interval = min_interval
         self.resync = resync
         self.retry = retry
@@ -46,6 +56,13 @@ class BoundedRunner:
         wait = 0.0
         last = 0.0
         while not self._stop.is_set():
+            if self._more and self.background is not None and (not self._dirty.is_set() or self.urgent()):
+                try:
+                    self._more = self.background()
+                except Exception:
+                    log.exception("background work after the pass failed")
+                    self._more = False
+                continue
             self._dirty.wait(timeout=wait if wait > 0 else None)
             if self._stop.is_set():
                 return
@@ -59,4 +76,5 @@ class BoundedRunner:
             except Exception:
                 log.exception("reconcile pass failed; retrying")
                 again = True
+            self._more = True
             wait = self.retry if again else self.resync

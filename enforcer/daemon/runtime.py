@@ -27,8 +27,9 @@ from ..datapath.layout import Counter
 from ..datapath.loadchild import PinnedPrograms, load_pinned
 from ..datapath.maps import DatapathMaps
 from ..datapath.reasons import REASON_SLOTS
+from ..datapath.revoke import Affected, Revocation
 from ..datapath.source import DatapathConfig
-from ..datapath.sync import MapSync, revoke_connections
+from ..datapath.sync import MapSync, SyncReport
 from ..errors import AttachError, MapError
 from ..model.state import ClusterStore
 from .failures import ERRORS_KEPT, FailureLog, WriteFailures
@@ -50,6 +51,12 @@ class DaemonConfig:
     # (bpf/lib/services.h). None: every interface but loopback and the pods'.
     node_devices: tuple[str, ...] | None = None
     limits: CompileLimits = field(default_factory=CompileLimits)  # per object and per pass (admission.py)
+    # Revocation runs after a pass has reported its revision, a slice of at
+    # most revoke_chunk conntrack entries at a time; it yields to a newer
+    # pass (which takes it over) only while the oldest change it carries is
+    # younger than revoke_yield_for seconds, so it ends in bounded time.
+    revoke_chunk: int = 2048
+    revoke_yield_for: float = 0.2
 
 
 @dataclass
@@ -72,6 +79,12 @@ class Status:
     attached: set[int] = field(default_factory=set)
     node_devices: set[int] = field(default_factory=set)  # ifindexes with to_network
     revoked_connections: int = 0
+    # Revocation after the pass: whether one is under way, the revision the
+    # last finished one judged against, how long it took (seconds, from the
+    # pass that asked for it).
+    revocation_pending: bool = False
+    revoked_revision: int = 0
+    last_revocation_duration: float = 0.0
     diagnostics: tuple[Diagnostic, ...] = ()  # of the last pass (compiler.diagnose)
     # Map writes of the last pass, and since this process started (a
     # restarted daemon that found the maps right writes nothing).
@@ -102,7 +115,12 @@ class Daemon:
         self.compiler = Compiler(config.datapath.max_endpoint_id, limits)
         self.resolver = InterfaceResolver()
         self.attacher = TcAttacher()
-        self.runner = BoundedRunner(self.reconcile_once, resync=config.resync_interval)
+        self.runner = BoundedRunner(self.reconcile_once, resync=config.resync_interval,
+                                    background=self.revoke_step, urgent=self._revocation_overdue)
+        self._revocation: Revocation | None = None
+        self._revocation_revision = 0
+        self._revocation_from = 0.0  # when the oldest pass the revocation carries started
+        self._revoked_once = False  # a revocation has judged against a state this process compiled
         self.synced = threading.Event()
         self._lock = threading.Lock()
         self._seeded = False
@@ -171,19 +189,7 @@ class Daemon:
         self._note_pending(desired.pending)
         report = self.sync.apply(desired.map_contents(), desired.describe)
         self._attach(desired)
-        revoked = 0
-        if report.changed and self.config.revoke_established:
-            by_id = desired.endpoint_by_id()
-            revoked = revoke_connections(self.maps, lambda c: connection_still_allowed(desired, by_id, c),
-                                         report.removed_endpoint_ids, recheck_services=True)
-        elif report.changed and desired.tier_programs:
-            # --keep-established keeps what policy no longer allows, but for
-            # an Admin-tier Deny.
-            by_id = desired.endpoint_by_id()
-            revoked = revoke_connections(self.maps, lambda c: connection_not_admin_denied(desired, by_id, c),
-                                         report.removed_endpoint_ids)
-        elif report.removed_endpoint_ids:
-            revoked = revoke_connections(self.maps, lambda c: True, report.removed_endpoint_ids)
+        self._plan_revocation(desired, report, snap.revision, started)
         self._reset_counters(report.removed_endpoint_ids)
         with self._lock:
             self.desired = desired
@@ -199,11 +205,11 @@ class Daemon:
             st.write_failures = failures
             st.unplaced = list(desired.unplaced)
             st.pending = list(desired.pending)
-            st.revoked_connections += revoked
-            st.last_pass = {"written": report.written, "deleted": report.deleted, "revoked": revoked}
+            st.last_pass = {"written": report.written, "deleted": report.deleted, "revoked": 0}
             st.since_start["passes"] += 1
-            for k, v in st.last_pass.items():
-                st.since_start[k] += v
+            st.since_start["written"] += report.written
+            st.since_start["deleted"] += report.deleted
+            st.revocation_pending = self._revocation is not None
             st.ready = True
         self._note_diagnostics(view)
         st.failure_log.note(report, failures)  # one line at most
@@ -212,8 +218,8 @@ class Daemon:
         for callback in self.on_sync:
             callback(st.last_sync_duration)
         if report.changed:
-            log.info("synced revision %d: %d written, %d deleted, %d connections revoked, %.1f ms",
-                     snap.revision, report.written, report.deleted, revoked, st.last_sync_duration * 1e3)
+            log.info("synced revision %d: %d written, %d deleted, %.1f ms",
+                     snap.revision, report.written, report.deleted, st.last_sync_duration * 1e3)
         if not self.synced.is_set():
             # The first view is most of what the daemon will ever hold: move
             # it out of the cyclic GC's reach so later collections do not
@@ -222,6 +228,83 @@ class Daemon:
             gc.freeze()
         self.synced.set()
         return bool(desired.unplaced or not report.complete)
+
+    # -- revocation, after the pass --
+
+    def _plan_revocation(self, desired: DesiredState, report: SyncReport, revision: int, started: float) -> None:
+        """Ask for the revocation this pass calls for, or fold it into the
+        one under way (which then starts over against this state). It runs
+        after the pass has reported (revoke_step)."""
+        assert self.maps is not None
+        gone = report.removed_endpoint_ids
+        if self.config.revoke_established:
+            by_id = desired.endpoint_by_id()
+            check: Callable | None = lambda c: connection_still_allowed(desired, by_id, c)  # noqa: E731
+        elif desired.tier_programs:
+            # --keep-established keeps what policy no longer allows, but for
+            # an Admin-tier Deny.
+            by_id = desired.endpoint_by_id()
+            check = lambda c: connection_not_admin_denied(desired, by_id, c)  # noqa: E731
+        else:
+            check = None
+        # Nothing known of the state the tracked connections were judged
+        # by (this process's first pass: a previous daemon may have died
+        # before revoking): every one is checked.
+        affected = Affected.of(report.touched, gone) if self._revoked_once else Affected.everything(gone)
+        if check is None:
+            affected = affected.only_gone()
+        self._revoked_once = True
+        job = self._revocation
+        if job is not None:
+            job.restart(affected, check, recheck_services=self.config.revoke_established)
+        elif affected:
+            self._revocation = Revocation(self.maps, affected, check, recheck_services=self.config.revoke_established,
+                                          chunk=self.config.revoke_chunk)
+            self._revocation_from = started
+        self._revocation_revision = revision
+
+    def _revocation_overdue(self) -> bool:
+        return (self._revocation is not None
+                and time.monotonic() - self._revocation_from > self.config.revoke_yield_for)
+
+    def revoke_step(self) -> bool:
+        """One slice of the revocation under way (the reconcile thread runs
+        it between passes); True while some is left."""
+        job = self._revocation
+        if job is None:
+            return False
+        before = job.result.revoked
+        try:
+            done = job.step()
+        except MapError as e:
+            log.error("revoking connections: %s; starting over", e)
+            job.restart(Affected(), job.still_allowed, job.recheck_services)
+            done = False
+        n = job.result.revoked - before
+        with self._lock:
+            st = self.status
+            st.revoked_connections += n
+            st.since_start["revoked"] += n
+            st.last_pass["revoked"] += n
+            if done:
+                self._revocation = None
+                st.revocation_pending = False
+                st.revoked_revision = self._revocation_revision
+                st.last_revocation_duration = time.monotonic() - self._revocation_from
+        if done:
+            r = job.result
+            if r.revoked or r.rechecked:
+                log.info("revision %d: %d connections revoked, %d Service connections to recheck "
+                         "(%d of %d tracked judged, %.1f ms after the pass began)", self._revocation_revision,
+                         r.revoked, r.rechecked, r.judged, r.walked, st.last_revocation_duration * 1e3)
+            if self.config.status_file and self.desired is not None:
+                self._write_status_file(self.desired)
+        return not done
+
+    def finish_revocation(self) -> None:
+        """Run what is left of the revocation under way (tests, tools)."""
+        while self.revoke_step():
+            pass
 
     # -- read side, for the API and metrics --
 
@@ -295,6 +378,8 @@ class Daemon:
             "errors": st.errors, "errors_total": st.errors_total,
             "write_failures": st.write_failures.as_dict(),
             "last_pass": dict(st.last_pass), "since_start": dict(st.since_start),
+            "revocation": {"pending": st.revocation_pending, "revision": st.revoked_revision,
+                           "duration_ms": round(st.last_revocation_duration * 1e3, 3)},
             "diagnostics": [d.as_dict() for d in st.diagnostics[:ERRORS_KEPT]],
             "diagnostics_total": len(st.diagnostics),
         }

@@ -83,6 +83,9 @@ BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_UPDATE_BATCH = 26
+BPF_MAP_DELETE_BATCH = 27
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -105,6 +108,21 @@ class _MapElemAttr(ctypes.Structure):
         ("pad", ctypes.c_uint32),
         ("key", ctypes.c_uint64),
         ("value", ctypes.c_uint64),  # or next_key
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _BatchAttr(ctypes.Structure):
+    """union bpf_attr's `batch` member (BPF_MAP_*_BATCH)."""
+
+    _fields_ = [
+        ("in_batch", ctypes.c_uint64),   # where to go on from: NULL, the start
+        ("out_batch", ctypes.c_uint64),  # where the kernel stopped
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),      # in: room (elements); out: how many were done
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
         ("flags", ctypes.c_uint64),
     ]
 
@@ -285,6 +303,51 @@ def map_next_key(fd: int, key: ctypes.Array | ctypes.Structure | None,
             return False
         raise
     return True
+
+
+def map_lookup_batch(fd: int, token_in: ctypes.Array | None, token_out: ctypes.Array,
+                     keys: ctypes.Array, values: ctypes.Array, count: int) -> tuple[int, bool]:
+    """BPF_MAP_LOOKUP_BATCH: copy up to `count` entries into keys and
+    values, going on from token_in (None: from the start); token_out gets
+    where to go on from (for a hash map, a bucket index: a u32). Returns
+    (entries copied, whether the walk reached the end). A hash map copies
+    whole buckets: ENOSPC means one bucket holds more than `count`."""
+    attr = _BatchAttr(in_batch=ctypes.addressof(token_in) if token_in is not None else 0,
+                      out_batch=ctypes.addressof(token_out), keys=ctypes.addressof(keys),
+                      values=ctypes.addressof(values), count=count, map_fd=fd)
+    try:
+        _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+    except BpfSyscallError as e:
+        if e.errno == 2:  # ENOENT: the end, with the last entries (if any) copied
+            return int(attr.count), True
+        raise
+    return int(attr.count), False
+
+
+def map_delete_batch(fd: int, keys: ctypes.Array, count: int) -> tuple[int, int]:
+    """BPF_MAP_DELETE_BATCH of the first `count` keys. The kernel stops at
+    the first key it cannot delete: returns (keys deleted before it, its
+    errno or 0 when all went)."""
+    attr = _BatchAttr(keys=ctypes.addressof(keys), count=count, map_fd=fd)
+    try:
+        _bpf(BPF_MAP_DELETE_BATCH, attr)
+    except BpfSyscallError as e:
+        return int(attr.count), e.errno or 0
+    return int(attr.count), 0
+
+
+def map_update_batch(fd: int, keys: ctypes.Array, values: ctypes.Array, count: int,
+                     elem_flags: int = BPF_ANY) -> tuple[int, int]:
+    """BPF_MAP_UPDATE_BATCH of the first `count` entries; like
+    map_delete_batch, returns (entries written, errno of the one that
+    stopped it or 0)."""
+    attr = _BatchAttr(keys=ctypes.addressof(keys), values=ctypes.addressof(values), count=count, map_fd=fd,
+                      elem_flags=elem_flags)
+    try:
+        _bpf(BPF_MAP_UPDATE_BATCH, attr)
+    except BpfSyscallError as e:
+        return int(attr.count), e.errno or 0
+    return int(attr.count), 0
 
 
 class TestRunResult:

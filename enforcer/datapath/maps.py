@@ -131,6 +131,48 @@ class BpfMap(Generic[K, V]):
     def count(self) -> int:
         return sum(1 for _ in self.keys())
 
+    def batches(self, chunk: int = 2048) -> BatchReader:
+        """Read the map a chunk of entries at a time (BPF_MAP_LOOKUP_BATCH):
+        see BatchReader. Not for per-CPU maps."""
+        return BatchReader(self, chunk)
+
+    def delete_batch(self, keys: bytes | bytearray, n: int) -> int:
+        """Delete n keys packed one after the other (BPF_MAP_DELETE_BATCH);
+        a key not there (expired, evicted meanwhile) is passed over. Returns
+        how many were deleted."""
+        size = ctypes.sizeof(self.key_type)
+        if n <= 0:
+            return 0
+        buf = (ctypes.c_uint8 * (n * size)).from_buffer_copy(bytes(keys[:n * size]))
+        done = start = 0
+        while start < n:
+            view = (ctypes.c_uint8 * ((n - start) * size)).from_buffer(buf, start * size)
+            count, err = bpfsys.map_delete_batch(self.fd, view, n - start)
+            done += count
+            start += count
+            if err == 0:
+                break
+            if err != errno.ENOENT:
+                raise MapError(self.name, "delete_batch", err)
+            start += 1  # the key that was not there
+        return done
+
+    def update_batch(self, keys: bytes | bytearray, values: bytes | bytearray, n: int) -> int:
+        """Write n entries packed one after the other (BPF_MAP_UPDATE_BATCH;
+        the kernel takes no BPF_EXIST or BPF_NOEXIST there: every entry is
+        created or replaced). Returns how many were written."""
+        ks, vs = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
+        if n <= 0:
+            return 0
+        kbuf = (ctypes.c_uint8 * (n * ks)).from_buffer_copy(bytes(keys[:n * ks]))
+        vbuf = (ctypes.c_uint8 * (n * vs)).from_buffer_copy(bytes(values[:n * vs]))
+        count, err = bpfsys.map_update_batch(self.fd, kbuf, vbuf, n)
+        if err in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
+            raise MapFullError(self.name, "update_batch", err, f"{self.max_entries} entries at most")
+        if err:
+            raise MapError(self.name, "update_batch", err)
+        return count
+
     def clear(self) -> int:
         n = 0
         for k in list(self.keys()):
@@ -142,6 +184,52 @@ class BpfMap(Generic[K, V]):
             return fn(self.fd, *args)
         except OSError as e:
             raise MapError(self.name, op, e.errno or 0) from e
+
+
+class BatchReader:
+    """A walk over a hash map in chunks (BPF_MAP_LOOKUP_BATCH), one call
+    per chunk, which may be spread over time: each next() returns the next
+    chunk's entries as raw bytes (n keys packed, n values packed), an empty
+    chunk once the walk is done. A hash map is walked bucket by bucket and
+    an entry never changes bucket, so an entry present throughout the walk
+    is returned once; entries added or removed meanwhile may or may not be."""
+
+    def __init__(self, bpf_map: BpfMap, chunk: int) -> None:
+        self.map = bpf_map
+        self.chunk = max(1, chunk)
+        self.key_size = ctypes.sizeof(bpf_map.key_type)
+        self.value_size = ctypes.sizeof(bpf_map.value_type)
+        self.done = False
+        self.calls = 0
+        self._token_in = (ctypes.c_uint8 * 8)()
+        self._token_out = (ctypes.c_uint8 * 8)()
+        self._started = False
+        self._alloc(self.chunk)
+
+    def _alloc(self, chunk: int) -> None:
+        self.chunk = chunk
+        self._keys = (ctypes.c_uint8 * (chunk * self.key_size))()
+        self._values = (ctypes.c_uint8 * (chunk * self.value_size))()
+
+    def next(self) -> tuple[int, bytes, bytes]:
+        if self.done:
+            return 0, b"", b""
+        while True:
+            try:
+                self.calls += 1
+                n, end = bpfsys.map_lookup_batch(self.map.fd, self._token_in if self._started else None,
+                                                 self._token_out, self._keys, self._values, self.chunk)
+            except OSError as e:
+                if e.errno == errno.ENOSPC and self.chunk < (1 << 20):  # a bucket bigger than the chunk
+                    self._alloc(self.chunk * 2)
+                    continue
+                raise MapError(self.map.name, "lookup_batch", e.errno or 0) from e
+            break
+        self._started = True
+        ctypes.memmove(self._token_in, self._token_out, 8)
+        self.done = end
+        return (n, ctypes.string_at(self._keys, n * self.key_size),
+                ctypes.string_at(self._values, n * self.value_size))
 
 
 @dataclass(frozen=True)

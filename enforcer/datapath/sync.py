@@ -174,6 +174,28 @@ def _describe_by_kind(kind: str, key: object) -> Description:
 
 
 @dataclass
+class Touched:
+    """The entries whose value may differ between the content a pass was
+    asked for and the one the pass before it was asked for: what a
+    connection's verdict depends on (revoke.py). Exact given the hint
+    MapSync.apply trusts, and conservative: it also holds what the previous
+    pass failed to write or held back (the maps, and so MapSync's
+    comparison, still had the older value there)."""
+
+    policy: set[PolicyMapKey] = field(default_factory=set)
+    ipcache: set[IPNetwork] = field(default_factory=set)
+    endpoint_ids: set[int] = field(default_factory=set)  # endpoints changed, by address or by id, old or new id
+
+    def update(self, other: Touched) -> None:
+        self.policy |= other.policy
+        self.ipcache |= other.ipcache
+        self.endpoint_ids |= other.endpoint_ids
+
+    def __bool__(self) -> bool:
+        return bool(self.policy or self.ipcache or self.endpoint_ids)
+
+
+@dataclass
 class SyncReport:
     written: int = 0
     deleted: int = 0
@@ -188,6 +210,7 @@ class SyncReport:
     samples: list[str] = field(default_factory=list)  # the first SAMPLE_MAX: "object (detail): error"
     held_removals: int = 0  # ipcache entries left in place for a write that failed (step 7)
     retried: int = 0        # writes tried again after this pass's removals made room (step 8)
+    touched: Touched = field(default_factory=Touched)  # what verdicts may have changed on (revoke.py)
 
     @property
     def changed(self) -> bool:
@@ -217,6 +240,7 @@ class MapSync:
         self.maps = maps
         self.applied = self.read()
         self._applied_token: object = None  # token of the content applied last, when completely
+        self._unsettled = Touched()  # what the last pass did not write or remove: still to tell revocation
 
     def read(self) -> MapContents:
         m = self.maps
@@ -247,6 +271,16 @@ class MapSync:
         if endpoints_gone:
             live_ids = {ep[0] for ep in want.endpoints.values()}
             report.removed_endpoint_ids = {have.endpoints[ip][0] for ip in endpoints_gone} - live_ids
+        touched = report.touched
+        touched.update(self._unsettled)
+        touched.policy.update(k for k, _ in policy_writes)
+        touched.policy.update(policy_gone)
+        touched.ipcache.update(k for k, _ in ipcache_writes)
+        touched.ipcache.update(ipcache_gone)
+        touched.endpoint_ids.update(_endpoint_ids_of([ip for ip, _ in endpoint_writes] + endpoints_gone,
+                                                     have.endpoints, want.endpoints))
+        touched.endpoint_ids.update(i for i, _ in id_writes)
+        touched.endpoint_ids.update(ids_gone)
 
         p = _Pass(self.maps, have, report)
         p.write_policy(policy_writes)                           # 1
@@ -263,7 +297,18 @@ class MapSync:
             held = p.remove_ipcache(held)
         p.finish(describe, held)
         self._applied_token = want.token if report.complete else None
+        self._unsettled = p.unsettled(held, have.endpoints, want.endpoints)
         return report
+
+
+def _endpoint_ids_of(ips: list[IPAddress], *by_ip: Mapping[IPAddress, EndpointRecord]) -> set[int]:
+    """The endpoint ids the addresses have in any of the contents given."""
+    out = set()
+    for ip in ips:
+        for m in by_ip:
+            if (rec := m.get(ip)) is not None:
+                out.add(rec[0])
+    return out
 
 
 def _lowest_priority_first(keys: list[PolicyMapKey]) -> list[PolicyMapKey]:
@@ -473,6 +518,20 @@ class _Pass:
         self.write("endpoints", again["endpoints"])
         self.write("services", again["services"])
         return True
+
+    def unsettled(self, held: list, *endpoints: Mapping[IPAddress, EndpointRecord]) -> Touched:
+        """What this pass left different from what it was asked for."""
+        out = Touched(ipcache=set(held))
+        for (name, key) in self.failed:
+            if name == "policy":
+                out.policy.add(key)  # type: ignore[arg-type]
+            elif name == "ipcache":
+                out.ipcache.add(key)  # type: ignore[arg-type]
+            elif name == "endpoints":
+                out.endpoint_ids |= _endpoint_ids_of([key], *endpoints)  # type: ignore[list-item]
+            elif name == "endpoint_ids":
+                out.endpoint_ids.add(key)  # type: ignore[arg-type]
+        return out
 
     def finish(self, describe: Callable[[str, object], Description], held: list) -> None:
         """Count what did not happen per map and reason, per object, and

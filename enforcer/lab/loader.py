@@ -157,11 +157,13 @@ class DaemonProcess(LoaderProcess):
             return {}
 
     def wait_synced(self, revision: str, timeout: float = 15.0) -> dict:
-        """Wait until a pass has applied the given source revision."""
+        """Wait until a pass has applied the given source revision and the
+        revocation that follows it (the connections it no longer allows
+        cut) is done."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self.status()
-            if st.get("source_revision") == revision:
+            if st.get("source_revision") == revision and not st.get("revocation", {}).get("pending"):
                 return st
             if self.proc is not None and self.proc.poll() is not None:
                 raise LoaderError(f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
