@@ -1,8 +1,7 @@
 """Run every benchmark, one after the other, each in its own process:
 bench/datapath_bench.py, bench/compiler_bench.py, bench/prefix_bench.py,
 bench/tiers_bench.py, bench/revoke_bench.py, then bench/traffic_bench.py.
-Their output (a
-table, then a JSON line) passes through as it comes; the last line printed
+Their output (a table, then a JSON line) passes through as it comes; the last line printed
 is one JSON object holding each benchmark's JSON under its name, and the
 goals of all of them.
 
