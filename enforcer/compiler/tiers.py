@@ -81,6 +81,7 @@ DROPS = frozenset((_DROP_ADMIN, _DROP_BASELINE, _DROP_POLICY))
 _OUTCOME = {(ADMIN, ACCEPT): _ALLOW_ADMIN, (ADMIN, DENY): _DROP_ADMIN,
             (BASELINE, ACCEPT): _ALLOW_BASELINE, (BASELINE, DENY): _DROP_BASELINE}
 NP_DENY = PolicyValue(0, _DROP_POLICY)
+_TEMPLATE = -1  # the identity of a class's keys before each member's is put in
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +312,7 @@ class TierProgram:
                 if fn == every:
                     continue
                 template: dict[PolicyMapKey, PolicyValue] = {}
-                self._encode_against(IDENTITY_ANY, fn, every, template)
+                self._encode_against(_TEMPLATE, fn, every, template)
                 cost += len(template) * len(idents)
                 templates.append((idents, template))
             if best is not None and cost >= best[0]:
@@ -328,7 +329,11 @@ class TierProgram:
         return PolicyMapKey(ident, self.endpoint_id, self.direction, proto, port, plen)
 
     def _encode_whole(self, ident: int, fn: Function, out: dict[PolicyMapKey, PolicyValue]) -> None:
-        out[self._key(ident, 0, 0, POLICY_PREFIX_EXACT)] = fn.other
+        # Every peer's lookup is the last one: where it would hold
+        # NetworkPolicy's default deny, a miss says the same (DROP_POLICY,
+        # no rule) and costs less than a hit that walks the whole trie.
+        if ident != IDENTITY_ANY or fn.other != NP_DENY:
+            out[self._key(ident, 0, 0, POLICY_PREFIX_EXACT)] = fn.other
         for proto, segs in fn.per_proto:
             self._encode_proto(ident, proto, segs, fn.other, out)
 
