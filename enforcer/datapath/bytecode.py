@@ -24,6 +24,8 @@ No bcc here: a hit must not load LLVM (loadchild.py, the daemon).
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -31,7 +33,7 @@ import logging
 import os
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,6 +267,24 @@ class BytecodeCache:
                 pass
             return False
         return True
+
+    @contextlib.contextmanager
+    def compiling(self, key: str) -> Iterator[None]:
+        """Held while key's unit is compiled (an flock on .<key>.lock): a
+        process about to compile the same unit waits, then finds it cached,
+        rather than compiling it again beside (daemons and harnesses that
+        start together). Without a lock file (read-only), no waiting."""
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.directory / f".{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def discard(self, key: str) -> None:
         try:

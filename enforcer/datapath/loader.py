@@ -21,6 +21,7 @@ the registry, and the result is recorded for the next load.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -342,17 +343,30 @@ class _Unit:
              verify: Callable[[LoadedPrograms], None] | None = None, compile: bool = True) -> LoadedPrograms:
         """From the cache if it holds the unit and it loads, else compiled
         (and recorded) or, when not compile, CacheMiss."""
-        if self.cache is not None:
-            entry = self.cache.get(self.key)
-            if entry is not None and set(self.functions) <= entry.programs.keys():
-                try:
-                    return _load_entry(entry, self.functions, pinned or {}, sizes or {})
-                except (OSError, BytecodeError, KeyError) as e:
-                    log.warning("cached bytecode of %s (%s) did not load: %s; discarded, compiling",
-                                self.source.name, self.cache.path(self.key), e)
-                    self.cache.discard(self.key)
+        hit = self._from_cache(pinned, sizes)
+        if hit is not None:
+            return hit
         if not compile:
             raise CacheMiss(f"no cached bytecode of {self.source.name}")
+        with self.cache.compiling(self.key) if self.cache is not None else contextlib.nullcontext():
+            hit = self._from_cache(pinned, sizes)  # compiled by another process meanwhile
+            return hit if hit is not None else self._compile(verify)
+
+    def _from_cache(self, pinned: Mapping[str, int] | None, sizes: Mapping[str, int] | None) -> LoadedPrograms | None:
+        if self.cache is None:
+            return None
+        entry = self.cache.get(self.key)
+        if entry is None or not set(self.functions) <= entry.programs.keys():
+            return None
+        try:
+            return _load_entry(entry, self.functions, pinned or {}, sizes or {})
+        except (OSError, BytecodeError, KeyError) as e:
+            log.warning("cached bytecode of %s (%s) did not load: %s; discarded, compiling",
+                        self.source.name, self.cache.path(self.key), e)
+            self.cache.discard(self.key)
+            return None
+
+    def _compile(self, verify: Callable[[LoadedPrograms], None] | None) -> LoadedPrograms:
         loaded = _compile_text(self.text, self.cflags, self.functions, self.source.name)
         try:
             if verify is not None:

@@ -186,3 +186,30 @@ def test_an_entry_others_may_write_is_not_read(tmp_path):
 def test_a_cache_that_cannot_be_written_is_no_error(tmp_path):
     (tmp_path / "file").write_text("")
     assert not BytecodeCache(tmp_path / "file" / "cache").put(entry())
+
+
+def test_one_compile_at_a_time_per_key(tmp_path):
+    """compiling(key) holds an flock: a second holder of the same key waits."""
+    import threading
+    import time
+
+    cache = BytecodeCache(tmp_path / "cache")
+    order = []
+    with cache.compiling("k"):
+        def second() -> None:
+            with cache.compiling("k"):
+                order.append("second")
+        t = threading.Thread(target=second)
+        t.start()
+        with cache.compiling("other"):  # another key: no wait
+            pass
+        time.sleep(0.2)
+        order.append("first done")
+    t.join(5)
+    assert order == ["first done", "second"]
+
+
+def test_no_lock_file_no_wait(tmp_path):
+    (tmp_path / "file").write_text("")
+    with BytecodeCache(tmp_path / "file" / "cache").compiling("k"):
+        pass
