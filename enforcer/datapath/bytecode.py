@@ -5,7 +5,7 @@ After bcc compiles and loads a unit (loader.py), each program's
 instructions (bcc's BPF.dump_func: exactly the bytes it loaded) are
 recorded with their map references: bcc puts each map's fd into the
 immediate of a `ld_imm64 rX, fd` marked BPF_PSEUDO_MAP_FD, which becomes
-(instruction index -> map name). The unit's maps are recorded too (kind,
+(instruction index -> map name), the immediate kept as 0. The unit's maps are recorded too (kind,
 key and value sizes, capacity, flags). An entry is one JSON file named by a
 hash of everything that changes the instructions (cache_key): the source
 text as compiled, the cflags except those that only name pins or size maps,

@@ -284,7 +284,9 @@ def _record(bpf: Any, key: str, functions: tuple[str, ...]) -> Entry:
     programs = {}
     for name in functions:
         insns = bytes(bpf.dump_func(name.encode()))
-        programs[name] = ProgramImage(name, insns, tuple(find_map_refs(insns, fd_names)),
+        refs = tuple(find_map_refs(insns, fd_names))
+        # kept with the fds zeroed, as the kernel's tag hashes them: the same unit, the same entry
+        programs[name] = ProgramImage(name, patch_map_fds(insns, refs, dict.fromkeys(fd_names.values(), 0)), refs,
                                       bpfsys.BPF_PROG_TYPE_SCHED_CLS, license, 0, kern_version)
     return Entry(key, programs, {name: decl for name, (decl, _fd) in tables.items()})
 

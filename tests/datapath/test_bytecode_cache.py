@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,15 +25,41 @@ def pin_dir_for(tag: str) -> Path:
     return Path(f"/sys/fs/bpf/enforcer-test-bcache-{os.getpid()}-{tag}")
 
 
+BASE = DatapathConfig(ct_max=1024, policy_max=1024, ipcache_max=1024)
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory):
+    """The datapath compiled once for the module, into a cache of its own:
+    (that cache, the compiled programs as the kernel has them). Each test
+    starts from a copy (a compile costs seconds of CPU)."""
+    cache = tmp_path_factory.mktemp("seed") / "bpf-cache"
+    cfg = dataclasses.replace(BASE, pin_dir=pin_dir_for("seed"), cache_dir=str(cache))
+    try:
+        compiled = loader.load_datapath_programs(cfg)
+        try:
+            assert not compiled.from_cache and compiled.bpf is not None
+            yield cache, programs(compiled), maps_of(compiled)
+        finally:
+            compiled.cleanup()
+    finally:
+        loader.remove_pins(cfg)
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> Path:
     return tmp_path / "bpf-cache"
 
 
 @pytest.fixture
+def warm(seeded, cache: Path) -> Path:
+    shutil.copytree(seeded[0], cache)
+    return cache
+
+
+@pytest.fixture
 def config(cache: Path, request: pytest.FixtureRequest):
-    cfg = DatapathConfig(pin_dir=pin_dir_for(request.node.name[:20]), cache_dir=str(cache), ct_max=1024,
-                         policy_max=1024, ipcache_max=1024)
+    cfg = dataclasses.replace(BASE, pin_dir=pin_dir_for(request.node.name[:20]), cache_dir=str(cache))
     yield cfg
     loader.remove_pins(cfg)
 
@@ -58,44 +85,41 @@ def entries(cache: Path) -> list[Path]:
     return sorted(cache.glob("*.json"))
 
 
-def test_a_hit_loads_the_programs_a_compile_does(config, cache):
-    compiled = loader.load_datapath_programs(config)
-    try:
-        assert not compiled.from_cache and compiled.bpf is not None
-        fresh, fresh_maps = programs(compiled), maps_of(compiled)
-        pinned_ids = {s.name: bpfsys.map_info(compiled.map_fd(s.name)).id for s in registry.MAPS}
-    finally:
-        compiled.cleanup()
-    assert len(entries(cache)) == 1
-    pins = sorted(p.name for p in config.pin_dir.iterdir())
-
+def test_a_hit_loads_the_programs_a_compile_does(seeded, warm, config):
+    _, fresh, fresh_maps = seeded
+    assert len(entries(warm)) == 1
     hit = loader.load_datapath_programs(config)
     try:
         assert hit.from_cache and hit.bpf is None
         assert programs(hit) == fresh, "same instructions (tags), lengths and names"
         assert maps_of(hit) == fresh_maps, "the same maps: kinds, sizes, flags, names (events ring included)"
-        assert {s.name: bpfsys.map_info(hit.map_fd(s.name)).id for s in registry.MAPS} == pinned_ids
-        assert hit.reused_pins == [s.name for s in registry.MAPS]
+        assert hit.reused_pins == []
+        pinned_ids = {s.name: bpfsys.map_info(hit.map_fd(s.name)).id for s in registry.MAPS}
     finally:
         hit.cleanup()
-    assert sorted(p.name for p in config.pin_dir.iterdir()) == pins
+    assert sorted(p.name for p in config.pin_dir.iterdir()) == sorted(s.pin for s in registry.MAPS)
 
-
-def test_pin_and_size_flags_share_an_entry_code_flags_do_not(config, cache):
-    loader.load_datapath_programs(config).cleanup()
-    first = programs_of(config)
-    resized = dataclasses.replace(config, pin_dir=pin_dir_for("resized"), ct_max=2048, events_ring_pages=2)
+    again = loader.load_datapath_programs(config)  # on the pins the first left
     try:
-        loaded = loader.load_datapath_programs(resized)
-        try:
-            assert loaded.from_cache, "capacities and the pin directory change no instruction"
-            assert programs(loaded) == first
-            assert bpfsys.map_info(loaded.map_fd("conntrack")).max_entries == 2048
-            assert bpfsys.map_info(loaded.map_fd(loader.EVENTS_MAP)).max_entries == 2 * os.sysconf("SC_PAGE_SIZE")
-        finally:
-            loaded.cleanup()
+        assert again.from_cache and again.reused_pins == [s.name for s in registry.MAPS]
+        assert {s.name: bpfsys.map_info(again.map_fd(s.name)).id for s in registry.MAPS} == pinned_ids
+        assert programs(again) == fresh
     finally:
-        loader.remove_pins(resized)
+        again.cleanup()
+
+
+def test_pin_and_size_flags_share_an_entry_code_flags_do_not(seeded, warm, config):
+    first = seeded[1]
+    resized = dataclasses.replace(config, ct_max=2048, events_ring_pages=2)
+    loaded = loader.load_datapath_programs(resized)
+    try:
+        assert loaded.from_cache, "capacities and the pin directory change no instruction"
+        assert programs(loaded) == first
+        assert bpfsys.map_info(loaded.map_fd("conntrack")).max_entries == 2048
+        assert bpfsys.map_info(loaded.map_fd(loader.EVENTS_MAP)).max_entries == 2 * os.sysconf("SC_PAGE_SIZE")
+    finally:
+        loaded.cleanup()
+    loader.remove_pins(resized)
 
     changed = dataclasses.replace(config, ct_timeout_syn=61)
     loaded = loader.load_datapath_programs(changed)
@@ -104,48 +128,34 @@ def test_pin_and_size_flags_share_an_entry_code_flags_do_not(config, cache):
         assert programs(loaded) != first
     finally:
         loaded.cleanup()
-    assert len(entries(cache)) == 2
+    assert len(entries(warm)) == 2
 
 
-def programs_of(config: DatapathConfig) -> dict[str, tuple[str, int, bytes]]:
-    loaded = loader.load_datapath_programs(config)
+def test_the_unkeyed_flags_really_change_no_instruction(seeded, config):
+    """What the key leaves out (loader.datapath_unkeyed) changed, no cache:
+    compiled to the same tags as the seed. A capacity used in code would
+    fail this."""
+    big = dataclasses.replace(config, cache_dir="", **{
+        spec.capacity: 2 * spec.max_entries(config) for spec in registry.MAPS if spec.sizable},
+        events_ring_pages=4)
+    loaded = loader.load_datapath_programs(big)
     try:
-        return programs(loaded)
+        assert not loaded.from_cache
+        assert programs(loaded) == seeded[1]
     finally:
         loaded.cleanup()
 
 
-def test_the_unkeyed_flags_really_change_no_instruction(config):
-    """What the key leaves out (loader.datapath_unkeyed) compiled both ways,
-    no cache: the same tags. A capacity used in code would fail this."""
-    small = dataclasses.replace(config, cache_dir="")
-    big = dataclasses.replace(small, pin_dir=pin_dir_for("big"), **{
-        spec.capacity: 2 * spec.max_entries(config) for spec in registry.MAPS if spec.sizable},
-        events_ring_pages=4)
-    try:
-        a, b = loader.load_datapath_programs(small), loader.load_datapath_programs(big)
-        try:
-            assert not a.from_cache and not b.from_cache
-            assert programs(a) == programs(b)
-        finally:
-            a.cleanup()
-            b.cleanup()
-    finally:
-        loader.remove_pins(big)
-
-
-def test_a_corrupt_or_unloadable_entry_is_recompiled(config, cache):
-    fresh = programs_of(config)
-    (entry,) = entries(cache)
+def test_a_corrupt_or_unloadable_entry_is_recompiled(seeded, warm, config):
+    fresh = seeded[1]
+    (entry,) = entries(warm)
     good = entry.read_text()
 
     entry.write_text(good[: len(good) // 2])
-    loaded = loader.load_datapath_programs(config)
-    try:
-        assert not loaded.from_cache and programs(loaded) == fresh
-    finally:
-        loaded.cleanup()
-    assert entry.read_text() == good, "rewritten whole"
+    with pytest.raises(loader.CacheMiss):  # the daemon's try: no compile, nothing left
+        loader.load_datapath_programs(config, compile=False)
+    assert not entry.exists(), "a corrupt entry is removed"
+    assert not config.pin_dir.exists() or not any(config.pin_dir.iterdir())
 
     raw = json.loads(good)  # parses, but the verifier refuses it: `exit` with r0 unset
     raw["programs"]["to_pod"].update(insns="lQAAAAAAAAA=", map_refs=[])
@@ -155,8 +165,12 @@ def test_a_corrupt_or_unloadable_entry_is_recompiled(config, cache):
         assert not loaded.from_cache and programs(loaded) == fresh
     finally:
         loaded.cleanup()
-    assert entry.read_text() == good
-    assert loader.load_datapath_programs(config, compile=True).from_cache
+    assert entry.read_text() == good, "recompiled and rewritten whole"
+    hit = loader.load_datapath_programs(config)
+    try:
+        assert hit.from_cache and programs(hit) == fresh
+    finally:
+        hit.cleanup()
 
 
 def test_without_compile_a_miss_creates_nothing(config, cache):
