@@ -1030,6 +1030,7 @@ def measure_real_daemon(c: Cluster, timeout: float = 900.0) -> dict[str, Any]:
         "local_pods": len(local), "endpoints": status.get("endpoints"),
         "policy_entries": status.get("policy_entries"), "errors_total": status.get("errors_total"),
         "loaded_by_child": "loaded by a child process" in log_text,
+        "loaded_from_cache": "loaded from cached bytecode" in log_text,
         "loader_child_peak_rss_mb": float(m.group(1)) if (m := re.search(r"its peak RSS (\d+) MB", log_text)) else None,
     }
 

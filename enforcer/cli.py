@@ -87,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     store = ClusterStore()
     config = DaemonConfig(node_name=args.node,
                           datapath=DatapathConfig(pin_dir=Path(args.pin_dir), mark_shift=args.mark_shift,
-                                                  **dict(args.map_size or ())),
+                                                  cache_dir=args.bpf_cache_dir, **dict(args.map_size or ())),
                           node_devices=tuple(args.node_device) if args.node_device else None,
                           revoke_established=not args.keep_established,
                           status_file=Path(args.status_file) if args.status_file else None,
@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "held still for one poll (default 0.1)")
     run_p.add_argument("--node", required=True, help="this node's name (spec.nodeName of local pods)")
     run_p.add_argument("--pin-dir", default=str(DEFAULT_PIN_DIR))
+    run_p.add_argument("--bpf-cache-dir", metavar="DIR",
+                       help="where compiled BPF bytecode is kept, so that a restart with the same source, "
+                            "settings, kernel and bcc loads it without compiling ('' for no cache; default "
+                            "$ENFORCER_BPF_CACHE_DIR, else /var/cache/enforcer/bpf)")
     run_p.add_argument("--node-device", action="append", metavar="IFNAME",
                        help="a node interface (uplink, overlay, bridge) where a pod's packet to a Service "
                             "leaves after DNAT; repeatable (default: every interface but loopback and the pods')")

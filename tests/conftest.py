@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,6 +94,7 @@ UNIT_PATHS = (
     "tests/conformance/cnp/test_cnp_data.py",
     "tests/datapath/test_reasons.py",
     "tests/datapath/test_maps_unit.py",
+    "tests/datapath/test_bytecode_unit.py",
     "tests/datapath/test_revoke_affected.py",
     "tests/deploy/test_manifests.py",
     "tests/deploy/test_entrypoint.py",
@@ -122,6 +125,35 @@ def pytest_configure(config: pytest.Config) -> None:
             os.environ[KERNEL_HZ_ENV] = str(measure_kernel_hz())
         except Exception:  # no BPF here: each daemon measures (and fails) on its own
             pass
+    # One bytecode cache for the session, its workers and their daemons
+    # (they inherit the environment): each datapath variant is compiled once
+    # per session, not once per daemon start or harness. Per session, not
+    # kept between them, so that every run compiles (and tests the compile
+    # path) at least once; tests of the cache itself use their own.
+    if os.geteuid() == 0 and not os.environ.get(CACHE_DIR_ENV) and not hasattr(config, "workerinput"):
+        _sweep_session_caches()
+        os.environ[CACHE_DIR_ENV] = str(SESSION_CACHE_PREFIX.with_name(f"{SESSION_CACHE_PREFIX.name}{os.getpid()}"))
+        config.stash[_SESSION_CACHE] = Path(os.environ[CACHE_DIR_ENV])
+
+
+CACHE_DIR_ENV = "ENFORCER_BPF_CACHE_DIR"  # enforcer.datapath.bytecode's
+SESSION_CACHE_PREFIX = Path("/tmp/enforcer-test-bpf-cache-")
+_SESSION_CACHE = pytest.StashKey[Path]()
+
+
+def _sweep_session_caches() -> None:
+    """Session caches of test runs that are gone (killed before unconfigure)."""
+    for path in SESSION_CACHE_PREFIX.parent.glob(f"{SESSION_CACHE_PREFIX.name}*"):
+        pid = path.name.removeprefix(SESSION_CACHE_PREFIX.name)
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cache = config.stash.get(_SESSION_CACHE, None)
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)
+        os.environ.pop(CACHE_DIR_ENV, None)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

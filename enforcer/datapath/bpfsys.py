@@ -74,12 +74,14 @@ def _nr_bpf() -> int:
     return bpf_syscall_number()
 
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_LOAD = 5
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -96,10 +98,17 @@ BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_RINGBUF = 27
+BPF_PROG_TYPE_SCHED_CLS = 3
+BPF_OBJ_NAME_LEN = 16
 PERCPU_TYPES = {5, BPF_MAP_TYPE_PERCPU_ARRAY, 10}  # percpu hash, array, lru percpu hash
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+
+
+class BpfSyscallError(OSError):
+    pass
 
 
 class _MapElemAttr(ctypes.Structure):
@@ -178,12 +187,118 @@ class MapInfo(ctypes.Structure):
     ]
 
 
-def prog_id(fd: int) -> int:
-    """The kernel id of a program (the leading fields of struct
-    bpf_prog_info: type, id)."""
-    info = (ctypes.c_uint32 * 2)()
+class ProgInfo(ctypes.Structure):
+    """Leading fields of struct bpf_prog_info. The tag is the kernel's hash
+    of the instructions with map fds zeroed (bpf_prog_calc_tag)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+        ("name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+    ]
+
+
+def prog_info(fd: int) -> ProgInfo:
+    info = ProgInfo()
     _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)))
-    return int(info[1])
+    return info
+
+
+def prog_id(fd: int) -> int:
+    """The kernel id of a program."""
+    return int(prog_info(fd).id)
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("map_ifindex", ctypes.c_uint32),
+        ("btf_fd", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+    ]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0,
+               name: str = "") -> int:
+    """BPF_MAP_CREATE; returns the new map's fd. name: the kernel's object
+    name (what bcc gives a map: its C name, cut to 15 characters)."""
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size, max_entries=max_entries,
+                          map_flags=flags, map_name=name.encode()[: BPF_OBJ_NAME_LEN - 1])
+    return _bpf(BPF_MAP_CREATE, attr)
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * BPF_OBJ_NAME_LEN),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+    ]
+
+
+class ProgLoadError(BpfSyscallError):
+    """BPF_PROG_LOAD refused: errno, and the verifier's log (its tail)."""
+
+    def __init__(self, err: int, log: str) -> None:
+        super().__init__(err, os.strerror(err))
+        self.log = log
+
+    def __str__(self) -> str:
+        tail = " | ".join(self.log.strip().splitlines()[-6:])
+        return f"[Errno {self.errno}] {self.strerror}" + (f": {tail}" if tail else "")
+
+
+def prog_load(prog_type: int, insns: bytes, license: str = "GPL", name: str = "", prog_flags: int = 0,
+              kern_version: int = 0, log_size: int = 1 << 20) -> int:
+    """BPF_PROG_LOAD of raw instructions (8 bytes each, map fds already in
+    their ld_imm64 immediates); returns the program's fd. On a refusal the
+    load is repeated with the verifier's log on, for ProgLoadError."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+
+    def attempt(log: ctypes.Array | None) -> int:
+        attr = _ProgLoadAttr(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=ctypes.addressof(code),
+                             license=ctypes.addressof(lic), kern_version=kern_version, prog_flags=prog_flags,
+                             prog_name=name.encode()[: BPF_OBJ_NAME_LEN - 1])
+        if log is not None:
+            attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+        return _bpf(BPF_PROG_LOAD, attr)
+
+    try:
+        return attempt(None)
+    except BpfSyscallError as first:
+        log = ctypes.create_string_buffer(log_size)
+        try:
+            fd = attempt(log)  # loaded this time (a transient failure): keep it
+        except BpfSyscallError as second:
+            raise ProgLoadError(second.errno or first.errno or 0,
+                                log.value.decode(errors="replace")) from first
+        return fd
 
 
 class SkBuffCtx(ctypes.Structure):
@@ -221,10 +336,6 @@ class SkBuffCtx(ctypes.Structure):
         ("wire_len", ctypes.c_uint32),
         ("gso_segs", ctypes.c_uint32),
     ]
-
-
-class BpfSyscallError(OSError):
-    pass
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> int:

@@ -1,34 +1,56 @@
-"""Compile the tc programs with bcc, load them, and pin their maps (and,
-for a daemon, the programs and the events ring buffer: load_and_pin, run by
-loadchild.py in a short-lived child so bcc and LLVM never enter the daemon).
+"""Load the tc programs and pin their maps (and, for a daemon, the
+programs and the events ring buffer: load_and_pin, run by loadchild.py in a
+short-lived child so bcc and LLVM never enter the daemon).
 
-Maps are declared pinned in C (BPF_TABLE_PINNED): bcc reuses a pin that
-exists and creates and pins one that does not. That is what lets a restarted
-daemon pick up conntrack and every entry where the old one left them.
-Before compiling we check existing pins against what this build expects,
-because bcc would otherwise silently reuse a map of another layout or size;
-the datapath's text gets registry.py's layout checks appended, so C and
-Python structs that disagree fail the compile; once loaded, every map must
-be what the registry declares, and pins of earlier layouts are removed.
+The pinned maps (registry.py) are created by the loader itself, from the
+registry, before anything is compiled or loaded: a pin that exists is
+reused when it fits and refused (PinError) when it does not (another
+layout or size); pins of earlier layouts are removed. The C declares them
+pinned (BPF_TABLE_PINNED) at the same paths, so bcc opens those pins
+rather than creating maps, which is what lets a restarted daemon pick up
+conntrack and every entry where the old one left them.
+
+Compiled bytecode is cached (bytecode.py): a unit compiled before, with the
+same source, code-changing cflags, kernel and bcc, is loaded from its
+recorded instructions with no compiler (the map fds patched in, the
+verifier checking them as ever); otherwise bcc compiles it, the datapath's
+text gets registry.py's layout checks appended (C and Python structs that
+disagree fail the compile), every map's C declaration is checked against
+the registry, and the result is recorded for the next load.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import BuildError, ConfigError, PinError
+from ..errors import BuildError, ConfigError, EnforcerError, PinError
 from . import bpfsys
-from .registry import MAPS, layout_checks
+from .bytecode import (
+    BytecodeCache,
+    BytecodeError,
+    Entry,
+    MapDecl,
+    ProgramImage,
+    cache_dir_for,
+    cache_key,
+    find_map_refs,
+    patch_map_fds,
+)
+from .registry import KINDS, MAPS, layout_checks
 from .source import BPF_DIR, DatapathConfig, amalgamate
 
 log = logging.getLogger(__name__)
@@ -85,19 +107,66 @@ def check_pins(config: DatapathConfig) -> list[str]:
     return present
 
 
-def _check_maps(loaded: LoadedPrograms, config: DatapathConfig) -> None:
-    """Every map the compiled datapath holds is what registry.py declares:
-    its C declaration (BPF_TABLE_PINNED) agrees on kind, key and value types
-    and flags. A map this load created is unpinned again when it does not."""
+def datapath_unkeyed() -> tuple[str, ...]:
+    """cflags that do not change the datapath's instructions (only its maps'
+    pins and sizes, which the loader creates): left out of the cache key."""
+    names = ["PIN_DIR", "EVENTS_RING_PAGES"]
     for spec in MAPS:
-        wrong = spec.differences(config, bpfsys.map_info(loaded.bpf[spec.name.encode()].map_fd))
+        names += [spec.size_define, spec.pin_define]
+    return tuple(f"-D{name}=" for name in names)
+
+
+def open_pins(config: DatapathConfig) -> tuple[dict[str, int], list[str], list[str]]:
+    """Every registry map, pinned in config.pin_dir: a fitting pin opened
+    (check_pins raises PinError on one that does not fit, before anything is
+    created), a missing one created as the registry declares it and pinned.
+    Returns (fds by map name, names reused, names created). What the cache
+    and the compile share: bcc then finds every pin and creates none."""
+    reused = check_pins(config)
+    fds: dict[str, int] = {}
+    created: list[str] = []
+    try:
+        for spec in MAPS:
+            path = config.pin_dir / spec.pin
+            if spec.name in reused:
+                fds[spec.name] = bpfsys.obj_get(str(path))
+                continue
+            fd = bpfsys.map_create(KINDS[spec.kind], ctypes.sizeof(spec.key), ctypes.sizeof(spec.value),
+                                   spec.max_entries(config), spec.flags, spec.name)
+            fds[spec.name] = fd
+            bpfsys.obj_pin(fd, str(path))
+            created.append(spec.name)
+    except OSError as e:
+        _drop_pins(config, fds, created)
+        raise PinError(f"creating the pinned maps in {config.pin_dir} failed: {e}") from e
+    return fds, reused, created
+
+
+def _drop_pins(config: DatapathConfig, fds: Mapping[str, int], created: list[str]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    for name in created:
+        (config.pin_dir / next(s.pin for s in MAPS if s.name == name)).unlink(missing_ok=True)
+
+
+def _check_maps(loaded: LoadedPrograms, config: DatapathConfig, pinned: Mapping[str, int]) -> None:
+    """Every map's C declaration (BPF_TABLE_PINNED) agrees with registry.py
+    on kind, key and value sizes, capacity and flags, and bcc opened the
+    loader's pin rather than making a map of its own."""
+    tables = _bcc_tables(loaded.bpf)
+    for spec in MAPS:
+        if spec.name not in tables:
+            raise BuildError(f"map {spec.name} is not declared in the datapath's C")
+        decl, fd = tables[spec.name]
+        declared = bpfsys.MapInfo(type=decl.type, key_size=decl.key_size, value_size=decl.value_size,
+                                  max_entries=decl.max_entries, map_flags=decl.flags)
+        wrong = spec.differences(config, declared)
         if wrong:
-            loaded.cleanup()
-            for other in MAPS:
-                if other.name not in loaded.reused_pins:
-                    (config.pin_dir / other.pin).unlink(missing_ok=True)
             raise BuildError(f"map {spec.name} as compiled has {', '.join(wrong)}: its declaration "
                              "in bpf/lib and enforcer/datapath/registry.py disagree")
+        if bpfsys.map_info(fd).id != bpfsys.map_info(pinned[spec.name]).id:
+            raise BuildError(f"map {spec.name}: the compiled datapath did not open its pin "
+                             f"{config.pin_dir / spec.pin} (is it declared BPF_TABLE_PINNED there?)")
 
 
 def remove_old_pins(pin_dir: Path) -> list[str]:
@@ -116,19 +185,41 @@ def remove_old_pins(pin_dir: Path) -> list[str]:
 
 @dataclass
 class LoadedPrograms:
-    """Programs held by this process. Dropping the object keeps nothing
-    attached alive by itself: tc holds its own references."""
+    """Programs held by this process: compiled by bcc (bpf, which holds
+    their fds and its maps') or loaded from the bytecode cache (bpf None;
+    the fds are this object's). Dropping it keeps nothing attached alive by
+    itself: tc holds its own references, pins theirs."""
 
-    bpf: Any  # bcc.BPF
-    fds: dict[str, int] = field(default_factory=dict)
+    bpf: Any = None  # bcc.BPF, when compiled in this process
+    fds: dict[str, int] = field(default_factory=dict)  # programs by name
+    map_fds: dict[str, int] = field(default_factory=dict)  # maps by name (those bcc holds: map_fd())
+    owned: list[int] = field(default_factory=list)  # fds cleanup() closes
     reused_pins: list[str] = field(default_factory=list)
     removed_pins: list[str] = field(default_factory=list)  # of earlier layouts
+    from_cache: bool = False
 
     def fd(self, name: str) -> int:
         return self.fds[name]
 
+    def map_fd(self, name: str) -> int:
+        """A map of the unit (the events ring buffer, a test's map) by name."""
+        if name in self.map_fds:
+            return self.map_fds[name]
+        if self.bpf is not None:
+            return int(self.bpf[name.encode()].map_fd)
+        raise KeyError(name)
+
     def cleanup(self) -> None:
-        self.bpf.cleanup()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+        for fd in self.owned:
+            os.close(fd)
+        self.owned, self.fds, self.map_fds = [], {}, {}
+
+
+class CacheMiss(EnforcerError):
+    """No usable cached bytecode, and compiling was not asked for."""
 
 
 def _build(text: str, cflags: list[str], what: str) -> Any:
@@ -160,24 +251,168 @@ def _build(text: str, cflags: list[str], what: str) -> Any:
     raise BuildError(f"compiling {what} failed: {'; '.join(errors[:8]) or failure}") from failure
 
 
-def _compile(source: Path, cflags: list[str], functions: tuple[str, ...], checks: str = "") -> LoadedPrograms:
+def _bcc_tables(bpf: Any) -> dict[str, tuple[MapDecl, int]]:
+    """Every map of a bcc module as its C declares it, with bcc's fd."""
+    from bcc.libbcc import lib
+
+    c = ctypes
+    for fn, restype in (("bpf_num_tables", c.c_size_t), ("bpf_table_name", c.c_char_p),
+                        ("bpf_table_fd_id", c.c_int), ("bpf_table_type_id", c.c_int),
+                        ("bpf_table_max_entries_id", c.c_size_t), ("bpf_table_flags_id", c.c_int),
+                        ("bpf_table_key_size_id", c.c_size_t), ("bpf_table_leaf_size_id", c.c_size_t)):
+        getattr(lib, fn).restype = restype
+        getattr(lib, fn).argtypes = [c.c_void_p] if fn == "bpf_num_tables" else [c.c_void_p, c.c_size_t]
+    out = {}
+    for i in range(lib.bpf_num_tables(bpf.module)):
+        name = lib.bpf_table_name(bpf.module, i).decode()
+        out[name] = (MapDecl(name, lib.bpf_table_type_id(bpf.module, i), lib.bpf_table_key_size_id(bpf.module, i),
+                             lib.bpf_table_leaf_size_id(bpf.module, i), lib.bpf_table_max_entries_id(bpf.module, i),
+                             lib.bpf_table_flags_id(bpf.module, i)),
+                     lib.bpf_table_fd_id(bpf.module, i))
+    return out
+
+
+def _record(bpf: Any, key: str, functions: tuple[str, ...]) -> Entry:
+    """What the cache keeps of a compiled unit: each function's instructions
+    as bcc loaded them, their map references by name, and the maps."""
+    from bcc.libbcc import lib
+
+    tables = _bcc_tables(bpf)
+    fd_names = {fd: name for name, (_decl, fd) in tables.items()}
+    license = lib.bpf_module_license(bpf.module).decode()
+    kern_version = int(lib.bpf_module_kern_version(bpf.module))
+    programs = {}
+    for name in functions:
+        insns = bytes(bpf.dump_func(name.encode()))
+        refs = tuple(find_map_refs(insns, fd_names))
+        # kept with the fds zeroed, as the kernel's tag hashes them: the same unit, the same entry
+        programs[name] = ProgramImage(name, patch_map_fds(insns, refs, dict.fromkeys(fd_names.values(), 0)), refs,
+                                      bpfsys.BPF_PROG_TYPE_SCHED_CLS, license, 0, kern_version)
+    return Entry(key, programs, {name: decl for name, (decl, _fd) in tables.items()})
+
+
+def _load_entry(entry: Entry, functions: tuple[str, ...], pinned: Mapping[str, int],
+                sizes: Mapping[str, int]) -> LoadedPrograms:
+    """A cached unit loaded: its maps created (pinned ones given, by
+    name; sizes: capacities that differ from the recorded), their fds
+    patched into the instructions, each function loaded."""
+    loaded = LoadedPrograms(from_cache=True)
+    try:
+        for decl in entry.maps.values():
+            if decl.name in pinned:
+                loaded.map_fds[decl.name] = pinned[decl.name]
+                continue
+            fd = bpfsys.map_create(decl.type, decl.key_size, decl.value_size,
+                                   sizes.get(decl.name, decl.max_entries), decl.flags, decl.name)
+            loaded.owned.append(fd)
+            loaded.map_fds[decl.name] = fd
+        for name in functions:
+            image = entry.programs[name]
+            fd = bpfsys.prog_load(image.prog_type, patch_map_fds(image.insns, image.map_refs, loaded.map_fds),
+                                  image.license, name, image.prog_flags, image.kern_version)
+            loaded.owned.append(fd)
+            loaded.fds[name] = fd
+    except BaseException:
+        loaded.cleanup()
+        raise
+    return loaded
+
+
+@dataclass
+class _Unit:
+    """One compilation unit and where its cached bytecode would be."""
+
+    source: Path
+    text: str
+    cflags: list[str]
+    functions: tuple[str, ...]
+    cache: BytecodeCache | None
+    key: str
+
+    @classmethod
+    def of(cls, source: Path, cflags: list[str], functions: tuple[str, ...], checks: str = "",
+           cached: bool = False, unkeyed: tuple[str, ...] = (), cache_dir: str | None = None) -> _Unit:
+        text = amalgamate(source) + checks
+        directory = cache_dir_for(cache_dir) if cached else None
+        cache = BytecodeCache(directory) if directory is not None else None
+        key = cache_key(text, cflags, functions, bpfsys.BPF_PROG_TYPE_SCHED_CLS, unkeyed) if cache else ""
+        return cls(source, text, cflags, functions, cache, key)
+
+    def cached(self) -> bool:
+        return self.cache is not None and self.cache.path(self.key).exists()
+
+    def load(self, pinned: Mapping[str, int] | None = None, sizes: Mapping[str, int] | None = None,
+             verify: Callable[[LoadedPrograms], None] | None = None, compile: bool = True) -> LoadedPrograms:
+        """From the cache if it holds the unit and it loads, else compiled
+        (and recorded) or, when not compile, CacheMiss."""
+        hit = self._from_cache(pinned, sizes)
+        if hit is not None:
+            return hit
+        if not compile:
+            raise CacheMiss(f"no cached bytecode of {self.source.name}")
+        with self.cache.compiling(self.key) if self.cache is not None else contextlib.nullcontext():
+            hit = self._from_cache(pinned, sizes)  # compiled by another process meanwhile
+            return hit if hit is not None else self._compile(verify)
+
+    def _from_cache(self, pinned: Mapping[str, int] | None, sizes: Mapping[str, int] | None) -> LoadedPrograms | None:
+        if self.cache is None:
+            return None
+        entry = self.cache.get(self.key)
+        if entry is None or not set(self.functions) <= entry.programs.keys():
+            return None
+        try:
+            return _load_entry(entry, self.functions, pinned or {}, sizes or {})
+        except (OSError, BytecodeError, KeyError) as e:
+            log.warning("cached bytecode of %s (%s) did not load: %s; discarded, compiling",
+                        self.source.name, self.cache.path(self.key), e)
+            self.cache.discard(self.key)
+            return None
+
+    def _compile(self, verify: Callable[[LoadedPrograms], None] | None) -> LoadedPrograms:
+        loaded = _compile_text(self.text, self.cflags, self.functions, self.source.name)
+        try:
+            if verify is not None:
+                verify(loaded)
+            if self.cache is not None:
+                try:
+                    entry = _record(loaded.bpf, self.key, self.functions)
+                except BytecodeError as e:
+                    log.warning("bytecode of %s not cacheable: %s", self.source.name, e)
+                else:
+                    self.cache.put(entry)
+        except BaseException:
+            loaded.cleanup()
+            raise
+        return loaded
+
+
+def _compile_text(text: str, cflags: list[str], functions: tuple[str, ...], what: str) -> LoadedPrograms:
     from bcc import BPF  # Debian's python3-bpfcc
 
-    bpf = _build(amalgamate(source) + checks, cflags, source.name)
+    bpf = _build(text, cflags, what)
     loaded = LoadedPrograms(bpf=bpf)
     for name in functions:
         try:
             fn = bpf.load_func(name.encode(), BPF.SCHED_CLS)
         except Exception as e:
-            raise BuildError(f"loading {source.name}:{name} failed (verifier): {e}") from e
+            bpf.cleanup()
+            raise BuildError(f"loading {what}:{name} failed (verifier): {e}") from e
         loaded.fds[name] = fn.fd
     return loaded
 
 
-_JIFFIES_PROBE = b"""
-#include <uapi/linux/bpf.h>
-int jiffies_now(struct __sk_buff *skb) { return (int)bpf_jiffies64(); }
-"""
+def _compile(source: Path, cflags: list[str], functions: tuple[str, ...], checks: str = "",
+             cached: bool = False) -> LoadedPrograms:
+    """source's functions loaded as sched_cls programs: compiled by bcc or,
+    when cached (only for a unit with no pinned maps: the cache creates a
+    unit's maps afresh), from the bytecode cache."""
+    return _Unit.of(source, cflags, functions, checks, cached=cached).load()
+
+
+# The jiffies probe, assembled: `call bpf_jiffies64; exit` (a compiler for
+# two instructions would cost a second of CPU per process).
+BPF_FUNC_JIFFIES64 = 118
+_JIFFIES_PROBE = struct.pack("<BBhi", 0x85, 0, 0, BPF_FUNC_JIFFIES64) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 STANDARD_HZ = (100, 250, 300, 1000)
 # HZ already known (measured by a parent process: the test suite measures it
 # once for its ~40 daemons). Unset, every process measures it (~0.5 s).
@@ -199,34 +434,47 @@ def kernel_hz() -> int:
 
 
 def measure_kernel_hz() -> int:
-    from bcc import BPF
-
-    bpf = BPF(text=_JIFFIES_PROBE)
+    fd = bpfsys.prog_load(bpfsys.BPF_PROG_TYPE_SCHED_CLS, _JIFFIES_PROBE, name="jiffies_now")
     try:
-        fd = bpf.load_func(b"jiffies_now", BPF.SCHED_CLS).fd
         frame = bytes(60)
         t0, j0 = time.monotonic(), bpfsys.prog_test_run(fd, frame).retval & 0xFFFFFFFF
         time.sleep(0.3)
         t1, j1 = time.monotonic(), bpfsys.prog_test_run(fd, frame).retval & 0xFFFFFFFF
     finally:
-        bpf.cleanup()
+        os.close(fd)
     measured = ((j1 - j0) & 0xFFFFFFFF) / (t1 - t0)
     return min(STANDARD_HZ, key=lambda hz: abs(hz - measured))
 
 
-def load_datapath_programs(config: DatapathConfig) -> LoadedPrograms:
-    """Compile and load from_pod/to_pod/to_network, creating or reusing
-    the pins."""
+def events_ring_bytes(config: DatapathConfig) -> int:
+    """The events ring buffer's size: BPF_RINGBUF_OUTPUT's pages."""
+    return config.events_ring_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def load_datapath_programs(config: DatapathConfig, compile: bool = True) -> LoadedPrograms:
+    """Load from_pod/to_pod/to_network, creating or reusing the pins: from
+    the bytecode cache when it has them, else compiled (and cached). Not
+    compile: CacheMiss rather than compiling, with nothing created."""
     config.validate()
+    unit = _Unit.of(DATAPATH_SOURCE, config.cflags(kernel_hz()), PROGRAMS, layout_checks(), cached=True,
+                    unkeyed=datapath_unkeyed(), cache_dir=config.cache_dir)
+    if not compile and not unit.cached():
+        raise CacheMiss("no cached bytecode of the datapath")
     ensure_bpffs()
     config.pin_dir.mkdir(parents=True, exist_ok=True)
-    reused = check_pins(config)
-    loaded = _compile(DATAPATH_SOURCE, config.cflags(kernel_hz()), PROGRAMS, checks=layout_checks())
+    pinned, reused, created = open_pins(config)
+    try:
+        loaded = unit.load(pinned, {EVENTS_MAP: events_ring_bytes(config)},
+                           verify=lambda compiled: _check_maps(compiled, config, pinned), compile=compile)
+    except BaseException:
+        _drop_pins(config, pinned, created)
+        raise
+    loaded.owned += pinned.values()
+    loaded.map_fds.update(pinned)
     loaded.reused_pins = reused
-    _check_maps(loaded, config)
     loaded.removed_pins = orphans = remove_old_pins(config.pin_dir)
-    log.info("datapath loaded: pins in %s (%s)%s", config.pin_dir,
-             f"reused {', '.join(reused)}" if reused else "new",
+    log.info("datapath %s: pins in %s (%s)%s", "loaded from cached bytecode" if loaded.from_cache else "compiled",
+             config.pin_dir, f"reused {', '.join(reused)}" if reused else "new",
              f"; removed pins of earlier layouts: {', '.join(orphans)}" if orphans else "")
     return loaded
 
@@ -244,33 +492,35 @@ def _pin_replacing(fd: int, path: Path) -> None:
         raise
 
 
-def load_and_pin(config: DatapathConfig) -> dict[str, Any]:
+def load_and_pin(config: DatapathConfig, compile: bool = True) -> dict[str, Any]:
     """load_datapath_programs, then pin each program (LOAD_PINS) and the
     events ring buffer in config.pin_dir beside the maps, replacing an
     earlier load's; this process's references are dropped. Returns what
-    was done (the pins' names, maps reused, orphans removed, HZ)."""
-    loaded = load_datapath_programs(config)
+    was done (the pins' names, maps reused, orphans removed, HZ, whether
+    the bytecode came from the cache)."""
+    loaded = load_datapath_programs(config, compile=compile)
     try:
         programs = {}
         for name, fd in loaded.fds.items():
             _pin_replacing(fd, config.pin_dir / program_pin(name))
             programs[name] = program_pin(name)
-        _pin_replacing(loaded.bpf[EVENTS_MAP.encode()].map_fd, config.pin_dir / EVENTS_PIN)
+        _pin_replacing(loaded.map_fd(EVENTS_MAP), config.pin_dir / EVENTS_PIN)
     except OSError as e:
         raise PinError(f"pinning the programs in {config.pin_dir} failed: {e}") from e
     finally:
         loaded.cleanup()
     return {"pin_dir": str(config.pin_dir), "programs": programs, "events": EVENTS_PIN,
-            "reused_pins": loaded.reused_pins, "removed_pins": loaded.removed_pins, "kernel_hz": kernel_hz()}
+            "reused_pins": loaded.reused_pins, "removed_pins": loaded.removed_pins, "kernel_hz": kernel_hz(),
+            "from_cache": loaded.from_cache}
 
 
 def load_noop_program() -> LoadedPrograms:
-    return _compile(NOOP_PROGRAM_SOURCE, [], ("noop",))
+    return _compile(NOOP_PROGRAM_SOURCE, [], ("noop",), cached=True)
 
 
 def load_parse_check_program() -> LoadedPrograms:
     """bpf/tests/parse_equiv.c: fast and full parsers side by side."""
-    return _compile(PARSE_EQUIV_SOURCE, ["-Wno-unused-function"], ("parse_equiv",))
+    return _compile(PARSE_EQUIV_SOURCE, ["-Wno-unused-function"], ("parse_equiv",), cached=True)
 
 
 def remove_pins(config: DatapathConfig) -> list[str]:

@@ -74,11 +74,14 @@ class DatapathConfig:
     # Benchmark builds only: conntrack hits are looked up but ignored, so a
     # repeated SYN measures the new-flow path every time.
     bench_ignore_conntrack_hits: bool = False
+    # Where compiled bytecode is cached (bytecode.py): a directory, "" for
+    # no cache, None for $ENFORCER_BPF_CACHE_DIR or /var/cache/enforcer/bpf.
+    cache_dir: str | None = None
 
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool) or f.name in ("pin_dir", "mark_shift"):
+            if isinstance(value, bool) or f.name in ("pin_dir", "mark_shift", "cache_dir"):
                 continue
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"datapath config {f.name}: must be a positive integer, got {value!r}")

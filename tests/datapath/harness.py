@@ -72,7 +72,7 @@ class Harness:
         self.loaded: LoadedPrograms = load_datapath_programs(config)
         self.maps = DatapathMaps(config.pin_dir)
         self._events: list[Verdict] = []
-        self.reader = EventReader(self.loaded.bpf, self._events.append)
+        self.reader = EventReader(self.loaded.map_fd("events"), self._events.append)
 
     def close(self) -> None:
         self.maps.close()

@@ -78,17 +78,16 @@ def pin_dir():
 
 
 def pin_maps(pin_dir: Path, decls: dict[str, str]) -> None:
-    """Pin a map under each name: `name -> "kind", key, value, max_entries`."""
-    from bcc import BPF
-
-    text = ""
-    for i, (name, decl) in enumerate(decls.items()):
+    """Pin a map under each name: `name -> "kind", key, value, max_entries`
+    (bcc's kind names; u32 keys and values), made with bpf(2), no compiler."""
+    for name, decl in decls.items():
         kind, key, value, size = decl.split(", ")
-        text += f'BPF_TABLE_PINNED({kind}, {key}, {value}, m{i}, {size}, "{pin_dir / name}");\n'
-
-    bpf = BPF(text=text.encode())
-    bpf.cleanup()  # the pins stay
-    for name in decls:
+        assert key == value == "u32", decl
+        fd = bpfsys.map_create(registry.KINDS[kind.strip('"')], 4, 4, int(size), name=name[:15])
+        try:
+            bpfsys.obj_pin(fd, str(pin_dir / name))
+        finally:
+            os.close(fd)
         assert (pin_dir / name).exists()
 
 

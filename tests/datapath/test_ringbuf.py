@@ -26,9 +26,9 @@ RING_BYTES = 4096
 
 class Producer:
     def __init__(self) -> None:
-        self.loaded = _compile(BPF_DIR / "tests" / "ringbuf.c", [], ("produce",))
+        self.loaded = _compile(BPF_DIR / "tests" / "ringbuf.c", [], ("produce",), cached=True)
         self.fd = self.loaded.fd("produce")
-        self.ring_fd = self.loaded.bpf[b"ring"].map_fd
+        self.ring_fd = self.loaded.map_fd("ring")
 
     def produce(self, seq: int, size_class: int, producer: int = 0, discard: bool = False) -> bool:
         frame = bytes(14) + struct.pack("<IHBB", seq, producer, size_class, int(discard)) + bytes(38)
