@@ -6,13 +6,13 @@ is an error here, not a skip."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+
+from .loader import bench_module
 
 BENCH_SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "datapath_bench.py"
 TINY = dict(repeat=1000, runs=1, policy_sizes=(1, 10))
@@ -21,13 +21,8 @@ TINY_IPCACHE = 1000
 
 @pytest.fixture(scope="module")
 def db():
-    spec = importlib.util.spec_from_file_location("datapath_bench", BENCH_SCRIPT)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    with bench_module("datapath_bench") as mod:
+        yield mod
 
 
 @pytest.fixture(scope="module")

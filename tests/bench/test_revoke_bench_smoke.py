@@ -7,13 +7,12 @@ asserted. Loads BPF programs (the suite runs as root)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from .loader import bench_module
+
 TINY = ["--conntrack", "2000", "--servers", "20", "--clients", "100", "--apps", "10", "--nodes", "3",
         "--changes", "3", "--baseline-changes", "1"]
 
@@ -23,16 +22,9 @@ def _pins() -> set[str]:
 
 
 def test_tiny_run_reports_its_goal(capsys):
-    spec = importlib.util.spec_from_file_location("revoke_bench", BENCH / "revoke_bench.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(mod)
+    with bench_module("revoke_bench") as mod:
         before = _pins()
         assert mod.main(TINY) == 0
-    finally:
-        sys.modules.pop(spec.name, None)
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(r["goals"]) == {"change_pass_p99_le_50ms_with_100k_ct"}
     assert r["conntrack_entries"] == 2000 and r["revoked_per_change"] > 0

@@ -6,13 +6,13 @@ is asserted. Loads BPF programs (the suite runs as root)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+
+from .loader import bench_module
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 TINY = ["--pods", "300", "--policies", "60", "--cluster-policies", "30", "--namespaces", "10", "--nodes", "4",
@@ -21,13 +21,8 @@ TINY = ["--pods", "300", "--policies", "60", "--cluster-policies", "30", "--name
 
 @pytest.fixture(scope="module")
 def tb():
-    spec = importlib.util.spec_from_file_location("tiers_bench", BENCH / "tiers_bench.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    with bench_module("tiers_bench") as mod:
+        yield mod
 
 
 def _pins() -> set[str]:

@@ -7,14 +7,14 @@ suite runs as root); the iptables and nftables variants need ipset and nft."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+
+from .loader import bench_module
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 TINY = ["--pods", "120", "--namespaces", "6", "--nodes", "3", "--policies", "12", "--reps", "1",
@@ -23,13 +23,8 @@ TINY = ["--pods", "120", "--namespaces", "6", "--nodes", "3", "--policies", "12"
 
 @pytest.fixture(scope="module")
 def tb():
-    spec = importlib.util.spec_from_file_location("traffic_bench", BENCH / "traffic_bench.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    with bench_module("traffic_bench") as mod:
+        yield mod
 
 
 def _ours() -> set[str]:
