@@ -53,8 +53,12 @@ def learnt_port(lab: Lab, mac: str) -> str | None:
 
 
 def forget_mac(lab: Lab, name: str) -> None:
-    """What the bridge does to a pod quiet for its ageing time (300 s)."""
+    """What the bridge does to a pod quiet for its ageing time (300 s).
+    Learning goes off on the pod's port first: a pod is never quite quiet
+    (IPv6 sends ND and MLD on its own), and a frame in between would teach
+    the bridge the MAC again before the check."""
     pod = lab.pod(name)
+    run(["bridge", "-n", lab.node_netns, "link", "set", "dev", pod.host_ifname, "learning", "off"])
     run(["bridge", "-n", lab.node_netns, "fdb", "del", pod_mac(lab, name), "dev", pod.host_ifname, "master"])
     assert learnt_port(lab, pod_mac(lab, name)) is None
 
