@@ -50,7 +50,7 @@ cluster policies judge it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
@@ -98,7 +98,10 @@ class TierRule:
     ref: RuleRef
 
 
-NamedPorts = Mapping[int, "object"]  # identity -> its key, for egress named ports (PodIdentity)
+# A pod's own container port by (name, protocol); a peer identity's by
+# (identity, name, protocol): None where it has none.
+OwnNamedPort = Callable[[str, str], "int | None"]
+PeerNamedPort = Callable[[int, str, str], "int | None"]
 
 
 @dataclass
@@ -113,8 +116,8 @@ class TierProgram:
     np_isolated: bool
     np_keys: dict[PolicyMapKey, PolicyValue]
     self_identities: frozenset[int]  # the pod's own identities (IDENTITY_SELF matches as them)
-    own_named_port: object  # callable (name, protocol) -> port | None: the pod's own container ports
-    peer_named_port: object  # callable (identity, name, protocol) -> port | None
+    own_named_port: OwnNamedPort
+    peer_named_port: PeerNamedPort
     _np_by_ident: dict[int, list[tuple[int, int, int, int, PolicyValue]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,8 +155,7 @@ class TierProgram:
                 if named and r.peers is not None:
                     by_ports: dict[tuple[int | None, ...], set[int]] = {}
                     for ident in r.peers:
-                        sig = tuple(self.peer_named_port(ident, p.port, p.protocol)  # type: ignore[operator]
-                                    for p in named)
+                        sig = tuple(self.peer_named_port(ident, str(p.port), p.protocol) for p in named)
                         by_ports.setdefault(sig, set()).add(ident)
                     if len(by_ports) > 1:
                         splitters += by_ports.values()
@@ -186,9 +188,9 @@ class TierProgram:
         peer for egress."""
         if isinstance(port.port, str):
             if self.direction == DIR_EGRESS and ident != IDENTITY_SELF:
-                num = self.peer_named_port(ident, port.port, port.protocol)  # type: ignore[operator]
+                num = self.peer_named_port(ident, port.port, port.protocol)
             else:
-                num = self.own_named_port(port.port, port.protocol)  # type: ignore[operator]
+                num = self.own_named_port(port.port, port.protocol)
             return None if num is None else (num, num)
         if port.port is None:
             return (0, _PORTS - 1)
