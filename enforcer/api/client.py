@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from ..compiler.rulerefs import RuleRef
 from ..errors import EnforcerError
 from ..v1 import enforcer_pb2 as pb
 from ..v1 import enforcer_pb2_grpc as pb_grpc
@@ -52,15 +53,10 @@ def direction_name(value: int) -> str:
 
 
 def describe_rule(r: pb.RuleRef) -> str:
-    """e.g. `Admin deny-x (priority 10) ingress rule 0 "block"`, or
-    `NetworkPolicy ns/name ingress rule 1` (as the daemon's trace names
-    rules: compiler.tiers.describe_rule)."""
-    direction = direction_name(r.direction)
-    if r.tier in ("Admin", "Baseline"):
-        # (A converted v1alpha1 policy's key already names its kind.)
-        name = f' "{r.rule_name}"' if r.rule_name else ""
-        return f"{r.tier} {r.policy} (priority {r.priority}) {direction} rule {r.rule_index}{name}"
-    return f"NetworkPolicy {r.policy} {direction} rule {r.rule_index}"
+    """A rule from the API named as the daemon's trace names it
+    (RuleRef.describe)."""
+    return RuleRef(r.policy, direction_name(r.direction).capitalize(), r.rule_index, r.tier or "NetworkPolicy",
+                   r.kind or "NetworkPolicy", r.priority, r.action or "Accept", r.rule_name).describe()
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from ..compiler.desired import DesiredState, RuleRef
 from ..compiler.evaluate import HookVerdict, evaluate, identity_of
-from ..compiler.tiers import describe_rule
 from ..datapath.layout import (
     DIR_EGRESS,
     DIR_INGRESS,
@@ -130,7 +129,7 @@ def _why(hook: HookVerdict) -> str:
     """evaluate's reason, naming the rule where a cluster policy decided."""
     ref = hook.decider
     if ref is not None and ref.tier != "NetworkPolicy":
-        return f"{'accepted' if hook.allowed else 'denied'} by {describe_rule(ref)}"
+        return f"{'accepted' if hook.allowed else 'denied'} by {ref.describe()}"
     return hook.reason
 
 

@@ -59,7 +59,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
                                                              name=clip(e.name), error=clip(e.reason)))
             diagnostics, resp.diagnostics_omitted = capped(view.diagnostics)
             resp.diagnostics.extend(diagnostic_messages(diagnostics))
-            resp.cluster_network_policies = len(getattr(snap, "cluster_policies", None) or {})
+            resp.cluster_network_policies = len(snap.cluster_policies)
             notices, resp.notices_omitted = capped(getattr(view.desired, "notices", None) or [])
             resp.notices.extend(clip(n) for n in notices)
         for name, (entries, capacity) in self.daemon.map_occupancy().items():

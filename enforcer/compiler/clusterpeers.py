@@ -18,12 +18,11 @@ A rule that fails closed (`match_all_peers`) has every peer: None.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..datapath.layout import IDENTITY_HOST
-from ..model.objects import IPAddress, IPBlock, IPNetwork
+from ..model.objects import IPBlock, IPNetwork
 from ..model.selectors import LabelSelector
 from .identities import CidrIdentities, host_network
 from .peers import PeerKey, PeerSets
@@ -111,9 +110,5 @@ class ClusterPeerSets:
         return frozenset(out)
 
 
-def has_node_peers(cnp: Any) -> bool:
+def has_node_peers(cnp: ClusterNetworkPolicy) -> bool:
     return any(p.kind == "nodes" for r in (*cnp.ingress, *cnp.egress) for p in r.peers)
-
-
-def node_nets(addresses: Iterable[IPAddress]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(a) for a in addresses)

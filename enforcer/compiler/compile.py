@@ -401,7 +401,7 @@ class _Incremental:
     def _update_cluster(self, snap: ClusterSnapshot) -> bool:
         """Take in the snapshot's cluster policies and Nodes; whether the
         Nodes changed (what node peers and their prefixes depend on)."""
-        cnps = getattr(snap, "cluster_policies", None) or {}
+        cnps = snap.cluster_policies
         prev = self.cluster_policies
         if len(cnps) != len(prev) or any(prev.get(k) is not v for k, v in cnps.items()):
             self.cluster_version += 1
@@ -409,7 +409,7 @@ class _Incremental:
             self.cluster_sorted = tuple(ordered)
             self.cluster_holders = {k: h for k, h in self.cluster_holders.items() if cnps.get(k) is h.cnp}
         self.cluster_policies = cnps
-        nodes = getattr(snap, "nodes", None) or {}
+        nodes = snap.nodes
         prev_nodes = self.nodes
         changed = len(nodes) != len(prev_nodes) or any(prev_nodes.get(k) is not v for k, v in nodes.items())
         if changed:

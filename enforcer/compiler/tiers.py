@@ -224,7 +224,7 @@ class TierProgram:
         for rule in self.admin:
             if self._matches_peer(rule, ident) and self._matches_port(rule, ident, proto, port):
                 if trace is not None:
-                    trace.append(f"{describe_rule(rule.ref)}: {rule.action}")
+                    trace.append(f"{rule.ref.describe()}: {rule.action}")
                 if rule.action == PASS:
                     break
                 return PolicyValue(rule.rule_id, _OUTCOME[(ADMIN, rule.action)])
@@ -244,7 +244,7 @@ class TierProgram:
         for rule in self.baseline:
             if self._matches_peer(rule, ident) and self._matches_port(rule, ident, proto, port):
                 if trace is not None:
-                    trace.append(f"{describe_rule(rule.ref)}: {rule.action}")
+                    trace.append(f"{rule.ref.describe()}: {rule.action}")
                 if rule.action == PASS:
                     break
                 return PolicyValue(rule.rule_id, _OUTCOME[(BASELINE, rule.action)])
@@ -415,16 +415,6 @@ def _differences(segs: tuple[tuple[int, int, PolicyValue], ...], base: tuple[tup
             i += 1
         if base[j][1] == hi:
             j += 1
-
-
-def describe_rule(ref: RuleRef) -> str:
-    """e.g. `Admin deny-x (priority 10) ingress rule 0 "block"`."""
-    name = f' "{ref.name}"' if ref.name else ""
-    if ref.tier in (ADMIN, BASELINE):
-        # (A converted v1alpha1 policy's key already names its kind.)
-        return (f"{ref.tier} {ref.policy} (priority {ref.priority}) "
-                f"{ref.direction.lower()} rule {ref.index}{name}")
-    return f"NetworkPolicy {ref.policy} {ref.direction.lower()} rule {ref.index}"
 
 
 def tier_of_reason(reason: int) -> str:

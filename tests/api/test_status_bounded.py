@@ -57,7 +57,7 @@ def state(n: int, text: int) -> StandIn:
                     unplaced=[f"ns/pod{s}"] * n, source_revision=s)
     error = InvalidObjectError("NetworkPolicy", "ns" + s, "bad" + s, "invalid CIDR " + s)
     diagnostic = Diagnostic("snat-trap", "error", "ns/svc" + s, "ns/pol" + s, "mixed", s, s)
-    view = SimpleNamespace(snapshot=SimpleNamespace(namespaces={}, pods={}, policies={}), endpoint_by_id={},
+    view = SimpleNamespace(snapshot=SimpleNamespace(namespaces={}, pods={}, policies={}, cluster_policies={}), endpoint_by_id={},
                            desired=SimpleNamespace(errors=[error] * n), diagnostics=(diagnostic,) * n)
     return StandIn(status, view)
 
