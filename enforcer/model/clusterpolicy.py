@@ -190,6 +190,15 @@ def _fields(raw: Any, at: str, known: frozenset[str] | set[str] | None = None) -
     return out
 
 
+def _one_field(raw: Any, at: str) -> tuple[str, Any]:
+    """The one field a one-of object (a peer, a protocols entry) sets."""
+    fields = _fields(raw, at)
+    if len(fields) != 1:
+        raise _Invalid(f"{at}: must set exactly one field (got {len(fields)}: {', '.join(sorted(fields))})")
+    (kind, value), = fields.items()
+    return kind, value
+
+
 def _type(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
@@ -311,10 +320,7 @@ def _parse_rule(raw: Any, direction: str, i: int, peers_field: str, peer_fields:
     peer_kinds: set[str] = set()
     for j, p in enumerate(raw_peers):
         pat = f"{at}.{peers_field}[{j}]"
-        fields = _fields(p, pat)
-        if len(fields) != 1:
-            raise _Invalid(f"{pat}: must set exactly one field (got {len(fields)}: {', '.join(sorted(fields))})")
-        (kind, value), = fields.items()
+        kind, value = _one_field(p, pat)
         if kind not in peer_fields:
             unknown_peers.append(f"{peers_field}[{j}] ({kind})")
             continue
@@ -402,10 +408,7 @@ def _parse_ports(rule: dict[str, Any], at: str, d: _Dialect) -> tuple[tuple[Poli
     unknown: list[str] = []
     for j, e in enumerate(entries):
         eat = f"{pat}[{j}]"
-        fields = _fields(e, eat)
-        if len(fields) != 1:
-            raise _Invalid(f"{eat}: must set exactly one field (got {len(fields)}: {', '.join(sorted(fields))})")
-        (kind, value), = fields.items()
+        kind, value = _one_field(e, eat)
         if kind not in known:
             unknown.append(f"[{j}] ({kind})")
             continue
