@@ -54,7 +54,7 @@ from tests.support.multinode import MultiNodeLab
 
 from . import cases as C
 from . import model as M
-from .runner import ConformanceBase, lab_name, probe_timeout, run_case
+from .runner import ConformanceBase, lab_name, probe_timeout, run_case, tear_down
 
 #: Node -> model pods: a and b of every namespace on n1, c on n2.
 PLACEMENT: dict[str, tuple[str, ...]] = {
@@ -124,11 +124,7 @@ class MultiNodeConformanceLab(ConformanceBase):
         steps.append(self._remove_pins)
         if hasattr(self, "source"):
             steps.append(lambda: shutil.rmtree(self.source, ignore_errors=True))
-        for step in steps:
-            try:
-                step()
-            except Exception as e:  # keep tearing down
-                print(f"conformance teardown: {e}", file=sys.stderr)
+        tear_down(steps, "conformance")
 
     def _remove_pins(self) -> None:
         remove_pin_dirs(self.pin_dirs.values())

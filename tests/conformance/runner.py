@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,16 @@ PACKET_VERDICT = Path(__file__).resolve().parents[1] / "support" / "packet_verdi
 def lab_name(pod: str) -> str:
     ns, name = M.split_pod(pod)
     return f"{ns}{name}"
+
+
+def tear_down(steps: Sequence[Callable[[], object]], what: str) -> None:
+    """Run every teardown step, a failing one reported and the rest run all
+    the same (a lab half torn down would leak namespaces and pins)."""
+    for step in steps:
+        try:
+            step()
+        except Exception as e:  # keep tearing down
+            print(f"{what} teardown: {e}", file=sys.stderr)
 
 
 @dataclass
@@ -217,12 +228,8 @@ class ConformanceLab(ConformanceBase):
         return self
 
     def close(self) -> None:
-        for step in (lambda: self.daemon.close(), lambda: self.lab.down(),
-                     lambda: _cleanup_pins(self.pin_dir), lambda: shutil.rmtree(self.source, ignore_errors=True)):
-            try:
-                step()
-            except Exception as e:  # keep tearing down
-                print(f"conformance teardown: {e}", file=sys.stderr)
+        tear_down([lambda: self.daemon.close(), lambda: self.lab.down(), lambda: _cleanup_pins(self.pin_dir),
+                   lambda: shutil.rmtree(self.source, ignore_errors=True)], "conformance")
 
     def node_of(self, pod: str) -> str:
         return NODE_NAME

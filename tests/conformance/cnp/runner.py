@@ -54,7 +54,7 @@ from tests.support.fast import FAST_POLL
 from tests.support.icmp import echo_many
 from tests.support.packet_verdict import VerdictProcess
 
-from ..runner import ALLOWED_TIMEOUT, DENIED_TIMEOUT, write_manifest_list
+from ..runner import ALLOWED_TIMEOUT, DENIED_TIMEOUT, tear_down, write_manifest_list
 from . import cases as C
 from . import cluster as K
 
@@ -140,11 +140,7 @@ class CNPLab:
             steps.append(lambda: remove_pin_dirs([self.pin_dir]))
         if hasattr(self, "source"):
             steps.append(lambda: shutil.rmtree(self.source, ignore_errors=True))
-        for step in steps:
-            try:
-                step()
-            except Exception as e:  # keep tearing down
-                print(f"cnp conformance teardown: {e}", file=sys.stderr)
+        tear_down(steps, "cnp conformance")
 
     def _start_centaur(self) -> None:
         """centaur's servers, hostNetwork: in the node's netns, on its addresses."""
