@@ -140,11 +140,14 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # The source reads (its first read is most of a cold start's work) while
+    # the datapath loads: a compile runs in a child process, a cached load
+    # waits in the kernel's verifier. The first pass waits for both.
+    source.start()
     daemon.start()
     api.start()
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_addr)
-    source.start()
     while not daemon.synced.wait(0.2):
         if stop.is_set():
             break

