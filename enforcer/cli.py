@@ -94,7 +94,11 @@ def _run(args: argparse.Namespace) -> int:
                           limits=CompileLimits(max_prefixes_per_policy=args.max_prefixes_per_policy,
                                                max_entries_per_policy_pod=args.max_entries_per_policy_pod,
                                                prefixes_per_pass=args.prefixes_per_pass))
+    # Flows go to the API (FlowHub); into the log only when asked: a line
+    # per verdict would make the log as busy as the node's traffic.
     flows = logging.getLogger("enforcer.flows")
+    if not args.log_flows:
+        flows.setLevel(logging.WARNING)
 
     from .api.flows import FlowHub
     from .api.metrics import Metrics
@@ -316,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--mark-shift", type=int, default=20,
                        help="skb->mark bits [N, N+10) carry a Service packet's sender until it is judged "
                             "after DNAT; no other component may use them (default 20: 0x3ff00000)")
+    run_p.add_argument("--log-flows", action="store_true",
+                       help="also write every verdict flow into the log (at most the datapath's event rate, "
+                            "1000 a second by default); `enforcer flows` reads them from the API either way")
     run_p.add_argument("--keep-established", action="store_true",
                        help="do not cut tracked connections that policy no longer allows (an Admin-tier "
                             "cluster policy Deny still cuts them)")

@@ -96,6 +96,7 @@ UNIT_PATHS = (
     "tests/datapath/test_maps_unit.py",
     "tests/datapath/test_bytecode_unit.py",
     "tests/datapath/test_revoke_affected.py",
+    "tests/daemon/test_runner_unit.py",
     "tests/deploy/test_manifests.py",
     "tests/deploy/test_entrypoint.py",
     "tests/deploy/test_health.py",

@@ -54,6 +54,16 @@ class StateView:
                     out.setdefault(ip, pod)
         return out
 
+    def following(self, snapshot: ClusterSnapshot, desired: DesiredState) -> StateView:
+        """The view of the next state, keeping what this one computed from
+        a table the new snapshot shares (the store hands out an unchanged
+        table as the same mapping): a policy change does not index 10k
+        pods again for the first flow after the pass."""
+        view = StateView(snapshot, desired)
+        if snapshot.pods is self.snapshot.pods and "pod_by_ip" in self.__dict__:
+            view.__dict__["pod_by_ip"] = self.__dict__["pod_by_ip"]  # cached_property's own slot
+        return view
+
     @cached_property
     def diagnostics(self) -> tuple[Diagnostic, ...]:
         """Problems of the snapshot's configuration (compiler.diagnose)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..datapath.layout import (
     DIR_EGRESS,
@@ -97,24 +98,31 @@ def identity_of(state: DesiredState, ip: IPAddress, prefixes_only: bool = False)
 
 def _keys_longest_first(identity: int, endpoint_id: int, direction: int, proto: int,
                         port: int) -> list[PolicyMapKey]:
-    out = []
+    """The keys an LPM lookup would match, longest first: plain tuples,
+    equal (and hashing equal) to PolicyMapKey, which costs several times
+    more to build (revocation judges thousands of connections a pass)."""
+    keys: list[Any]
     if proto in PORTED:
-        for bits in range(16, -1, -1):
-            masked = port >> (16 - bits) << (16 - bits) if bits else 0
-            out.append(PolicyMapKey(identity, endpoint_id, direction, proto, masked, POLICY_PREFIX_PROTO + bits))
+        keys = [(identity, endpoint_id, direction, proto, port & _PORT_MASKS[bits], POLICY_PREFIX_PROTO + bits)
+                for bits in range(16, -1, -1)]
     else:
-        out.append(PolicyMapKey(identity, endpoint_id, direction, proto, 0, POLICY_PREFIX_PROTO))
-    out.append(PolicyMapKey(identity, endpoint_id, direction, 0, 0, POLICY_PREFIX_EXACT))
-    return out
+        keys = [(identity, endpoint_id, direction, proto, 0, POLICY_PREFIX_PROTO)]
+    keys.append((identity, endpoint_id, direction, 0, 0, POLICY_PREFIX_EXACT))
+    return keys
+
+
+# bits -> the mask keeping a port's top `bits` bits
+_PORT_MASKS = [(0xFFFF << (16 - bits)) & 0xFFFF for bits in range(17)]
 
 
 def policy_lookup(policy: dict[PolicyMapKey, PolicyValue], endpoint_id: int, direction: int, identity: int,
                   proto: int, port: int) -> PolicyValue | None:
     """policy.h's policy_lookup: the longest key of the identity, else the
     longest of every peer; None: no entry (denied)."""
+    get = policy.get
     for ident in (identity, IDENTITY_ANY):
         for key in _keys_longest_first(ident, endpoint_id, direction, proto, port):
-            found = policy.get(key)
+            found = get(key)
             if found is not None:
                 return found
     return None

@@ -7,8 +7,9 @@ pod has no interface yet (the pod-start race), and never more often than
 min_interval (changes arriving in a burst are batched).
 
 Work that follows a pass but must not delay the next one (revocation) runs
-as `background` slices between passes: one slice at a time while no pass
-is due, or whatever is due while `urgent()` says it has waited long enough.
+as `background` slices between passes: slice after slice while no pass is
+due, and one slice after each pass while passes keep coming, so it always
+moves forward and a pass waits for one slice at most.
 """
 
 from __future__ import annotations
@@ -23,15 +24,14 @@ log = logging.getLogger(__name__)
 
 class BoundedRunner:
     def __init__(self, fn: Callable[[], bool], min_interval: float = 0.02, resync: float = 30.0,
-                 retry: float = 0.2, background: Callable[[], bool] | None = None,
-                 urgent: Callable[[], bool] | None = None) -> None:
+                 retry: float = 0.2, background: Callable[[], bool] | None = None) -> None:
         """fn runs one pass and returns True when it wants to be retried
         soon; background runs one slice of the work after passes and
         returns True while some is left."""
         self.fn = fn
         self.background = background
-        self.urgent = urgent or (lambda: False)
         self._more = False  # background work may be left
+        self._sliced = True  # a slice ran since the last pass
         self.min_interval = min_interval
         self.resync = resync
         self.retry = retry
@@ -56,7 +56,8 @@ class BoundedRunner:
         wait = 0.0
         last = 0.0
         while not self._stop.is_set():
-            if self._more and self.background is not None and (not self._dirty.is_set() or self.urgent()):
+            if self._more and self.background is not None and (not self._dirty.is_set() or not self._sliced):
+                self._sliced = True
                 try:
                     self._more = self.background()
                 except Exception:
@@ -77,4 +78,5 @@ class BoundedRunner:
                 log.exception("reconcile pass failed; retrying")
                 again = True
             self._more = True
+            self._sliced = False
             wait = self.retry if again else self.resync

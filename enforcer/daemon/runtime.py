@@ -33,7 +33,7 @@ from ..datapath.sync import MapSync, SyncReport
 from ..errors import AttachError, MapError
 from ..model.state import ClusterStore
 from .failures import ERRORS_KEPT, FailureLog, WriteFailures
-from .node import InterfaceResolver, node_addresses
+from .node import InterfaceResolver
 from .reconcile import BoundedRunner
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,10 @@ class DaemonConfig:
     node_devices: tuple[str, ...] | None = None
     limits: CompileLimits = field(default_factory=CompileLimits)  # per object and per pass (admission.py)
     # Revocation runs after a pass has reported its revision, a slice of at
-    # most revoke_chunk conntrack entries at a time; it yields to a newer
-    # pass (which takes it over) only while the oldest change it carries is
-    # younger than revoke_yield_for seconds, so it ends in bounded time.
+    # most revoke_chunk conntrack entries at a time, between passes (one
+    # slice after each while passes keep coming); a newer pass is folded
+    # into the walk under way (revoke.Revocation.restart), which goes on.
     revoke_chunk: int = 2048
-    revoke_yield_for: float = 0.2
 
 
 @dataclass
@@ -116,7 +115,7 @@ class Daemon:
         self.resolver = InterfaceResolver()
         self.attacher = TcAttacher()
         self.runner = BoundedRunner(self.reconcile_once, resync=config.resync_interval,
-                                    background=self.revoke_step, urgent=self._revocation_overdue)
+                                    background=self.revoke_step)
         self._revocation: Revocation | None = None
         self._revocation_revision = 0
         self._revocation_from = 0.0  # when the oldest pass the revocation carries started
@@ -153,6 +152,7 @@ class Daemon:
         self.runner.stop()
         if self._events_thread:
             self._events_thread.join(timeout=2)
+        self.resolver.watch.close()
 
     def _events_loop(self) -> None:
         assert self.loaded is not None
@@ -180,7 +180,7 @@ class Daemon:
         if not self._seeded:
             self._seed_endpoint_ids(local)
         interfaces = self.resolver.resolve(local)
-        node = NodeContext(self.config.node_name, node_addresses(), interfaces)
+        node = NodeContext(self.config.node_name, self.resolver.addresses, interfaces)
         desired = self.compiler.compile(snap, node)
         if desired.pending:
             # A policy's prefixes are being staged a budget per pass: the
@@ -193,7 +193,8 @@ class Daemon:
         self._reset_counters(report.removed_endpoint_ids)
         with self._lock:
             self.desired = desired
-            self._view = view = StateView(snap, desired)
+            self._view = view = (self._view.following(snap, desired) if self._view is not None
+                                 else StateView(snap, desired))
             st = self.status
             st.revision, st.source_revision = snap.revision, snap.source_revision
             st.last_sync, st.last_sync_duration = time.time(), time.monotonic() - started
@@ -262,10 +263,6 @@ class Daemon:
                                           chunk=self.config.revoke_chunk)
             self._revocation_from = started
         self._revocation_revision = revision
-
-    def _revocation_overdue(self) -> bool:
-        return (self._revocation is not None
-                and time.monotonic() - self._revocation_from > self.config.revoke_yield_for)
 
     def revoke_step(self) -> bool:
         """One slice of the revocation under way (the reconcile thread runs

@@ -59,6 +59,10 @@ _KEY_SIZE = ctypes.sizeof(CtKey)
 _VALUE_SIZE = ctypes.sizeof(CtEntry)
 _PEER = CtKey.peer.offset
 _FAMILY = CtKey.family.offset
+_PROTO = CtKey.proto.offset
+_POD_PORT = CtKey.pod_port.offset
+_PEER_PORT = CtKey.peer_port.offset
+_ADDR_SIZE = CtKey.peer.size
 _EP_ID = CtEntry.endpoint_id.offset
 _ORIGIN = CtEntry.origin.offset
 _FLAGS = CtEntry.flags.offset
@@ -118,7 +122,8 @@ class RevokeResult:
     revoked: int = 0     # entries deleted
     rechecked: int = 0   # Service entries flagged CT_F_RECHECK
     walked: int = 0      # entries read
-    judged: int = 0      # entries whose verdict was evaluated
+    judged: int = 0      # entries judged against the new state
+    evaluated: int = 0   # verdicts evaluated for them (entries sharing a verdict key share one)
     calls: int = 0       # batch lookups
 
 
@@ -142,6 +147,10 @@ class Revocation:
         self.result = RevokeResult()
         self.started = time.monotonic()
         self._reader: BatchReader | None = None
+        # What the entries walked so far must be judged again for, in a
+        # round after this one (restart).
+        self._redo = Affected()
+        self._calls_before = 0  # batch lookups of the rounds before this one
         self._prepare()
 
     def _prepare(self) -> None:
@@ -155,27 +164,36 @@ class Revocation:
                 self._prefixes.setdefault((n.version, n.prefixlen), set()).add(
                     int(n.network_address) >> (n.max_prefixlen - n.prefixlen))
         self._host_bytes = {(4 if n.version == 4 else 6, n.network_address.packed) for n in hosts}
+        # Verdicts of the state being judged against, by verdict key (_verdict).
+        self._verdicts: dict[tuple[int, int, int, int, int, bytes, bytes], bool] = {}
         # Service entries cannot be judged: flagged when their endpoint is
         # affected or any peer identity moved.
         self._all_services = bool(a.peers) or a.full
 
     @property
     def done(self) -> bool:
-        return self._reader is not None and self._reader.done
+        return self._reader is not None and self._reader.done and not self._redo
 
     def restart(self, affected: Affected, still_allowed: Callable[[TrackedConnection], bool] | None,
                 recheck_services: bool) -> None:
-        """A newer state came before this walk finished: judge against it
-        what either touched, from the start (the entries walked already
-        have not been judged against the newer state)."""
+        """A newer state came before this walk finished; `affected` is what
+        changed from the state the walk judges against to it. The walk goes
+        on where it is, judging what is left against the newer state for
+        what either touched; the entries already walked are judged again
+        against it for `affected` only, in a round after this one (what
+        they were judged for before did not change verdict since). So a
+        walk always moves forward: a stream of passes cannot keep it from
+        ending, as starting over from the first entry each time would."""
         if still_allowed is None:
             affected = affected.only_gone()
-        self.affected.merge(affected)
-        if still_allowed is None:
-            self.affected = self.affected.only_gone()
         self.still_allowed = still_allowed
         self.recheck_services = recheck_services and still_allowed is not None
-        self._reader = None
+        self.affected.merge(affected)
+        if self._reader is not None:  # some entries walked already
+            self._redo.merge(affected)
+        if still_allowed is None:
+            self.affected = self.affected.only_gone()
+            self._redo = self._redo.only_gone()
         self._prepare()
 
     def run(self) -> RevokeResult:
@@ -186,17 +204,24 @@ class Revocation:
 
     def step(self) -> bool:
         """One slice; True once the walk is done."""
+        if self._reader is not None and self._reader.done and self._redo:
+            # The round for what newer states changed in the entries walked
+            # before they came.
+            self.affected, self._redo = self._redo, Affected()
+            self._calls_before += self._reader.calls
+            self._reader = None
+            self._prepare()
         if self._reader is None:
             self.ct: BpfMap = self.maps["conntrack"]
             self._reader = self.ct.batches(self.chunk)
         reader = self._reader
         n, keys, values = reader.next()
         r = self.result
-        r.calls = reader.calls
+        r.calls = self._calls_before + reader.calls
         r.walked += n
         if n:
             self._slice(n, keys, values)
-        return reader.done
+        return self.done
 
     def _candidates(self, n: int, keys: bytes, values: bytes) -> list[int]:
         """Indexes of the entries of a chunk the change may affect."""
@@ -281,11 +306,28 @@ class Revocation:
                         pass  # expired or evicted meanwhile: nothing to recheck
             else:
                 r.judged += 1
-                if not still_allowed(_tracked(CtKey.from_buffer_copy(kraw), entry)):
+                if not self._verdict(kraw, entry, still_allowed):
                     cut += kraw
                     n_cut += 1
         if n_cut:
             r.revoked += self.ct.delete_batch(cut, n_cut)
+
+
+    def _verdict(self, kraw: bytes, entry: CtEntry, still_allowed: Callable[[TrackedConnection], bool]) -> bool:
+        """still_allowed of one entry, once per verdict key: what a
+        verdict depends on (module doc) is the endpoint, the direction, the
+        peer address, the protocol and the port on the side the connection
+        was opened to, and whether the node itself opened it (the reason).
+        Connections differing only in the opener's port (every client
+        connection to a server: thousands) share one evaluation."""
+        port_at = _PEER_PORT if entry.origin == DIR_EGRESS else _POD_PORT
+        key = (entry.endpoint_id, entry.origin, entry.reason, kraw[_FAMILY], kraw[_PROTO],
+               kraw[_PEER:_PEER + _ADDR_SIZE], kraw[port_at:port_at + 2])
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = still_allowed(_tracked(CtKey.from_buffer_copy(kraw), entry))
+            self.result.evaluated += 1
+        return verdict
 
 
 def _tracked(k: CtKey, v: CtEntry) -> TrackedConnection:

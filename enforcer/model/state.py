@@ -71,6 +71,8 @@ class ClusterStore:
         # Until then the store is not the cluster (it is empty), and
         # compiling it would remove every entry a previous daemon left.
         self.ready = threading.Event()
+        # The last snapshot's copy of each table (_frozen).
+        self._snapshots: dict[str, tuple[Mapping[str, Any], dict[str, Any]]] = {}
 
     @staticmethod
     def object_key(raw: Mapping[str, Any]) -> str:
@@ -197,19 +199,35 @@ class ClusterStore:
             self.on_change()
 
     def snapshot(self) -> ClusterSnapshot:
+        """The store now, frozen. A table unchanged since the previous
+        snapshot is the very same mapping in this one, so what readers
+        derived from it (the API view's pod index) can be kept."""
         with self._lock:
             return ClusterSnapshot(
-                namespaces=MappingProxyType(dict(self.namespaces)),
-                pods=MappingProxyType(dict(self.pods)),
-                policies=MappingProxyType(dict(self.policies)),
+                namespaces=self._frozen("namespaces"),
+                pods=self._frozen("pods"),
+                policies=self._frozen("policies"),
                 errors=tuple(self.errors.values()),
                 revision=self.revision,
                 source_revision=self.source_revision,
-                services=MappingProxyType(dict(self.services)),
-                endpoint_slices=MappingProxyType(dict(self.endpoint_slices)),
-                cluster_policies=MappingProxyType(dict(self.cluster_policies)),
-                nodes=MappingProxyType(dict(self.nodes)),
+                services=self._frozen("services"),
+                endpoint_slices=self._frozen("endpoint_slices"),
+                cluster_policies=self._frozen("cluster_policies"),
+                nodes=self._frozen("nodes"),
             )
+
+    def _frozen(self, name: str) -> Mapping[str, Any]:
+        """A read-only copy of a table, the previous one if the table still
+        holds the same (compared by content: every path that changes a
+        table is covered, and unchanged objects compare by identity)."""
+        live = getattr(self, name)
+        last = self._snapshots.get(name)
+        if last is not None and last[1] == live:
+            return last[0]
+        copy = dict(live)
+        proxy = MappingProxyType(copy)
+        self._snapshots[name] = (proxy, copy)
+        return proxy
 
 
 # Where the store keeps each kind: its attribute, by slot number.

@@ -92,6 +92,8 @@ def test_flows_attribute_drops_and_allows(api_lab):
     # Filters hold: nothing of another namespace, no drop when asking for allowed.
     assert all("z" in (f.source.namespace, f.destination.namespace) for f in _flows(api_lab, namespace="z"))
     assert all(f.allowed for f in _flows(api_lab, verdict=1))
+    # Flows go to the API; the log gets none without --log-flows.
+    assert "enforcer.flows" not in api_lab.daemon.log_text()
 
 
 CASE = C.CASES_BY_ID["netpol/should-enforce-policy-based-on-podselector-and-namespaceselector"]

@@ -112,7 +112,7 @@ def test_resolver_finds_bridge_ports_through_neighbour_and_fdb(bridge_lab: Lab, 
 
 @pytest.fixture(scope="module")
 def env(request: pytest.FixtureRequest) -> DaemonLab:
-    return make_daemon_lab(request, "b", ["a", "b", "c"], mode=BRIDGE)
+    return make_daemon_lab(request, "b", ["a", "b", "c"], mode=BRIDGE, daemon_args=["--log-flows"])
 
 
 POLICIES = [
@@ -182,6 +182,11 @@ def test_policy_on_bridged_traffic(env: DaemonLab, family: int) -> None:
     env.check_flows(BRIDGED, family)
     after = [env.maps.counters(ep).get((d, Reason.DROP_POLICY), (0, 0))[0] for ep, d, _ in drops]
     assert all(a - b >= n for a, b, (_, _, n) in zip(after, before, drops, strict=False)), (before, after)
+    # --log-flows: the verdicts are in the log too (the ring buffer is read every 200 ms).
+    deadline = time.monotonic() + 5
+    while not [ln for ln in env.daemon.log_text().splitlines() if "enforcer.flows" in ln and "DROP_POLICY" in ln]:
+        assert time.monotonic() < deadline, "no flow in the log with --log-flows"
+        time.sleep(0.05)
 
 
 def test_quiet_pod_keeps_its_port_when_the_bridge_forgets_its_mac(env: DaemonLab) -> None:
