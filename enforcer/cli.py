@@ -153,6 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_addr)
     while not daemon.synced.wait(0.2):
+        daemon.check_loaded()  # raises what loading the datapath raised
         if stop.is_set():
             break
     api.set_serving(daemon.synced.is_set())

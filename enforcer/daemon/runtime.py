@@ -27,6 +27,7 @@ from ..datapath.layout import Counter
 from ..datapath.loadchild import PinnedPrograms, load_pinned
 from ..datapath.maps import DatapathMaps
 from ..datapath.reasons import REASON_SLOTS
+from ..datapath.registry import MAPS
 from ..datapath.revoke import Affected, Revocation
 from ..datapath.source import DatapathConfig
 from ..datapath.sync import MapSync, SyncReport
@@ -128,23 +129,59 @@ class Daemon:
         self.maps: DatapathMaps | None = None
         self.sync: MapSync | None = None
         self._events_thread: threading.Thread | None = None
+        self._loader: threading.Thread | None = None
+        self._datapath_ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self._seed_first = False  # a previous daemon's endpoint ids to seed before compiling
         self._missing_devices: list[str] = []
 
     # -- lifecycle --
 
     def start(self) -> None:
-        # Compiled and loaded by a child process (bcc and LLVM stay out of
-        # this one), which pins the programs; opened here from their pins.
-        self.loaded = load_pinned(self.config.datapath)
-        self.maps = DatapathMaps(self.config.datapath.pin_dir)
-        self.sync = MapSync(self.maps)
-        # Programs left by a previous daemon: replaced with ours on the first pass.
-        self._previous_attachments = {a.ifindex for a in self.attacher.attachments()}
+        """Load the datapath (in a thread of its own) and start passes.
+        The first pass compiles while the datapath loads (a first start
+        compiles it in a child process: seconds) and waits for it only to
+        write the maps, unless a previous daemon's maps are pinned: their
+        endpoint ids seed the compiler's first (check_loaded: whether
+        loading failed)."""
+        endpoints_pin = next(spec.pin for spec in MAPS if spec.name == "endpoints")
+        self._seed_first = (self.config.datapath.pin_dir / endpoints_pin).exists()
+        self._loader = threading.Thread(target=self._load_datapath, name="datapath-load", daemon=True)
+        self._loader.start()
         self.store.on_change = self.runner.trigger
         self.runner.start()
         self.runner.trigger()
-        self._events_thread = threading.Thread(target=self._events_loop, name="events", daemon=True)
-        self._events_thread.start()
+
+    def _load_datapath(self) -> None:
+        try:
+            # Compiled and loaded by a child process (bcc and LLVM stay out
+            # of this one), which pins the programs; opened here from their
+            # pins. A bytecode cache hit loads in this process.
+            loaded = load_pinned(self.config.datapath)
+            maps = DatapathMaps(self.config.datapath.pin_dir)
+            self.sync = MapSync(maps)
+            self.maps, self.loaded = maps, loaded
+            # Programs left by a previous daemon: replaced with ours on the first pass.
+            self._previous_attachments = {a.ifindex for a in self.attacher.attachments()}
+            self._events_thread = threading.Thread(target=self._events_loop, name="events", daemon=True)
+            self._events_thread.start()
+        except BaseException as e:  # the main thread raises it (check_loaded)
+            self._load_error = e
+        finally:
+            self._datapath_ready.set()
+
+    def check_loaded(self) -> bool:
+        """Whether the datapath is loaded; raises what loading it raised."""
+        if self._load_error is not None:
+            raise self._load_error
+        return self._datapath_ready.is_set()
+
+    def _wait_datapath(self) -> bool:
+        """Wait until the datapath is loaded; False if loading failed
+        (the main thread reports it: check_loaded)."""
+        if self._loader is not None:
+            self._datapath_ready.wait()
+        return self.sync is not None and self._load_error is None
 
     def stop(self) -> None:
         """Stop working; enforcement (programs, maps) stays in place."""
@@ -170,15 +207,18 @@ class Daemon:
     # -- one reconcile pass --
 
     def reconcile_once(self) -> bool:
-        assert self.sync is not None and self.maps is not None and self.loaded is not None
         if not self.store.ready.is_set():
             return False  # the source's first full view will trigger a pass
+        if self._seed_first and not self._wait_datapath():
+            return False
         started = time.monotonic()
         snap = self.store.snapshot()
         local = [p for p in snap.pods.values()
                  if p.node_name == self.config.node_name and p.is_running and not p.host_network]
         if not self._seeded:
-            self._seed_endpoint_ids(local)
+            if self.sync is not None:
+                self._seed_endpoint_ids(local)
+            self._seeded = True
         interfaces = self.resolver.resolve(local)
         node = NodeContext(self.config.node_name, self.resolver.addresses, interfaces)
         desired = self.compiler.compile(snap, node)
@@ -187,8 +227,12 @@ class Daemon:
             # next pass is due at once (changes meanwhile join it).
             self.runner.trigger()
         self._note_pending(desired.pending)
+        if not self._wait_datapath():
+            return False
+        assert self.sync is not None
         report = self.sync.apply(desired.map_contents(), desired.describe)
-        self._attach(desired)
+        with self.attacher.session():
+            self._attach(desired)
         self._plan_revocation(desired, report, snap.revision, started)
         self._reset_counters(report.removed_endpoint_ids)
         with self._lock:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import errno
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -41,9 +44,25 @@ class TcAttacher:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
+        self._local = threading.local()  # .ipr: the socket of this thread's session()
 
-    def _ipr(self) -> IPRoute:
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """One netlink socket for every call this thread makes in the
+        block (a pass attaching 100 interfaces opened 100, ~3 ms each)."""
+        with self._new_ipr() as ipr:
+            self._local.ipr = ipr
+            try:
+                yield
+            finally:
+                self._local.ipr = None
+
+    def _new_ipr(self) -> IPRoute:
         return IPRoute(netns=self.netns) if self.netns else IPRoute()
+
+    def _ipr(self) -> AbstractContextManager[IPRoute]:
+        shared = getattr(self._local, "ipr", None)
+        return nullcontext(shared) if shared is not None else self._new_ipr()
 
     def ifindex(self, ifname: str) -> int:
         with self._ipr() as ipr:
