@@ -363,7 +363,12 @@ class Bench:
         self.established = Build("established", DatapathConfig(pin_dir=Path(f"{base}-established")))
         self.new_flow = Build("new_flow", DatapathConfig(pin_dir=Path(f"{base}-newflow"),
                                                          bench_ignore_conntrack_hits=True))
-        self.builds = (self.established, self.new_flow)
+        # The breakdown's builds: the new-flow path without one step each.
+        self.without_ct = Build("new_flow_no_ct_create", DatapathConfig(
+            pin_dir=Path(f"{base}-noct"), bench_ignore_conntrack_hits=True, bench_skip_ct_create=True))
+        self.without_event = Build("new_flow_no_event", DatapathConfig(
+            pin_dir=Path(f"{base}-noev"), bench_ignore_conntrack_hits=True, bench_skip_event=True))
+        self.builds = (self.established, self.new_flow, self.without_ct, self.without_event)
         self.noop: LoadedPrograms | None = None
         self.fillers = {d: PolicyFiller(d) for d in (DIR_EGRESS, DIR_INGRESS)}
         self.policy_entries = 0
@@ -509,6 +514,10 @@ class Bench:
         return self.run_checked(self.new_flow, v.prog, v.direction, v.syn(), TC_ACT_UNSPEC,
                                 Reason.ALLOW_POLICY, repeat).duration_ns
 
+    def measure_new_flow(self, build: Build, v: Variant, repeat: int) -> int:
+        return self.run_checked(build, v.prog, v.direction, v.syn(), TC_ACT_UNSPEC,
+                                Reason.ALLOW_POLICY, repeat).duration_ns
+
     def event_stats(self) -> dict[str, dict[str, int]]:
         return {b.name: b.maps.event_stats() for b in self.builds if b.maps is not None}
 
@@ -544,6 +553,30 @@ def run_benchmark(bench: Bench, repeat: int = REPEAT, runs: int = RUNS,
                     m.samples.append(bench.measure(kind, v, repeat))
                 bench.progress(f"  {v.name:13} {kind:11} N={n:<6} runs {m.samples} ns "
                                f"(noop now {noop.samples[-runs:]})")
+    # Where the new flow's time goes, at the largest N for the headline
+    # variant: the same SYN through builds without the conntrack insert and
+    # without the event, interleaved with the full one and the no-op.
+    head_v = next((v for v in bench.variants if v.name == HEADLINE), bench.variants[0])
+    parts = {"full": Measurement(), "no_ct_create": Measurement(), "no_event": Measurement()}
+    part_builds = {"full": bench.new_flow, "no_ct_create": bench.without_ct, "no_event": bench.without_event}
+    part_noop = Measurement()
+    for build in part_builds.values():
+        bench.measure_new_flow(build, head_v, repeat)  # warm-up, discarded
+    for _ in range(runs):
+        part_noop.samples.append(bench.measure_noop(head_v.syn(), repeat))
+        for name, build in part_builds.items():
+            parts[name].samples.append(bench.measure_new_flow(build, head_v, repeat))
+    breakdown = {
+        "variant": head_v.name, "policy_entries": int(max(policy_sizes)),
+        "noop_ns": part_noop.median,
+        "new_flow_over_noop_ns": parts["full"].median - part_noop.median,
+        "ct_create_ns": parts["full"].median - parts["no_ct_create"].median,
+        "event_ns": parts["full"].median - parts["no_event"].median,
+        "samples_ns": {k: m.samples for k, m in parts.items()}, "noop_samples_ns": part_noop.samples,
+    }
+    breakdown["rest_ns"] = (breakdown["new_flow_over_noop_ns"] - breakdown["ct_create_ns"]
+                            - breakdown["event_ns"])
+    bench.progress(f"  breakdown ({head_v.name}, N={max(policy_sizes)}): {breakdown}")
     # to_network on a node interface: every packet leaving the node crosses
     # it, and all but a Service's first packet carry no deferral mark.
     passthrough = Measurement()
@@ -598,6 +631,7 @@ def run_benchmark(bench: Bench, repeat: int = REPEAT, runs: int = RUNS,
         "to_network_unmarked_over_noop_ns": passthrough.median - noop_ns,
         "to_network_unmarked_samples_ns": passthrough.samples,
         "verdicts": verdicts,
+        "new_flow_breakdown": breakdown,
         "events": bench.event_stats(),
         "policy_entries_per_direction": [int(s) for s in sizes],
         "ipcache_entries": bench.ipcache_entries,
@@ -657,6 +691,15 @@ def format_table(result: dict) -> str:
         + "; ".join(f"{k} build: {v['suppressed']:,} suppressed, {v['lost']:,} lost"
                     for k, v in result["events"].items())
         + " (lost = ring buffer full: the benchmark has no reader).",
+        "",
+    ]
+    bd = result["new_flow_breakdown"]
+    lines += [
+        f"where a new flow's {bd['new_flow_over_noop_ns']:.0f} ns over noop go ({bd['variant']}, "
+        f"N={bd['policy_entries']:,}; the same SYN through builds leaving one step out, interleaved): "
+        f"conntrack insert (LRU hash update) {bd['ct_create_ns']:.0f} ns, event (token bucket) "
+        f"{bd['event_ns']:.0f} ns, everything else (parse, conntrack/endpoint/Service/ipcache lookups, "
+        f"policy LPM, counters) {bd['rest_ns']:.0f} ns",
         "",
         f"goals ({result['headline']}, over noop): "
         + ", ".join(f"{k}={'met' if ok else 'MISSED'}" for k, ok in result["goals"].items()),

@@ -74,6 +74,11 @@ class DatapathConfig:
     # Benchmark builds only: conntrack hits are looked up but ignored, so a
     # repeated SYN measures the new-flow path every time.
     bench_ignore_conntrack_hits: bool = False
+    # Benchmark builds only, with the above: the new-flow path leaves out
+    # the conntrack insert, or the allowed flow's event (what each costs:
+    # datapath_bench.py's breakdown).
+    bench_skip_ct_create: bool = False
+    bench_skip_event: bool = False
     # Where compiled bytecode is cached (bytecode.py): a directory, "" for
     # no cache, None for $ENFORCER_BPF_CACHE_DIR or /var/cache/enforcer/bpf.
     cache_dir: str | None = None
@@ -118,6 +123,10 @@ class DatapathConfig:
         flags += map_cflags(self)
         if self.bench_ignore_conntrack_hits:
             flags.append("-DBENCH_IGNORE_CONNTRACK_HITS")
+            if self.bench_skip_ct_create:
+                flags.append("-DBENCH_SKIP_CT_CREATE")
+            if self.bench_skip_event:
+                flags.append("-DBENCH_SKIP_EVENT")
         return flags
 
     def map_max_entries(self) -> dict[str, int]:

@@ -57,7 +57,12 @@ def test_main_prints_json_last(db, capsys):
     assert set(result["variants"]) == set(db.VARIANTS)
     for verdicts in result["verdicts"].values():
         assert verdicts == {"established_ack": -1, "new_flow_syn": -1,
-                            "established_denied_syn": 2, "new_flow_denied_syn": 2}
+                            "established_denied_syn": 2, "new_flow_denied_syn": 2,
+                            "new_flow_no_ct_create_denied_syn": 2, "new_flow_no_event_denied_syn": 2}
+    bd = result["new_flow_breakdown"]
+    assert bd["variant"] == "egress_ipv4" and bd["policy_entries"] == 10
+    assert bd["rest_ns"] == bd["new_flow_over_noop_ns"] - bd["ct_create_ns"] - bd["event_ns"]
+    assert all(len(x) == 1 for x in bd["samples_ns"].values())
     assert "noop" in "\n".join(out[:-1])  # the table came first
     assert _bench_pins() == pins_before  # its own pins are gone
 
@@ -85,6 +90,17 @@ def test_measured_frames_take_the_claimed_paths(db, bench, variant):
         assert run(bench.new_flow, v.prog, v.syn()) == (db.TC_ACT_UNSPEC, {"ALLOW_POLICY"})
     for build in bench.builds:
         assert run(build, v.prog, v.syn(db.DENIED_PORT)) == (db.TC_ACT_SHOT, {"DROP_POLICY"})
+    # The breakdown's builds leave out exactly their step: no conntrack
+    # entry from one, no event (nor token-bucket use) from the other.
+    for build, tracks, emits in ((bench.new_flow, 1, True), (bench.without_ct, 0, True),
+                                 (bench.without_event, 1, False)):
+        build.maps.flush_conntrack(db.ENDPOINT_ID)
+        before = build.maps.event_stats()
+        assert run(build, v.prog, v.syn()) == (db.TC_ACT_UNSPEC, {"ALLOW_POLICY"})
+        assert build.maps["conntrack"].count() == tracks, build.name
+        assert bench.measure_new_flow(build, v, 2000) > 0
+        spent = sum(build.maps.event_stats().values()) > sum(before.values())  # 2000 events: some suppressed
+        assert spent is emits, build.name
     # And the measurement helpers agree, over many repetitions.
     assert bench.measure("established", v, 1000) > 0
     assert bench.measure("new_flow", v, 1000) > 0
