@@ -1,13 +1,16 @@
 """Manifests from a local directory, as `kubectl get -o yaml` prints them:
 YAML or JSON, several documents per file, `List` kinds.
 
-Polled rather than watched with inotify so it works on any filesystem
-(ConfigMap volumes swap symlinks; network filesystems send no events). A
-file is read only once its size and mtime have held still for one poll, and
-a file that does not parse keeps its last good content until it does: a
-writer caught mid-write is retried, never read as a shorter manifest (which
-would silently drop the policies after the cut). A file is read again only
-when its stat (device, inode, size, mtime, ctime) changes.
+Polled, so it works on any filesystem (ConfigMap volumes swap symlinks;
+network filesystems send no events). A file is read only once its size and
+mtime have held still for one poll, and a file that does not parse keeps
+its last good content until it does: a writer caught mid-write is retried,
+never read as a shorter manifest (which would silently drop the policies
+after the cut). A file is read again only when its stat (device, inode,
+size, mtime, ctime) changes. Where inotify works it only speeds this up
+(inotify.py): a change wakes the poll at once, and a file its writer closed
+or renamed into place is complete, so it is read in that poll (and undone
+if it changed again while being read) instead of one poll later.
 
 Whatever the tree holds, one path costs the scan one error, never the scan:
 links are followed, but a directory reached twice (a link to itself or to
@@ -23,6 +26,7 @@ BROKEN_REPORT_AFTER_S, and whatever was last read from it stays in force.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -42,6 +46,7 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from ..errors import InvalidObjectError
 from ..model.state import ClusterStore, ParsedEntry, kind_of, parse_for_store
+from .inotify import DirectoryWatch
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,7 @@ class Scan:
     files: dict[Path, StatKey] = field(default_factory=dict)  # manifests to read, each file once
     errors: dict[Path, str] = field(default_factory=dict)  # paths that cannot be read, and why
     unlisted: list[Path] = field(default_factory=list)  # directories that could not be listed
+    listed: list[Path] = field(default_factory=list)  # directories listed (watched for changes: inotify.py)
 
     def hides(self, path: Path) -> bool:
         """Whether `path` lies in a directory that could not be listed (so
@@ -156,6 +162,7 @@ def scan_manifests(directory: Path, max_manifest_bytes: int = DEFAULT_MAX_MANIFE
             scan.errors[here] = _os_error(e)
             scan.unlisted.append(here)
             continue
+        scan.listed.append(here)
         subdirs = []
         for entry in entries:
             name = entry.name
@@ -391,9 +398,41 @@ def parse_manifest_bytes(data: bytes) -> list[ParsedEntry]:
     return out
 
 
+def _stat_key(path: Path) -> StatKey | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class _NoWatch:
+    """Polling only (watch=False)."""
+
+    active = False
+
+    def finished(self) -> set[Path]:
+        return set()
+
+    def watch(self, _directories: Iterable[Path]) -> None:
+        pass
+
+    def wait(self, _timeout: float) -> bool:
+        return False
+
+    def interrupt(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_NO_WATCH = _NoWatch()
+
+
 class DirectorySource:
     def __init__(self, directory: Path, store: ClusterStore, interval: float = DEFAULT_POLL_INTERVAL_S,
-                 max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES) -> None:
+                 max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES, watch: bool = True) -> None:
         if max_manifest_bytes <= 0:
             raise ValueError("max_manifest_bytes must be positive")
         self.directory = Path(directory)
@@ -401,7 +440,9 @@ class DirectorySource:
         self.interval = max(interval, MIN_INTERVAL_S)
         self.max_manifest_bytes = max_manifest_bytes
         self._files: dict[Path, _FileState] = {}
-        self._pending: dict[Path, StatKey] = {}
+        # Changed files: the stat key seen, and the regular poll that first saw it.
+        self._pending: dict[Path, tuple[StatKey, int]] = {}
+        self._regular_polls = 0  # polls at the interval (not woken early by inotify)
         self._path_errors: dict[Path, tuple[float, str]] = {}  # path -> (since, why)
         self._unlisted: set[Path] = set()  # directories the last scan could not list
         self._published_errors: list[str] = []
@@ -409,24 +450,46 @@ class DirectorySource:
         self._thread: threading.Thread | None = None
         self.synced = threading.Event()
         self.poll_failures = 0  # polls that raised (each is a bug: they are logged, rate-limited)
+        # inotify (watch=True): made by start() for the polling thread's
+        # waits, closed by stop(); poll() called directly runs without.
+        self._use_watch = watch
+        self._watch: DirectoryWatch | _NoWatch = _NO_WATCH
+        self._listed: list[Path] = []  # the directories the last scan listed
 
     def start(self) -> None:
+        if self._use_watch:
+            self._watch = DirectoryWatch()
+            self._watch.watch(self._listed)
         self._thread = threading.Thread(target=self._run, name="directory-source", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._watch.interrupt()
         if self._thread:
             self._thread.join(timeout=2)
+        self._watch.close()
+        self._watch = _NO_WATCH
 
     def _run(self) -> None:
         last_logged: float | None = None
         unlogged = 0
         # The wait comes first in every turn: whatever a poll does or raises,
-        # the next one is `interval` later.
-        while not self._stop.wait(self.interval):
+        # the next one is `interval` later, or sooner when inotify reports a
+        # change (but never within MIN_INTERVAL_S of the last: a writer
+        # touching files in a loop does not make the poll spin).
+        while True:
+            woken = False
+            if self._watch.active:
+                woken = self._watch.wait(self.interval)
+                if woken:
+                    self._stop.wait(MIN_INTERVAL_S)
+                if self._stop.is_set():
+                    break
+            elif self._stop.wait(self.interval):
+                break
             try:
-                self.poll()
+                self.poll(woken)
             except Exception:  # keep polling whatever one pass hit
                 self.poll_failures += 1
                 now = time.monotonic()
@@ -438,10 +501,16 @@ class DirectorySource:
                 else:
                     unlogged += 1
 
-    def poll(self) -> bool:
-        """One pass; returns whether the store was updated."""
+    def poll(self, woken: bool = False) -> bool:
+        """One pass; returns whether the store was updated. woken: inotify
+        woke it before the interval was up."""
         now = time.monotonic()
+        if not woken:
+            self._regular_polls += 1
+        finished = self._watch.finished()  # before the scan: a later close is seen by the next poll
         scan = scan_manifests(self.directory, self.max_manifest_bytes)
+        self._listed = scan.listed
+        self._watch.watch(scan.listed)
         self._path_errors = {path: (self._path_errors.get(path, (now,))[0], why)
                              for path, why in scan.errors.items()}
         self._unlisted = set(scan.unlisted)
@@ -451,15 +520,32 @@ class DirectorySource:
                 continue  # there but unreadable now: its last content stays in force
             del self._files[path]
             changed = True
-        pending: dict[Path, StatKey] = {}
+        pending: dict[Path, tuple[StatKey, int]] = {}
         for path, key in scan.files.items():
             known = self._files.get(path)
             if known is not None and known.stat == key:
                 continue  # unchanged since it was last read (parsed or not): not read again
-            if self._pending.get(path) != key:
-                pending[path] = key  # changed since last poll: wait until it holds still
+            seen = self._pending.get(path)
+            still = seen is not None and seen[0] == key and seen[1] < self._regular_polls
+            if not still and path not in finished:
+                # Changed since the last poll, or not seen still across a
+                # regular poll yet (a poll inotify woke early does not
+                # count: a file must hold still for an interval): wait.
+                pending[path] = seen if seen is not None and seen[0] == key else (key, self._regular_polls)
                 continue
-            changed |= self._read(path, key, known, now)
+            early = not still
+            saved = dataclasses.replace(known) if early and known is not None else None
+            read = self._read(path, key, known, now)
+            if early and _stat_key(path) != key:
+                # Written again since its writer's close: what was read may
+                # be a part. Undone; it waits to hold still like any change.
+                if saved is None:
+                    self._files.pop(path, None)
+                else:
+                    self._files[path] = saved
+                pending[path] = (key, self._regular_polls)
+                continue
+            changed |= read
         self._pending = pending
         errors = self._errors(now)
         texts = [str(e) for e in errors]

@@ -489,10 +489,10 @@ class StopAfter(threading.Event):
 
 
 def test_failing_poll_keeps_its_interval_and_is_logged_once(tmp_path: Path, monkeypatch, caplog):
-    src = DirectorySource(tmp_path, ClusterStore(), interval=0.25)
+    src = DirectorySource(tmp_path, ClusterStore(), interval=0.25, watch=False)  # the interval alone paces it
     calls = []
 
-    def broken_poll() -> bool:
+    def broken_poll(woken: bool = False) -> bool:
         calls.append(len(src._stop.timeouts))  # type: ignore[attr-defined]
         raise RuntimeError("a bug in one scan")
 
