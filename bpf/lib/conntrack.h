@@ -58,6 +58,14 @@
  * for a new verdict instead of cutting the connection. Its replies pass
  * meanwhile; its next packet out is deferred and judged (enforce.h). */
 #define CT_F_RECHECK 0x20
+/* Opened by a TCP packet that was not a SYN: a connection under way before
+ * it was tracked (its entry lost, evicted, or cut by revocation and brought
+ * back by the pod's own next packet, a delayed ACK). Who opened it is not
+ * known, so a packet in the other direction is no proven reply: it faces
+ * policy, and once one passes the entry is an ordinary one. Without this, a
+ * connection revocation cut came back whole: the peer's packets passed as
+ * replies to the pod's ACK. */
+#define CT_F_MIDSTREAM 0x40
 
 struct ct_key {
 	__u8 pod[ADDR_LEN];
@@ -186,6 +194,21 @@ static __always_inline int ct_update(struct ct_entry *e, int dir,
 	return reply ? ALLOW_REPLY : ALLOW_ESTABLISHED;
 }
 
+/* CT_F_MIDSTREAM for an entry a policy decision opens on this packet: a
+ * TCP packet that is not a SYN. (Entries the Service and hairpin paths make
+ * for a connection they saw open do not take it.) */
+static __always_inline __u8 ct_midstream_flag(const struct flow *f)
+{
+	return f->proto == IPPROTO_TCP && !(f->tcp_flags & TCP_FLAG_SYN) ? CT_F_MIDSTREAM : 0;
+}
+
+/* A packet against the direction of an entry opened mid-stream: policy
+ * decides it, as if it were a new flow (CT_F_MIDSTREAM). */
+static __always_inline int ct_reverse_unproven(const struct ct_entry *e, int dir)
+{
+	return (e->flags & CT_F_MIDSTREAM) && dir != e->origin;
+}
+
 /* A pure SYN on a closing entry, or one in the reply direction, starts a new
  * connection on a reused tuple: it must face policy again. */
 static __always_inline int ct_is_new_connection(const struct ct_entry *e, int dir,
@@ -198,7 +221,7 @@ static __always_inline int ct_is_new_connection(const struct ct_entry *e, int di
 	return (e->flags & CT_F_CLOSING) || dir != e->origin;
 }
 
-/* flags: CT_F_SERVICE or 0. */
+/* flags: CT_F_SERVICE, CT_F_MIDSTREAM or 0. */
 static __always_inline void ct_create(const struct ct_key *key, int dir,
 				      const struct flow *f, __u16 endpoint_id,
 				      __u32 rule_id, __u8 reason, __u8 flags, __u64 now)

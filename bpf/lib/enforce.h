@@ -395,7 +395,7 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 	ct_key_for(&key, skb->ifindex, dir, &f);
 	struct ct_entry *ct = ct_lookup(&key, now);
 #ifndef BENCH_IGNORE_CONNTRACK_HITS
-	if (ct && !ct_is_new_connection(ct, dir, &f) &&
+	if (ct && !ct_is_new_connection(ct, dir, &f) && !ct_reverse_unproven(ct, dir) &&
 	    !(dir == DIR_EGRESS && (ct->flags & CT_F_RECHECK))) {
 		/* The pod answering its own hairpin: the answer comes back to
 		 * it un-NATed from the Service address; the mark says whose it
@@ -447,8 +447,10 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 	/* ICMP errors are not connections: nothing to track. (The BENCH_SKIP_
 	 * guards exist in benchmark builds only, to price each step.) */
 #ifndef BENCH_SKIP_CT_CREATE
-	if (!f.icmp_error)
-		ct_create(&key, dir, &f, ep_id, rule_id, reason, 0, now);
+	if (ct && ct_reverse_unproven(ct, dir) && !ct_is_new_connection(ct, dir, &f))
+		ct->flags &= ~CT_F_MIDSTREAM; /* policy allows it both ways now */
+	else if (!f.icmp_error)
+		ct_create(&key, dir, &f, ep_id, rule_id, reason, ct_midstream_flag(&f), now);
 #endif
 #ifndef BENCH_SKIP_EVENT
 	event_emit(skb, &f, EVENT_ALLOW, reason, dir, ep_id, peer_id, rule_id, now);

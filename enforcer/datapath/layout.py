@@ -44,6 +44,7 @@ CT_F_FIN_REPLY = 0x4
 CT_F_CLOSING = 0x8
 CT_F_SERVICE = 0x10
 CT_F_RECHECK = 0x20
+CT_F_MIDSTREAM = 0x40  # opened mid-stream: its other direction faces policy (conntrack.h)
 # services.h
 MARK_EP_BITS = 10
 SVC_PENDING_F_AMBIGUOUS = 0x1

@@ -313,6 +313,29 @@ def test_ipcache_families_do_not_mix(dp):
 # --- conntrack: replies, related ICMP, TCP closing, expiry ---
 
 @pytest.mark.parametrize("fam", FAMILIES)
+def test_a_connection_picked_up_mid_stream_proves_its_other_direction(dp, fam):
+    """Revocation cut a connection (or its entry was lost); the pod's next
+    packet (a delayed ACK, which its egress allows) tracks it again mid-
+    stream. Who opened it is unknown: the peer's packets are no proven
+    replies and face the pod's ingress policy, which denies them; once policy
+    allows that direction, the first one to pass makes the entry ordinary."""
+    dp.set_pod(POD_A, ingress=True)  # ingress isolated with nothing allowed; egress open
+    a, other, sp = POD_A[fam], peer("other_pod", fam), sport()
+    ack = dp.egress(frames.tcp(a, other, 80, sp, flags="A"))
+    assert_outcome(ack, True, POD_A["id"], DIR_EGRESS, Reason.ALLOW_NOT_ISOLATED)
+    for _ in range(2):  # every one, not only the first
+        back = dp.ingress(frames.tcp(other, a, sp, 80, flags="PA"))
+        assert_outcome(back, False, POD_A["id"], DIR_INGRESS, Reason.DROP_POLICY)
+    assert_outcome(dp.egress(frames.tcp(a, other, 80, sp, flags="A")), True, POD_A["id"], DIR_EGRESS,
+                   Reason.ALLOW_ESTABLISHED)  # its own direction stays tracked
+    dp.allow(POD_A, DIR_INGRESS, ident("other_pod"), TCP_, 80)
+    first = dp.ingress(frames.tcp(other, a, sp, 80, flags="PA"))
+    assert_outcome(first, True, POD_A["id"], DIR_INGRESS, Reason.ALLOW_POLICY)
+    assert_outcome(dp.ingress(frames.tcp(other, a, sp, 80, flags="PA")), True, POD_A["id"], DIR_INGRESS,
+                   Reason.ALLOW_REPLY)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
 @pytest.mark.parametrize("proto", [TCP_, UDP_, SCTP_], ids=["tcp", "udp", "sctp"])
 def test_replies_pass_new_connections_the_other_way_do_not(dp, fam, proto):
     dp.set_pod(POD_A, ingress=True, egress=True)
