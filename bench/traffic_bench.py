@@ -46,8 +46,9 @@ Once per run:
               (wall and CPU of ipset/iptables-restore, nft)
   update      change -> enforced on the wire: the lab's policy loses (revoke)
               or regains (grant) the probe port; a prober in the client pod
-              opens new connections in a loop and reports when the first of
-              three in a row saw the new verdict. Files: written by rename
+              opens a new connection every millisecond (the resolution) and
+              reports when the first of three in a row saw the new verdict.
+              Files: written by rename
               into the daemon's directory (default poll interval unless
               --poll-interval); kube-router: a full sync (ipset + iptables
               restore, as it does on every change); nftables: one `nft -f`
@@ -152,7 +153,7 @@ C_SOURCE = r'''
  *       one connection, 64-byte ping-pong (TCP_NODELAY): prints
  *       "<round trips> <seconds> <p50 us> <p99 us>".
  *   traffic_load probe IP PORT WANT TIMEOUT_MS MAX_SECONDS
- *       new connections in a loop until CONFIRM in a row come out as WANT
+ *       a new connection every PROBE_GAP_US until CONFIRM in a row come out as WANT
  *       (1: connected, 0: not connected within TIMEOUT_MS or refused);
  *       prints "ready" once it has seen the opposite outcome, then
  *       "<CLOCK_MONOTONIC ns at the start of the first of them> <attempts>",
@@ -310,6 +311,7 @@ static int attempt(struct sockaddr_in *a, int timeout_ms) {
     return ok;
 }
 
+#define PROBE_GAP_US 1000
 static int probe(const char *ip, int port, int want, int timeout_ms, double max_seconds) {
     struct sockaddr_in a = addr_of(ip, port);
     long long end = now_ns() + (long long)(max_seconds * 1e9), first = 0, attempts = 0;
@@ -328,7 +330,11 @@ static int probe(const char *ip, int port, int want, int timeout_ms, double max_
             if (run >= CONFIRM) { printf("%lld %lld\n", first, attempts); return 0; }
         } else
             run = 0;
-        if (!ok) usleep(200);
+        /* Attempts start PROBE_GAP_US apart (the resolution): back to back,
+         * thousands of connections a second would load the node's two CPUs
+         * and slow the daemon being measured. */
+        long long next = t + PROBE_GAP_US * 1000LL, wait = next - now_ns();
+        if (wait > 0) usleep((useconds_t)(wait / 1000));
     }
     printf("timeout\n");
     return 1;
@@ -1228,7 +1234,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                             else:
                                 r = apply_nft(v.lab, render_nftables(idx, local))
                             return {**r, "total_s": time.monotonic() - t0}
-                        ms, sync = time_update(v.lab, helper, args.client_cpu, direction == "grant", change)
+                        # A full re-render takes as long as the first full sync
+                        # (iptables at 10k: 1.5-2 min here): the prober waits for it.
+                        wait_s = max(120.0, 4 * float(v.converge.get("wall_s", 0)))
+                        ms, sync = time_update(v.lab, helper, args.client_cpu, direction == "grant", change,
+                                               max_seconds=wait_s)
                         v.updates[direction].append(ms)
                         v.sync.append(sync)
             if v.updates["revoke"]:
