@@ -39,6 +39,10 @@ from .reconcile import BoundedRunner
 
 log = logging.getLogger(__name__)
 
+# Generation-1 collections before a full one, once the first view is frozen
+# (the interpreter's default: 10).
+FULL_COLLECTION_AFTER = 1000
+
 
 @dataclass
 class DaemonConfig:
@@ -268,9 +272,16 @@ class Daemon:
         if not self.synced.is_set():
             # The first view is most of what the daemon will ever hold: move
             # it out of the cyclic GC's reach so later collections do not
-            # walk it (their pauses would delay every later change).
+            # walk it (their pauses would delay every later change). Full
+            # collections then come a hundred times less often than the
+            # default: at 10k policies they came every ~0.3 s under a
+            # stream of changes, 12-23 ms each, and found nothing (the
+            # daemon's garbage is freed by reference counts; what cycles
+            # it makes wait for the next full collection).
             gc.collect()
             gc.freeze()
+            young, middle, _full = gc.get_threshold()
+            gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
         self.synced.set()
         return bool(desired.unplaced or not report.complete)
 
