@@ -15,10 +15,12 @@ So between two compiled states, only the connections of an endpoint whose
 entry changed, of an (endpoint, direction) with a policy key that changed,
 or to a peer address inside an ipcache entry that changed can change
 verdict (Affected.of, from sync.Touched). Everything else keeps the verdict
-it had when the previous revocation checked it. A revocation that did not
-finish is merged into the next one (the union of what they touched, judged
-against the newest state, from the start of the map); when nothing is known
-of the previous state (a daemon's first pass), every connection is checked.
+it had when the previous revocation checked it. A newer state that comes
+before a revocation finished is folded into it (Revocation.restart): the
+rest of the walk judges what either touched against the newest state, and a
+second round judges the entries already walked for what the newer state
+changed, so the walk always moves forward; when nothing is known of the
+previous state (a daemon's first pass), every connection is checked.
 
 A connection tracked under a Service address does not say which backend it
 reached: its verdict depends on that backend's address, unknown here, so
