@@ -582,22 +582,22 @@ class Pass:
 
 
 @contextlib.contextmanager
-def pinned_maps(tag: str = "") -> Iterator[Any]:
-    """Real pinned maps from load_datapath_programs, under a pin directory of
-    this process; the programs are unloaded and the pins removed on exit."""
+def pinned_datapath(pin_dir: Path, **config_fields: Any) -> Iterator[tuple[Any, Any]]:
+    """(DatapathConfig, DatapathMaps) of the datapath loaded with its maps
+    pinned in pin_dir, which must not exist yet; the programs are unloaded
+    and the pins removed on exit. config_fields: DatapathConfig's."""
     from enforcer.datapath.loader import load_datapath_programs, remove_pins
     from enforcer.datapath.maps import DatapathMaps
     from enforcer.datapath.source import DatapathConfig
 
-    pin_dir = Path(f"{PIN_PREFIX}-{os.getpid()}{tag}")
     if pin_dir.exists():
         raise RuntimeError(f"{pin_dir} exists already")
-    config = DatapathConfig(pin_dir=pin_dir, policy_max=POLICY_MAX)
+    config = DatapathConfig(pin_dir=pin_dir, **config_fields)
     programs = maps = None
     try:
         programs = load_datapath_programs(config)
         maps = DatapathMaps(pin_dir)
-        yield maps
+        yield config, maps
     finally:
         if maps is not None:
             maps.close()
@@ -609,6 +609,14 @@ def pinned_maps(tag: str = "") -> Iterator[Any]:
             log(f"could not remove {pin_dir}: {e}")
         if pin_dir.exists():
             shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pinned_maps(tag: str = "") -> Iterator[Any]:
+    """Real pinned maps from load_datapath_programs, under a pin directory of
+    this process; the programs are unloaded and the pins removed on exit."""
+    with pinned_datapath(Path(f"{PIN_PREFIX}-{os.getpid()}{tag}"), policy_max=POLICY_MAX) as (_config, maps):
+        yield maps
 
 
 def _ms(seconds: float) -> float:

@@ -41,7 +41,6 @@ import ipaddress
 import json
 import os
 import random
-import shutil
 import socket
 import sys
 import time
@@ -50,9 +49,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _p in (str(ROOT), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import compiler_bench as cb  # noqa: E402
 
 from enforcer.compiler.evaluate import connection_still_allowed  # noqa: E402
 from enforcer.daemon.runtime import Daemon, DaemonConfig  # noqa: E402
@@ -123,28 +126,8 @@ class Cluster:
 
 @contextlib.contextmanager
 def datapath(tag: str) -> Iterator[tuple[DatapathConfig, DatapathMaps]]:
-    from enforcer.datapath.loader import load_datapath_programs, remove_pins
-
-    pin_dir = Path(f"{PIN_PREFIX}-{os.getpid()}{tag}")
-    if pin_dir.exists():
-        raise RuntimeError(f"{pin_dir} exists already")
-    config = DatapathConfig(pin_dir=pin_dir)
-    programs = maps = None
-    try:
-        programs = load_datapath_programs(config)
-        maps = DatapathMaps(pin_dir)
+    with cb.pinned_datapath(Path(f"{PIN_PREFIX}-{os.getpid()}{tag}")) as (config, maps):
         yield config, maps
-    finally:
-        if maps is not None:
-            maps.close()
-        if programs is not None:
-            programs.cleanup()
-        try:
-            remove_pins(config)
-        except OSError as e:
-            log(f"could not remove {pin_dir}: {e}")
-        if pin_dir.exists():
-            shutil.rmtree(pin_dir, ignore_errors=True)
 
 
 def make_daemon(config: DatapathConfig, maps: DatapathMaps, store: ClusterStore, c: Cluster) -> Daemon:
