@@ -1164,7 +1164,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         # Enforcement in place, one variant at a time (each converges alone).
         poll = ["--poll-interval", str(args.poll_interval)] if args.poll_interval else []
         sources: dict[str, Path] = {}
-        renders: dict[str, Rendering] = {}
         index_rules = Index(cluster_objects(clusters[rules_n]))
         for v in variants:
             if v.kind == "enforcer":
@@ -1174,23 +1173,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 daemons.append(d)
                 v.converge = d.start(lambda s=src: directory_revision(s))  # type: ignore[misc]
                 log(f"{v.name}: converged {v.converge}")
-            elif v.kind == "iptables":
-                t0 = time.monotonic()
-                renders[v.name] = render_kube_router(index_rules, local)
-                render_s = time.monotonic() - t0
-                v.sync.append(apply_kube_router(v.lab, renders[v.name]))
-                r = renders[v.name]
-                v.converge = {"render_s": round(render_s, 2), **v.sync[0], "sets": r.sets, "set_entries": r.set_entries,
-                              "rules": r.rule_lines, "chains": r.chains}
-                log(f"{v.name}: full sync {v.converge}")
-            elif v.kind == "nftables":
-                t0 = time.monotonic()
-                renders[v.name] = render_nftables(index_rules, local)
-                render_s = time.monotonic() - t0
-                v.sync.append(apply_nft(v.lab, renders[v.name]))
-                r = renders[v.name]
-                v.converge = {"render_s": round(render_s, 2), **v.sync[0], "sets": r.sets, "set_entries": r.set_entries,
-                              "rules": r.rule_lines}
+            elif v.kind in ("iptables", "nftables"):
+                r, render_s, applied = sync_rules(v.kind, v.lab, index_rules, local)
+                v.sync.append(applied)
+                v.converge = {"render_s": round(render_s, 2), **applied, "sets": r.sets, "set_entries": r.set_entries,
+                              "rules": r.rule_lines, **({"chains": r.chains} if v.kind == "iptables" else {})}
                 log(f"{v.name}: full sync {v.converge}")
         for v in variants:
             if not v.lab.reachable(PORT_CRR, timeout=2.0):
@@ -1228,12 +1215,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         def change(objs=objs, v=v):
                             # What the controller does on a change: resolve, render, apply everything.
                             t0 = time.monotonic()
-                            idx = Index(objs)
-                            if v.kind == "iptables":
-                                r = apply_kube_router(v.lab, render_kube_router(idx, local))
-                            else:
-                                r = apply_nft(v.lab, render_nftables(idx, local))
-                            return {**r, "total_s": time.monotonic() - t0}
+                            _, _, applied = sync_rules(v.kind, v.lab, Index(objs), local)
+                            return {**applied, "total_s": time.monotonic() - t0}
                         # A full re-render takes as long as the first full sync
                         # (iptables at 10k: 1.5-2 min here): the prober waits for it.
                         wait_s = max(120.0, 4 * float(v.converge.get("wall_s", 0)))
@@ -1314,6 +1297,17 @@ def apply_kube_router(lab: TrafficLab, r: Rendering) -> dict[str, float]:
 def apply_nft(lab: TrafficLab, r: Rendering) -> dict[str, float]:
     a = run_measured(["ip", "netns", "exec", lab.node_netns, "nft", "-f", "-"], r.rules)
     return {"wall_s": round(a["wall_s"], 3), "cpu_s": round(a["cpu_s"], 3), "rss_mb": round(a["rss_mb"], 1)}
+
+
+def sync_rules(kind: str, lab: TrafficLab, index: Index,
+               local: list[dict[str, Any]]) -> tuple[Rendering, float, dict[str, float]]:
+    """What the iptables (kube-router's rules) or nftables variant does on
+    every change: render the whole policy set and apply it. Returns the
+    rendering, the seconds rendering took and what applying it cost."""
+    t0 = time.monotonic()
+    r = render_kube_router(index, local) if kind == "iptables" else render_nftables(index, local)
+    render_s = time.monotonic() - t0
+    return r, render_s, apply_kube_router(lab, r) if kind == "iptables" else apply_nft(lab, r)
 
 
 def report(args: argparse.Namespace, variants: list[Variant], watch: dict[str, Any], iperf: bool,
