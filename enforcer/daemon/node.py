@@ -44,17 +44,16 @@ NUD_NONE = 0x00
 NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
 
 
-def node_addresses() -> tuple[IPAddress, ...]:
+def node_addresses(ipr: IPRoute) -> tuple[IPAddress, ...]:
     """Addresses of this namespace's interfaces that can source traffic to a
     pod: everything but loopback and IPv6 link-local."""
     out: list[IPAddress] = []
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr():
-            addr = ipaddress.ip_address(msg.get_attr("IFA_ADDRESS"))
-            if addr.is_loopback or (addr.version == 6 and addr.is_link_local):
-                continue
-            if addr not in out:
-                out.append(addr)
+    for msg in ipr.get_addr():
+        addr = ipaddress.ip_address(msg.get_attr("IFA_ADDRESS"))
+        if addr.is_loopback or (addr.version == 6 and addr.is_link_local):
+            continue
+        if addr not in out:
+            out.append(addr)
     return tuple(out)
 
 
@@ -232,7 +231,7 @@ class InterfaceResolver:
             if changes.full or changes.links or not self.links:
                 self._read_links(ipr.get())
             if changes.full or changes.links or changes.addresses:
-                self.addresses = node_addresses()
+                self.addresses = node_addresses(ipr.get())
             per_pass: dict[tuple[str, int, int], Any] = {}  # neighbour and FDB dumps, once a pass
             for pod in pods:
                 key = (pod.uid, pod.ips)

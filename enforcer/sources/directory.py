@@ -75,6 +75,10 @@ POLL_FAILURE_LOG_EVERY_S = 60.0  # a poll that keeps failing is logged at most t
 StatKey = tuple[int, int, int, int, int]
 
 
+def _key_of(st: os.stat_result) -> StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class _Unreadable(Exception):
     """A file's content cannot be used; the message says why."""
 
@@ -197,7 +201,7 @@ def scan_manifests(directory: Path, max_manifest_bytes: int = DEFAULT_MAX_MANIFE
                 if st.st_size > max_manifest_bytes:
                     scan.errors[path] = _too_big(max_manifest_bytes)
                 else:
-                    scan.files[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    scan.files[path] = _key_of(st)
         stack.extend(reversed(subdirs))
     return scan
 
@@ -400,10 +404,9 @@ def parse_manifest_bytes(data: bytes) -> list[ParsedEntry]:
 
 def _stat_key(path: Path) -> StatKey | None:
     try:
-        st = os.stat(path)
+        return _key_of(os.stat(path))
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class _NoWatch:
