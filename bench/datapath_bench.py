@@ -511,10 +511,11 @@ class Bench:
         if kind == "established":
             return self.run_checked(self.established, v.prog, v.direction, v.ack(), TC_ACT_UNSPEC,
                                     Reason.ALLOW_ESTABLISHED, repeat).duration_ns
-        return self.run_checked(self.new_flow, v.prog, v.direction, v.syn(), TC_ACT_UNSPEC,
-                                Reason.ALLOW_POLICY, repeat).duration_ns
+        return self.measure_new_flow(self.new_flow, v, repeat)
 
     def measure_new_flow(self, build: Build, v: Variant, repeat: int) -> int:
+        """One run of the allowed SYN through a new-flow build (the full
+        one, or one of the breakdown's)."""
         return self.run_checked(build, v.prog, v.direction, v.syn(), TC_ACT_UNSPEC,
                                 Reason.ALLOW_POLICY, repeat).duration_ns
 
