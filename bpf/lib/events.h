@@ -1,7 +1,8 @@
 /* events: verdict events for the daemon (flow logs), through a ring buffer.
  *
  * Only decisions are reported: a new connection allowed (conntrack entry
- * created) and a packet dropped. Packets of tracked connections are not,
+ * created), one allowed that a policy in audit mode would drop, and a
+ * packet dropped. Packets of tracked connections are not,
  * which keeps the event rate proportional to connection rate. A per-CPU
  * token bucket bounds it further so a flood of denied packets cannot turn
  * into a flood of events; what the bucket suppresses is counted.
@@ -24,6 +25,7 @@
 
 #define EVENT_ALLOW 1
 #define EVENT_DROP 2
+#define EVENT_AUDIT 3 /* passed, but an audited policy would drop it: reason and rule are that drop's */
 
 struct verdict_event {
 	__u64 timestamp_ns;

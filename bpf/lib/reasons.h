@@ -35,7 +35,8 @@ enum verdict_reason {
 	ALLOW_BASELINE = 19,          /* new flow: a Baseline-tier cluster policy rule accepts it */
 	DROP_ADMIN = 20,              /* new flow: an Admin-tier cluster policy rule denies it */
 	DROP_BASELINE = 21,           /* new flow: a Baseline-tier cluster policy rule denies it */
-	__REASON_MAX = 22,
+	ALLOW_AUDIT = 22,             /* new flow: passed; a policy in audit mode would drop it */
+	__REASON_MAX = 23,
 };
 
 /* Counter slots per endpoint and direction; leaves room to append. */

@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from .layout import DIR_EGRESS, EVENT_ALLOW, IPAddress, VerdictEvent, addr_from_bytes
+from .layout import DIR_EGRESS, EVENT_ALLOW, EVENT_AUDIT, IPAddress, VerdictEvent, addr_from_bytes
 from .reasons import Reason
 from .ringbuf import RingBuffer
 
@@ -32,6 +32,9 @@ class Verdict:
     sport: int
     dport: int
     tcp_flags: int
+    # Passed, but a policy in audit mode would drop it: reason and rule_id
+    # are that drop's (allowed is True).
+    audit: bool = False
 
     @classmethod
     def decode(cls, raw: bytes | VerdictEvent) -> Verdict:
@@ -42,7 +45,7 @@ class Verdict:
             reason = ev.reason
         return cls(
             timestamp_ns=ev.timestamp_ns,
-            allowed=ev.type == EVENT_ALLOW,
+            allowed=ev.type in (EVENT_ALLOW, EVENT_AUDIT),
             reason=reason,
             direction="egress" if ev.direction == DIR_EGRESS else "ingress",
             endpoint_id=ev.endpoint_id,
@@ -55,6 +58,7 @@ class Verdict:
             sport=socket.ntohs(ev.sport),
             dport=socket.ntohs(ev.dport),
             tcp_flags=ev.tcp_flags,
+            audit=ev.type == EVENT_AUDIT,
         )
 
 

@@ -51,6 +51,7 @@ SVC_PENDING_F_AMBIGUOUS = 0x1
 # events.h
 EVENT_ALLOW = 1
 EVENT_DROP = 2
+EVENT_AUDIT = 3  # passed; an audited policy would drop it (events.h)
 
 Addr: TypeAlias = ctypes.c_uint8 * ADDR_LEN  # type: ignore[valid-type]  # a ctypes array type
 
