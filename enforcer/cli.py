@@ -194,7 +194,8 @@ def _datapath_show(args: argparse.Namespace) -> int:
             print(f"  {ip}: id={ep.id} ifindex={ep.ifindex} identity={ep.identity} flags={ep.flags:#x}")
         print("policy:")
         for k, v in maps["policy"].items():
-            print(f"  {policy_key_text(k)} rule={v.rule_id}")
+            audit = f" audit={v.audit_reason}/rule={v.audit_rule_id}" if v.audit_reason else ""
+            print(f"  {policy_key_text(k)} reason={v.reason} rule={v.rule_id}{audit}")
         print("conntrack:")
         for k, v in maps.conntrack():
             print(f"  {ct_key_text(k)} origin={v.origin} flags={v.flags:#x} rule={v.rule_id}")

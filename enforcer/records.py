@@ -30,10 +30,16 @@ class PolicyValue(NamedTuple):
     """What a policy map entry holds (layout.PolicyEntry): the verdict reason
     (ALLOW_POLICY, DROP_ADMIN, ...) and the id of the rule that decided, 0
     for none. Ordered by rule id first: where rules compete for a key, the
-    lowest id owns it, the same on every node."""
+    lowest id owns it, the same on every node.
+
+    Where the enforced verdict allows but the policies in audit mode would
+    drop, audit_reason is that drop's reason (DROP_POLICY, DROP_ADMIN,
+    DROP_BASELINE) and audit_rule_id its rule; 0 and 0 elsewhere."""
 
     rule_id: int
     reason: int
+    audit_rule_id: int = 0
+    audit_reason: int = 0
 
 
 class EndpointRecord(NamedTuple):

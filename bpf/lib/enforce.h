@@ -10,7 +10,8 @@
  *   -> endpoint + anti-spoofing -> ICMP error of a tracked flow
  *   -> [from_pod: to a Service frontend? defer, services.h]
  *   -> peer identity (ipcache) -> own node -> isolation -> policy
- *   -> track the new connection.
+ *   -> track the new connection; its event says it passed or, when the
+ *      entry holds an audited drop (policy.h), that it would be dropped.
  *
  * "Own node" is the node's addresses as the source of a packet the node
  * itself sent (skb->ingress_ifindex 0: kubelet probes, host-network pods)
@@ -250,14 +251,22 @@ endpoint_of(struct __sk_buff *skb, const struct flow *f, int dir)
 	return ep;
 }
 
+/* What the policies in audit mode say of a new flow the enforced ones
+ * allow: a DROP_ reason and its rule, or reason 0 (nothing to report). */
+struct audit_verdict {
+	__u32 rule_id;
+	__u8 reason;
+};
+
 /* What ep's policy in direction dir says of a new flow with peer_id:
  * ALLOW_NOT_ISOLATED, or the reason the policy map's entry holds (rule_id
  * set to its rule: ALLOW_POLICY, ALLOW_ADMIN, DROP_BASELINE, ...), or
- * DROP_POLICY when no entry matches. The one decision the pod hooks, the
- * hooks after DNAT (judge_deferred) and the hairpin make. */
+ * DROP_POLICY when no entry matches; *audit gets the entry's audited
+ * verdict (policy.h). The one decision the pod hooks, the hooks after DNAT
+ * (judge_deferred) and the hairpin make. */
 static __always_inline int policy_verdict(const struct endpoint_info *ep, int dir,
 					  __u32 peer_id, const struct flow *f,
-					  __u32 *rule_id)
+					  __u32 *rule_id, struct audit_verdict *audit)
 {
 	*rule_id = 0; /* no rule decided, unless an entry did (pass_hairpin asks twice) */
 	if (!endpoint_isolated(ep, dir))
@@ -267,7 +276,29 @@ static __always_inline int policy_verdict(const struct endpoint_info *ep, int di
 	if (!pe)
 		return DROP_POLICY;
 	*rule_id = pe->rule_id;
+	if (pe->audit_reason) {
+		audit->reason = pe->audit_reason;
+		audit->rule_id = pe->audit_rule_id;
+	}
 	return pe->reason;
+}
+
+/* A new flow passes: its event says so or, when a policy in audit mode
+ * would have dropped it, says that drop (EVENT_AUDIT, the drop's reason and
+ * rule), and the packet is counted as ALLOW_AUDIT. */
+static __always_inline int pass_new_flow(struct __sk_buff *skb, struct flow *f, int dir,
+					 __u16 ep_id, int reason, __u32 peer_id, __u32 rule_id,
+					 const struct audit_verdict *audit, __u64 now)
+{
+	if (audit->reason) {
+		event_emit(skb, f, EVENT_AUDIT, audit->reason, dir, ep_id, peer_id,
+			   audit->rule_id, now);
+		return pass(f, dir, ep_id, ALLOW_AUDIT);
+	}
+#ifndef BENCH_SKIP_EVENT
+	event_emit(skb, f, EVENT_ALLOW, reason, dir, ep_id, peer_id, rule_id, now);
+#endif
+	return pass(f, dir, ep_id, reason);
 }
 
 /* The own node as a pod's peer: passes with no lookup (ALLOW_HOST) unless
@@ -292,9 +323,10 @@ static __always_inline int judge_deferred(struct __sk_buff *skb, struct flow *f,
 
 	__u32 peer_id = ipcache_identity(f->family, f->daddr);
 	__u32 rule_id = 0;
+	struct audit_verdict audit = {};
 	int reason = peer_id == IDENTITY_HOST && host_egress_passes(sender)
 			     ? ALLOW_HOST
-			     : policy_verdict(sender, DIR_EGRESS, peer_id, f, &rule_id);
+			     : policy_verdict(sender, DIR_EGRESS, peer_id, f, &rule_id, &audit);
 	if (policy_reason_drops(reason))
 		return drop_by_rule(skb, f, DIR_EGRESS, ep_id, reason, peer_id, rule_id, now);
 
@@ -304,8 +336,7 @@ static __always_inline int judge_deferred(struct __sk_buff *skb, struct flow *f,
 	struct ct_key key = {};
 	if (src && src->id == ep_id && svc_take_pending(&key, sender->ifindex, f, f->saddr))
 		ct_create(&key, DIR_EGRESS, f, ep_id, rule_id, reason, CT_F_SERVICE, now);
-	event_emit(skb, f, EVENT_ALLOW, reason, DIR_EGRESS, ep_id, peer_id, rule_id, now);
-	return pass(f, DIR_EGRESS, ep_id, reason);
+	return pass_new_flow(skb, f, DIR_EGRESS, ep_id, reason, peer_id, rule_id, &audit, now);
 }
 
 /* A pod's packet to a Service that DNAT sent back to the pod itself
@@ -322,13 +353,17 @@ static __always_inline int pass_hairpin(struct __sk_buff *skb, struct flow *f,
 					struct endpoint_info *ep, __u64 now)
 {
 	svc_clear_mark(skb);
+	struct audit_verdict audit = {}; /* the egress's, else the ingress's */
 	if (ep->flags & EP_F_SELF_JUDGED) {
 		__u32 rule_id = 0;
-		int reason = policy_verdict(ep, DIR_EGRESS, IDENTITY_SELF, f, &rule_id);
+		int reason = policy_verdict(ep, DIR_EGRESS, IDENTITY_SELF, f, &rule_id, &audit);
 		if (policy_reason_drops(reason))
 			return drop_by_rule(skb, f, DIR_EGRESS, ep->id, reason, ep->identity,
 					    rule_id, now);
-		reason = policy_verdict(ep, DIR_INGRESS, IDENTITY_SELF, f, &rule_id);
+		struct audit_verdict in_audit = {};
+		reason = policy_verdict(ep, DIR_INGRESS, IDENTITY_SELF, f, &rule_id, &in_audit);
+		if (!audit.reason)
+			audit = in_audit;
 		if (policy_reason_drops(reason))
 			return drop_by_rule(skb, f, DIR_INGRESS, ep->id, reason, ep->identity,
 					    rule_id, now);
@@ -339,8 +374,7 @@ static __always_inline int pass_hairpin(struct __sk_buff *skb, struct flow *f,
 	struct ct_key back = {};
 	ct_key_for(&back, skb->ifindex, DIR_INGRESS, f);
 	ct_create(&back, DIR_INGRESS, f, ep->id, 0, ALLOW_SELF, 0, now);
-	event_emit(skb, f, EVENT_ALLOW, ALLOW_SELF, DIR_INGRESS, ep->id, ep->identity, 0, now);
-	return pass(f, DIR_INGRESS, ep->id, ALLOW_SELF);
+	return pass_new_flow(skb, f, DIR_INGRESS, ep->id, ALLOW_SELF, ep->identity, 0, &audit, now);
 }
 
 static __always_inline int enforce(struct __sk_buff *skb, int dir)
@@ -440,7 +474,8 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 	}
 
 	__u32 rule_id = 0;
-	int reason = policy_verdict(ep, dir, peer_id, &f, &rule_id);
+	struct audit_verdict audit = {};
+	int reason = policy_verdict(ep, dir, peer_id, &f, &rule_id, &audit);
 	if (policy_reason_drops(reason))
 		return drop_by_rule(skb, &f, dir, ep_id, reason, peer_id, rule_id, now);
 
@@ -452,10 +487,7 @@ static __always_inline int enforce(struct __sk_buff *skb, int dir)
 	else if (!f.icmp_error)
 		ct_create(&key, dir, &f, ep_id, rule_id, reason, ct_midstream_flag(&f), now);
 #endif
-#ifndef BENCH_SKIP_EVENT
-	event_emit(skb, &f, EVENT_ALLOW, reason, dir, ep_id, peer_id, rule_id, now);
-#endif
-	return pass(&f, dir, ep_id, reason);
+	return pass_new_flow(skb, &f, dir, ep_id, reason, peer_id, rule_id, &audit, now);
 }
 
 /* tc egress of a node interface that is not a pod's: only packets whose

@@ -52,10 +52,19 @@ _Static_assert(POLICY_PREFIX_PROTO == POLICY_KEY_BITS_TO(dport),
 _Static_assert(POLICY_PREFIX_FULL == POLICY_KEY_BITS_TO(pad),
 	       "POLICY_PREFIX_FULL: + destination port");
 
+/* Audit mode rides in the same entry: the compiler walks the pipeline
+ * twice, without and with the policies in audit mode, and where the first
+ * allows and the second drops, writes that drop as audit_reason and
+ * audit_rule_id (0 elsewhere). The lookup that decides a new flow then also
+ * says whether an audited policy would drop it: no extra lookup, and
+ * enforced traffic pays one byte test. Keys split wherever either verdict
+ * changes, so the longest match answers for both. */
 struct policy_entry {
-	__u32 rule_id; /* daemon's id of the (policy, rule) that decided, 0: none */
-	__u8 reason;   /* the verdict: ALLOW_POLICY, DROP_ADMIN, ... (reasons.h) */
-	__u8 pad[3];
+	__u32 rule_id;       /* daemon's id of the (policy, rule) that decided, 0: none */
+	__u8 reason;         /* the verdict: ALLOW_POLICY, DROP_ADMIN, ... (reasons.h) */
+	__u8 audit_reason;   /* 0, or the DROP_ reason the audited policies would give */
+	__u16 pad;
+	__u32 audit_rule_id; /* the rule of that drop, 0: none (NetworkPolicy's default deny) */
 };
 
 /* The verdict reasons a policy entry may hold that drop. */

@@ -154,7 +154,13 @@ class PolicyKey(ctypes.Structure):
 
 
 class PolicyEntry(ctypes.Structure):
-    _fields_ = [("rule_id", ctypes.c_uint32), ("reason", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+    _fields_ = [
+        ("rule_id", ctypes.c_uint32),
+        ("reason", ctypes.c_uint8),
+        ("audit_reason", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+        ("audit_rule_id", ctypes.c_uint32),
+    ]
 
 
 class CtKey(ctypes.Structure):

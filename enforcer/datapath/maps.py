@@ -246,6 +246,8 @@ class PolicyRule:
     end_port: int | None
     rule_id: int
     reason: int = int(Reason["ALLOW_POLICY"])  # the verdict the entries hold (DROP_ADMIN, ...)
+    audit_reason: int = 0  # the drop an audited policy would make of what this allows (policy.h)
+    audit_rule_id: int = 0
 
     def keys(self) -> list[PolicyKey]:
         """The keys the compiler would write for this allow (policykeys.py)."""
@@ -352,7 +354,9 @@ class DatapathMaps:
     def add_rule(self, rule: PolicyRule) -> int:
         keys = rule.keys()
         for k in keys:
-            self._maps["policy"].update(k, PolicyEntry(rule_id=rule.rule_id, reason=rule.reason))
+            self._maps["policy"].update(k, PolicyEntry(rule_id=rule.rule_id, reason=rule.reason,
+                                                       audit_rule_id=rule.audit_rule_id,
+                                                       audit_reason=rule.audit_reason))
         return len(keys)
 
     # conntrack

@@ -150,7 +150,8 @@ MAPS: tuple[MapSpec, ...] = (
     MapSpec("endpoint_ids", 1, "hash", ctypes.c_uint32, "__u32", EndpointInfo, "struct endpoint_info",
             "max_endpoint_id", holds="endpoint id -> endpoint: local pods + 1 (id 0 is no pod's)"),
     # v2: the entry holds the verdict reason (tiers), not only the rule
-    MapSpec("policy", 2, "lpm_trie", PolicyKey, "struct policy_key", PolicyEntry, "struct policy_entry",
+    # v3: and the verdict of the policies in audit mode, where it differs
+    MapSpec("policy", 3, "lpm_trie", PolicyKey, "struct policy_key", PolicyEntry, "struct policy_entry",
             "policy_max", BPF_F_NO_PREALLOC, "policy entries"),
     # v2: keyed by interface and pod address
     MapSpec("conntrack", 2, "lru_hash", CtKey, "struct ct_key", CtEntry, "struct ct_entry",

@@ -247,7 +247,8 @@ class MapSync:
         return MapContents(
             ipcache=m.identities(),
             endpoints={k.ip(): EndpointRecord(v.id, v.ifindex, v.identity, v.flags) for k, v in m["endpoints"].items()},
-            policy={from_policy_key(k): PolicyValue(v.rule_id, v.reason) for k, v in m["policy"].items()},
+            policy={from_policy_key(k): PolicyValue(v.rule_id, v.reason, v.audit_rule_id, v.audit_reason)
+                    for k, v in m["policy"].items()},
             endpoint_ids={int(k.value): EndpointIdRecord(v.ifindex, v.identity, v.flags)
                           for k, v in m["endpoint_ids"].items()},
             services=m.services(),
@@ -355,7 +356,9 @@ class _Pass:
         self.report = report
         self.tables = {
             "policy": _Table("policy", "policy",
-                             lambda t, v: pol.update(to_policy_key(t), PolicyEntry(rule_id=v[0], reason=v[1])),
+                             lambda t, v: pol.update(to_policy_key(t), PolicyEntry(rule_id=v[0], reason=v[1],
+                                                                                      audit_rule_id=v[2],
+                                                                                      audit_reason=v[3])),
                              lambda t: pol.delete(to_policy_key(t)), have.policy),
             "ipcache": _Table("ipcache", "ipcache", m.set_identity, m.delete_identity, have.ipcache),
             "endpoint_ids": _Table("endpoint", "endpoint_ids", lambda i, info: m.set_endpoint_id(i, *info),

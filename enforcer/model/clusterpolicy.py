@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidObjectError
-from .meta import IPNetwork, meta_of, resource_version_of
+from .meta import IPNetwork, audit_of, meta_of, resource_version_of
 from .policy import PolicyPort
 from .selectors import LabelSelector, SelectorError
 
@@ -92,6 +92,7 @@ class ClusterNetworkPolicy:
     warnings: tuple[str, ...] = ()  # applied, but reported
     source_kind: str = CNP_KIND  # or AdminNetworkPolicy / BaselineAdminNetworkPolicy (converted)
     resource_version: str = ""
+    audit: bool = False  # annotated for audit mode (meta.AUDIT_ANNOTATION): judged, not enforced
 
     @property
     def key(self) -> str:
@@ -264,11 +265,14 @@ def _parse_spec(raw: Mapping[str, Any], name: str, d: _Dialect) -> ClusterNetwor
         raw_rules = _list(spec.get(direction, []), f"spec.{direction}", 0, d.max_rules)
         rules[direction] = tuple(_parse_rule(r, direction, i, peers_field, peer_fields, d, warnings)
                                  for i, r in enumerate(raw_rules))
+    audit, audit_error = audit_of(raw)
+    if audit_error:
+        warnings.append(audit_error)
     return ClusterNetworkPolicy(
         name=name, tier=tier, priority=priority, subject_namespaces=subject_namespaces,
         subject_pod_namespaces=subject_pod_namespaces, subject_pods=subject_pods,
         ingress=rules["ingress"], egress=rules["egress"], warnings=tuple(warnings), source_kind=d.kind,
-        resource_version=resource_version_of(raw))
+        resource_version=resource_version_of(raw), audit=audit)
 
 
 def _namespaced_pod(raw: Any, at: str, d: _Dialect) -> tuple[LabelSelector, LabelSelector]:

@@ -42,6 +42,29 @@ def labels_of(raw: Mapping[str, Any], kind: str, ns: str | None, name: str) -> d
     return dict(labels)
 
 
+# A NetworkPolicy or cluster policy annotated `enforcer.dev/audit: "true"` is
+# compiled and judged but not enforced: what it alone would drop passes and
+# is reported as an audit verdict (docs: README, "Rolling out policy safely").
+AUDIT_ANNOTATION = "enforcer.dev/audit"
+
+
+def audit_of(raw: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """Whether the object asks to be audited, and what is wrong with the
+    annotation if anything: a value other than "true" or "false" is a
+    mistake, and the object is enforced (the reading that opens nothing)."""
+    annotations = (raw.get("metadata") or {}).get("annotations")
+    if not isinstance(annotations, dict):
+        return False, None if annotations is None else "metadata.annotations must be a map"
+    value = annotations.get(AUDIT_ANNOTATION)
+    if value is None or value == "false":
+        return False, None
+    if value == "true":
+        return True, None
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "\u2026"
+    return False, (f'metadata.annotations[{AUDIT_ANNOTATION}]: expected "true" or "false", got {shown} '
+                   f"(enforced, not audited)")
+
+
 def resource_version_of(raw: Mapping[str, Any]) -> str:
     return str((raw.get("metadata") or {}).get("resourceVersion") or "")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidObjectError
-from .meta import IANA_SVC_NAME, PROTOCOLS, IPNetwork, meta_of, resource_version_of
+from .meta import IANA_SVC_NAME, PROTOCOLS, IPNetwork, audit_of, meta_of, resource_version_of
 from .pod import Pod
 from .selectors import Interner, LabelSelector, SelectorError
 
@@ -80,6 +80,7 @@ class NetworkPolicy:
     egress: tuple[PolicyRule, ...]
     errors: tuple[str, ...] = field(default=())
     resource_version: str = ""
+    audit: bool = False  # annotated for audit mode (meta.AUDIT_ANNOTATION): judged, not enforced
 
     @property
     def key(self) -> str:
@@ -145,7 +146,10 @@ class NetworkPolicy:
         elif unknown:
             nothing = _rules(PolicyRule((), (), valid=False))
             ingress, egress = tuple(nothing for _ in ingress), tuple(nothing for _ in egress)
-        return cls(ns, name, pod_selector, types, ingress, egress, tuple(errors), resource_version_of(raw))
+        audit, audit_error = audit_of(raw)
+        if audit_error:
+            errors.append(audit_error)
+        return cls(ns, name, pod_selector, types, ingress, egress, tuple(errors), resource_version_of(raw), audit)
 
 
 def _parse_rules(raw: Any, where: str, peers_field: str, errors: list[str]) -> tuple[PolicyRule, ...]:

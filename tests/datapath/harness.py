@@ -103,17 +103,20 @@ class Harness:
 
     def allow(self, pod: dict, direction: int, identity: int, protocol: int | None = None,
               port: int | None = None, end_port: int | None = None, rule_id: int = 77,
-              reason: Reason = Reason.ALLOW_POLICY) -> None:
+              reason: Reason = Reason.ALLOW_POLICY, audit: tuple[Reason, int] | None = None) -> None:
         """Policy entries for pod: protocol None is every protocol, port None
         every port. reason: the verdict they hold (a cluster policy's
-        DROP_ADMIN, ALLOW_BASELINE, ...); ALLOW_POLICY is NetworkPolicy's allow."""
+        DROP_ADMIN, ALLOW_BASELINE, ...); ALLOW_POLICY is NetworkPolicy's allow.
+        audit: the (drop reason, rule id) policies in audit mode would give."""
+        audit_reason, audit_rule = audit if audit is not None else (0, 0)
         self.maps.add_rule(PolicyRule(pod["id"], direction, identity, protocol, port, end_port, rule_id,
-                                      int(reason)))
+                                      int(reason), int(audit_reason), audit_rule))
 
     def entry(self, pod: dict, direction: int, identity: int, reason: Reason, protocol: int | None = None,
-              port: int | None = None, end_port: int | None = None, rule_id: int = 77) -> None:
+              port: int | None = None, end_port: int | None = None, rule_id: int = 77,
+              audit: tuple[Reason, int] | None = None) -> None:
         """allow() for an entry of any verdict, the reason first."""
-        self.allow(pod, direction, identity, protocol, port, end_port, rule_id, reason)
+        self.allow(pod, direction, identity, protocol, port, end_port, rule_id, reason, audit)
 
     def _all_counters(self) -> dict[tuple[int, int, Reason], int]:
         out = {}

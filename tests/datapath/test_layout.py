@@ -171,7 +171,7 @@ class RenamedPolicyKey(ctypes.Structure):
 
 
 class WiderPolicyEntry(ctypes.Structure):
-    _fields_ = [("rule_id", ctypes.c_uint32), ("reason", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 7)]
+    _fields_ = [*layout.PolicyEntry._fields_, ("more", ctypes.c_uint32)]
 
 
 @pytest.fixture

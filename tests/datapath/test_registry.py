@@ -28,8 +28,9 @@ def test_one_entry_per_map_and_pin():
     assert len(set(pins)) == len(pins)
     assert registry.BY_NAME["conntrack"].pin == "conntrack_v2"
     assert registry.BY_NAME["conntrack"].old_pins == ("conntrack_v1",)
-    assert registry.BY_NAME["policy"].pin == "policy_v2"  # v2: the entry holds the verdict reason
-    assert registry.BY_NAME["policy"].old_pins == ("policy_v1",)
+    # v2: the entry holds the verdict reason; v3: and the audited verdict
+    assert registry.BY_NAME["policy"].pin == "policy_v3"
+    assert registry.BY_NAME["policy"].old_pins == ("policy_v1", "policy_v2")
     for spec in registry.MAPS:
         assert spec.kind in registry.KINDS, spec.name
         assert spec.sizable == (spec.capacity in CONFIG_FIELDS), spec.name
@@ -92,12 +93,12 @@ def pin_maps(pin_dir: Path, decls: dict[str, str]) -> None:
 
 
 def test_a_pin_of_another_layout_is_refused(pin_dir):
-    pin_maps(pin_dir, {"policy_v2": '"hash", u32, u32, 16'})
+    pin_maps(pin_dir, {"policy_v3": '"hash", u32, u32, 16'})
     with pytest.raises(PinError) as err:
         check_pins(DatapathConfig(pin_dir=pin_dir))
     message = str(err.value)
-    assert f"pinned map {pin_dir}/policy_v2 has kind hash (expected lpm_trie)" in message
-    for what in ("key size 4 (expected 16)", "value size 4 (expected 8)", "max_entries 16", "enforcer cleanup"):
+    assert f"pinned map {pin_dir}/policy_v3 has kind hash (expected lpm_trie)" in message
+    for what in ("key size 4 (expected 16)", "value size 4 (expected 12)", "max_entries 16", "enforcer cleanup"):
         assert what in message
 
 
@@ -114,7 +115,7 @@ def test_load_reuses_fitting_pins_refuses_resized_ones_and_removes_old_layouts(p
     assert present == {s.pin for s in registry.MAPS} | set(foreign), "orphans of earlier layouts removed, others kept"
 
     assert check_pins(config) == [s.name for s in registry.MAPS]
-    with pytest.raises(PinError, match=r"policy_v2 has max_entries 64 \(expected 262144\)"):
+    with pytest.raises(PinError, match=r"policy_v3 has max_entries 64 \(expected 262144\)"):
         check_pins(dataclasses.replace(config, policy_max=262144))
     with pytest.raises(PinError, match=r"conntrack_v2 has max_entries 128 \(expected 256\)"):
         load_datapath_programs(dataclasses.replace(config, ct_max=256))

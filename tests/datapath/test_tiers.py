@@ -136,6 +136,58 @@ HOST_ROWS = [
 ROWS = REASON_ROWS + PRECEDENCE_ROWS + HOST_ROWS
 
 
+# 4. Audit mode (policy.h): an entry whose enforced verdict allows may say
+# what the policies in audit mode would do instead. The packet passes and is
+# tracked under the enforced verdict (what revocation judges), counted as
+# ALLOW_AUDIT, and its one event is the drop it would be (EVENT_AUDIT).
+@dataclass(frozen=True)
+class AuditRow:
+    name: str
+    direction: int
+    enforced: Reason
+    enforced_rule: int
+    audit: tuple[Reason, int] | None  # (would-drop reason, its rule): None, an ordinary allow
+    peer: str = "other_pod"
+    identity: int = OTHER
+
+
+AUDIT_ROWS = [
+    AuditRow("audited-default-deny-beside-no-policy", EG, R.ALLOW_NOT_ISOLATED, 0, (R.DROP_POLICY, 0)),
+    AuditRow("audited-admin-deny-beside-an-allow", IN, R.ALLOW_POLICY, 31, (R.DROP_ADMIN, 32)),
+    AuditRow("audited-baseline-deny-every-peer", IN, R.ALLOW_NOT_ISOLATED, 0, (R.DROP_BASELINE, 33),
+             peer="cidr", identity=IDENTITY_ANY),
+    AuditRow("audited-to-the-judged-node", EG, R.ALLOW_HOST, 0, (R.DROP_ADMIN, 34), peer="host",
+             identity=IDENTITY_HOST),
+    AuditRow("no-audit-an-ordinary-allow", EG, R.ALLOW_ADMIN, 35, None),
+]
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("row", AUDIT_ROWS, ids=lambda r: r.name)
+def test_audited_entries_pass_and_report_the_drop(dp, fam, row):
+    dp.set_pod(POD_A, ingress=True, egress=True, flags=JUDGED)
+    dp.entry(POD_A, row.direction, row.identity, row.enforced, TCP_, 80, rule_id=row.enforced_rule,
+             audit=row.audit)
+    sp = next(_ports)
+    probe = Row(row.name, row.direction, row.peer, TCP_, 80, PASS, row.enforced)
+
+    out = run(dp, probe, fam, sp)
+    assert out.retval == TC_ACT_UNSPEC, (row.name, out)
+    counted = R.ALLOW_AUDIT if row.audit else row.enforced
+    assert out.reasons == {(POD_A["id"], row.direction, counted): 1}, (row.name, out.reasons)
+    (ev,) = out.events
+    if row.audit:
+        assert (ev.allowed, ev.audit, ev.reason, ev.rule_id) == (True, True, *row.audit), row.name
+    else:
+        assert (ev.allowed, ev.audit, ev.reason, ev.rule_id) == (True, False, row.enforced, row.enforced_rule)
+    (ct,) = ct_entries(dp, sp)
+    assert (ct.reason, ct.rule_id) == (row.enforced, row.enforced_rule), row.name
+    # More of the connection, and its reply, are conntrack's: no second
+    # audit event for one connection.
+    back = run(dp, probe, fam, sp, reply=True)
+    assert back.retval == TC_ACT_UNSPEC and back.events == [], (row.name, back)
+
+
 def peer(name: str, fam: str) -> str:
     v4, v6, _ = PEERS[name]
     return v4 if fam == "v4" else v6
