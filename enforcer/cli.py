@@ -14,6 +14,7 @@ from .compiler.admission import MAX_ENTRIES_PER_POLICY_POD, MAX_PREFIXES_PER_POL
 from .datapath.registry import map_size_fields
 from .datapath.source import DEFAULT_PIN_DIR, DatapathConfig
 from .errors import EnforcerError
+from .model.meta import AUDIT_ANNOTATION
 
 DEFAULT_SOCKET = "/run/enforcer/enforcer.sock"
 
@@ -89,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
                           datapath=DatapathConfig(pin_dir=Path(args.pin_dir), mark_shift=args.mark_shift,
                                                   cache_dir=args.bpf_cache_dir, **dict(args.map_size or ())),
                           node_devices=tuple(args.node_device) if args.node_device else None,
-                          revoke_established=not args.keep_established,
+                          revoke_established=not args.keep_established, audit_all=args.audit_all,
                           status_file=Path(args.status_file) if args.status_file else None,
                           limits=CompileLimits(max_prefixes_per_policy=args.max_prefixes_per_policy,
                                                max_entries_per_policy_pod=args.max_entries_per_policy_pod,
@@ -254,7 +255,8 @@ def _api(args: argparse.Namespace) -> int:
     elif args.command == "flows":
         verdict = {"all": pb.StreamFlowsRequest.VERDICT_FILTER_ALL,
                    "allowed": pb.StreamFlowsRequest.VERDICT_FILTER_ALLOWED,
-                   "denied": pb.StreamFlowsRequest.VERDICT_FILTER_DENIED}[args.verdict]
+                   "denied": pb.StreamFlowsRequest.VERDICT_FILTER_DENIED,
+                   "audit": pb.StreamFlowsRequest.VERDICT_FILTER_AUDIT}[args.verdict]
         flows_req = pb.StreamFlowsRequest(namespace=args.namespace or "", pod=args.pod or "", verdict=verdict,
                                           since_recent=True, follow=args.follow, tier=args.tier or "")
         try:
@@ -325,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--log-flows", action="store_true",
                        help="also write every verdict flow into the log (at most the datapath's event rate, "
                             "1000 a second by default); `enforcer flows` reads them from the API either way")
+    run_p.add_argument("--audit-all", action="store_true",
+                       help="put every NetworkPolicy and cluster policy in audit mode: judged and reported as "
+                            "audit verdicts (`enforcer flows --verdict audit`), nothing enforced, as if each "
+                            f"carried the annotation {AUDIT_ANNOTATION}: \"true\"")
     run_p.add_argument("--keep-established", action="store_true",
                        help="do not cut tracked connections that policy no longer allows (an Admin-tier "
                             "cluster policy Deny still cuts them)")
@@ -386,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--namespace")
         cmd.add_argument("--pod")
     sub.choices["flows"].add_argument("--follow", "-f", action="store_true", help="keep streaming")
-    sub.choices["flows"].add_argument("--verdict", choices=("all", "allowed", "denied"), default="all")
+    sub.choices["flows"].add_argument("--verdict", choices=("all", "allowed", "denied", "audit"), default="all",
+                                      help="audit: flows that passed though a policy in audit mode would drop them")
     sub.choices["flows"].add_argument("--tier", choices=("Admin", "Baseline", "NetworkPolicy"),
                                       help="only flows this tier decided (an Admin or Baseline cluster policy, "
                                            "or NetworkPolicy)")

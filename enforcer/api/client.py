@@ -164,9 +164,14 @@ def flow_line(f: pb.Flow) -> str:
     why = reason_name(f.reason)
     if f.HasField("rule"):
         why += f" by {describe_rule(f.rule)}"
+    elif f.audited_policies:
+        why += f" (isolated by {', '.join(f.audited_policies)})"
     elif f.tier:
         why += f" ({f.tier})"
-    return (f"{when} {'ALLOW' if f.allowed else 'DROP '} {f.protocol:<5} {side(f.source)} -> {side(f.destination)} "
+    if f.audit:
+        why = f"would be {why}, audit mode"
+    verdict = "AUDIT" if f.audit else "ALLOW" if f.allowed else "DROP "
+    return (f"{when} {verdict} {f.protocol:<5} {side(f.source)} -> {side(f.destination)} "
             f"({direction_name(f.direction)} of {f.endpoint or '?'}: {why})")
 
 

@@ -32,7 +32,7 @@ from ..datapath.maps import DatapathMaps
 from ..datapath.reasons import Reason, is_drop
 from ..model.objects import EGRESS, INGRESS, IPAddress
 from ..v1 import enforcer_pb2 as pb
-from .flows import peer_pb, rule_pb
+from .flows import audited_isolating, peer_pb, rule_pb
 from .view import PROTOCOL_NUMBERS, StateView, capped, clip
 
 PORTED = (6, 17, 132)
@@ -58,6 +58,8 @@ class MapsVerdict:
     reason: int
     rule_id: int
     detail: str
+    audit_reason: int = 0  # the entry's audited drop (policy.h), 0: none
+    audit_rule_id: int = 0
 
 
 def maps_verdict(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int, port: int,
@@ -97,8 +99,11 @@ def maps_verdict(maps: DatapathMaps, pod_ip, peer_ip, direction: int, proto: int
                 name = Reason(reason).name
             except ValueError:
                 name = str(reason)
+            audit = (f"; audit: {Reason(entry.audit_reason).name} (rule {entry.audit_rule_id})"
+                     if entry.audit_reason else "")
             return MapsVerdict(not is_drop(reason), reason, int(entry.rule_id),
-                               f"policy entry for identity {candidate}: {name} (rule {entry.rule_id})")
+                               f"policy entry for identity {candidate}: {name} (rule {entry.rule_id}){audit}",
+                               int(entry.audit_reason), int(entry.audit_rule_id))
     return MapsVerdict(False, int(Reason["DROP_POLICY"]), 0,
                        f"isolated (flags {ep.flags:#x}); no policy entry for identity {ident} or any peer")
 
@@ -133,22 +138,36 @@ def _why(hook: HookVerdict) -> str:
     return hook.reason
 
 
+def _audit_why(hook: HookVerdict, audited_policies: list[str]) -> str:
+    """What the policies in audit mode would do: the audited rule's deny,
+    or NetworkPolicy's default deny by the audited policies isolating it."""
+    if not hook.audit_code:
+        return ""
+    ref = hook.audit_decider
+    if ref is not None:
+        return f"audit mode: would be denied by {ref.describe()}"
+    if audited_policies:
+        return f"audit mode: would be denied: isolated by {', '.join(audited_policies)} and no rule allows it"
+    return "audit mode: would be denied: no rule allows it"
+
+
 def _trace(view: StateView, hook: HookVerdict, ep_id: int, direction: int, peer: IPAddress, proto: int,
-           port: int) -> list[str]:
+           port: int, audit: bool = False) -> list[str]:
     """The tiers walked step by step (tiers.TierProgram.walk), for an
-    endpoint a cluster policy governs in this direction; [] otherwise."""
+    endpoint a cluster policy or a policy in audit mode governs in this
+    direction; [] otherwise. audit: the walk with the audited policies."""
     program = view.desired.tier_programs.get((ep_id, direction))
     if program is None:
         return []
-    if hook.reason == "host":
+    if not audit and hook.reason == "host":
         return ["host: the node's own address passes before the tiers (no cluster policy judges it here)"]
-    if hook.reason == "not isolated":
+    if not audit and hook.reason == "not isolated":
         return ["not isolated: no tier judges this direction"]
     ident = identity_of(view.desired, peer)
     if ident == IDENTITY_HOST and direction == DIR_INGRESS:
         ident = identity_of(view.desired, peer, prefixes_only=True)
     trace: list[str] = []
-    program.walk(ident, proto if proto in PORTED else None, port if proto in PORTED else 0, trace)
+    program.walk(ident, proto if proto in PORTED else None, port if proto in PORTED else 0, trace, audit=audit)
     return trace
 
 
@@ -187,17 +206,28 @@ def explain(view: StateView, maps: DatapathMaps | None, req: pb.ExplainRequest) 
         pod_ip, peer_ip = (src, dst) if egress else (dst, src)
         spec = view.desired.endpoints.get(pod_ip)
         trace = _trace(view, hook, spec.endpoint_id, direction, peer_ip, proto, port) if spec is not None else []
+        audited_all = audited_isolating(view, hook.pod, hook.direction)
+        audited, _ = capped(audited_all)
         h = pb.HookExplanation(endpoint=hook.pod, allowed=hook.allowed, why=clip(_why(hook)),
                                direction=pb.DIRECTION_EGRESS if egress else pb.DIRECTION_INGRESS,
                                rules=[rule_pb(r) for r in rules], rules_omitted=rules_omitted,
                                isolating_policies=isolating, isolating_policies_omitted=isolating_omitted,
                                trace=[clip(t) for t in trace], tier=hook.tier,
-                               cluster_policies=[clip(c) for c in cluster], cluster_policies_omitted=cluster_omitted)
+                               cluster_policies=[clip(c) for c in cluster], cluster_policies_omitted=cluster_omitted,
+                               audited_policies=audited)
+        if hook.audit_code:
+            h.audit = True
+            resp.audit = True
+            h.audit_why = clip(_audit_why(hook, list(audited_all)))
+            if spec is not None:
+                h.audit_trace.extend(clip(t) for t in _trace(view, hook, spec.endpoint_id, direction, peer_ip,
+                                                             proto, port, audit=True))
         if maps is not None:
             live = maps_verdict(maps, pod_ip, peer_ip, direction, proto, port)
             want_rule = _rule_id(view.desired, hook.decider)
             h.maps_agree = (live.allowed == hook.allowed and (not hook.code or live.reason == hook.code)
-                            and live.rule_id == want_rule)
+                            and live.rule_id == want_rule and live.audit_reason == hook.audit_code
+                            and live.audit_rule_id == _rule_id(view.desired, hook.audit_decider))
             detail = live.detail
             if not h.maps_agree:
                 want = Reason(hook.code).name if hook.code else ("allowed" if hook.allowed else "denied")
@@ -225,6 +255,9 @@ def summarize(allowed: bool, hooks: list[HookVerdict], req: pb.ExplainRequest, p
             parts.append(f"{h.pod} {h.direction}: isolated and no rule allows it")
         else:
             parts.append(f"{h.pod} {h.direction}: {h.reason}")
+        if h.audit_code:
+            parts[-1] += " (" + (f"audit mode: would be denied by {h.audit_decider.describe()}"
+                                 if h.audit_decider is not None else "audit mode: would be denied") + ")"
     return f"{what}: {'ALLOWED' if allowed else 'DENIED'} ({'; '.join(parts)})"
 
 

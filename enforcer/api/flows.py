@@ -15,7 +15,7 @@ from ..compiler.desired import RuleRef
 from ..datapath.events import Verdict
 from ..datapath.reasons import Reason
 from ..v1 import enforcer_pb2 as pb
-from .view import PROTOCOL_NAMES, StateView
+from .view import LIST_MAX, PROTOCOL_NAMES, StateView
 
 RECENT = 4096
 SUBSCRIBER_QUEUE = 1024
@@ -90,13 +90,30 @@ def flow_from_verdict(v: Verdict, view: StateView | None, boot_offset: float) ->
     # Drops carry the deciding rule too (an Admin or Baseline Deny).
     if v.rule_id and view is not None and (ref := view.desired.rules.get(v.rule_id)) is not None:
         flow.rule.CopyFrom(rule_pb(ref))
+    if v.audit:
+        flow.audit = True
+        if not v.rule_id and ep is not None and view is not None:
+            # NetworkPolicy's default deny: no rule decides it; the audited
+            # policies isolating the pod would.
+            flow.audited_policies.extend(audited_isolating(view, ep.pod, v.direction)[:LIST_MAX])
     return flow
+
+
+def audited_isolating(view: StateView, pod: str, direction: str) -> list[str]:
+    """The NetworkPolicies in audit mode that isolate pod in direction
+    ("ingress"/"egress")."""
+    type_name = "Ingress" if direction == "ingress" else "Egress"
+    audited = view.desired.audited
+    return [k for k in view.desired.selected_by.get(pod, [])
+            if k in audited and (pol := view.snapshot.policies.get(k)) is not None and type_name in pol.policy_types]
 
 
 def matches(flow: pb.Flow, req: pb.StreamFlowsRequest) -> bool:
     if req.verdict == pb.StreamFlowsRequest.VERDICT_FILTER_ALLOWED and not flow.allowed:
         return False
     if req.verdict == pb.StreamFlowsRequest.VERDICT_FILTER_DENIED and flow.allowed:
+        return False
+    if req.verdict == pb.StreamFlowsRequest.VERDICT_FILTER_AUDIT and not flow.audit:
         return False
     if req.tier and flow.tier.lower() != req.tier.lower():
         return False

@@ -54,8 +54,10 @@ class Compiler:
     every compilation is the same as a fresh compiler's would be, given the
     same ids."""
 
-    def __init__(self, max_endpoint_id: int = 512, limits: CompileLimits | None = None) -> None:
+    def __init__(self, max_endpoint_id: int = 512, limits: CompileLimits | None = None,
+                 audit_all: bool = False) -> None:
         self.limits = limits or CompileLimits()
+        self.audit_all = audit_all  # every policy in audit mode: judged, reported, not enforced
         self.identity_ids: StableIds[IdentityKey] = StableIds(IDENTITY_FIRST_ALLOCATED, 2**31 - 1)
         self.rule_ids: StableIds[RuleRef] = StableIds(1, 2**32 - 1)
         self.endpoint_ids = EndpointIds(max_endpoint_id)
@@ -192,7 +194,8 @@ class _Incremental:
         self.peer_sets = PeerSets(self.pods_ids, self.cidrs, self.labels_of_namespace)
         self.cluster_peers = ClusterPeerSets(self.peer_sets, self.cidrs)
         self.entries = EntryBuilder(compiler.rule_ids, compiler.limits, self.peer_sets, self.pods_ids,
-                                    self.cluster_peers)
+                                    self.cluster_peers, compiler.audit_all)
+        self.audited_policies = 0  # NetworkPolicies annotated for audit mode (the tiers judge their pods)
         # Cluster policies (Admin, then Baseline, each by priority and key)
         # and Nodes, with a version that moves when any of them changes.
         self.cluster_policies: Mapping[str, ClusterNetworkPolicy] = {}
@@ -317,7 +320,7 @@ class _Incremental:
         identities.update(self.cidrs.keys)
         out.identities = identities
         universe_changed = False
-        if self.cluster_policies:
+        if self.cluster_policies or self.audited_policies or self.c.audit_all:
             universe = frozenset(identities.keys() | _RESERVED_PEERS)
             universe_changed = universe != self.entries.universe
             self.entries.universe = universe
@@ -382,9 +385,11 @@ class _Incremental:
             touched.add(old.namespace)
             self.error_policies.discard(key)
             self.pol_prefixes.pop(key, None)
+            self.audited_policies -= old.audit
         if new is not None:
             self.pols_by_ns.setdefault(new.namespace, {})[new.name] = new
             touched.add(new.namespace)
+            self.audited_policies += new.audit
             if new.errors:
                 self.error_policies.add(key)
 
@@ -575,7 +580,7 @@ class _Incremental:
             if (shared or rec is None or rec.shared or rec.pod is not pod or rec.ep_id != ep_id
                     or rec.ifindex != ifindex or (rec.ips is not ips and rec.ips != ips)
                     or not _same(rec.selecting, pols) or not _same(rec.cluster, cluster)
-                    or (cluster_changed and rec.cluster)
+                    or (cluster_changed and (rec.cluster or rec.programs))
                     or (changed_peers and not changed_peers.isdisjoint(rec.peers))
                     or (idents_changed and rec.any_named)):
                 # Two pods with one endpoint id (one uid) are one endpoint to
@@ -616,7 +621,12 @@ class _Incremental:
         self.prev_shared = shared_any
 
         by_policy = out.entries_by_policy
+        audits = self.c.audit_all or self.audited_policies or any(c.audit for c in self.cluster_sorted)
         for rec in recs.values():
+            if audits:
+                audited = self.entries.audited
+                out.audited.update(p.key for p in rec.selecting if audited(p))
+                out.audited.update(c.key for c in rec.cluster if audited(c))
             out.errors.extend(rec.over_limit)
             out.endpoints.update(rec.endpoints)
             out.rules.update(rec.rules)

@@ -76,6 +76,9 @@ class DesiredState:
     # ordered by name, reported (the API leaves the order undefined).
     notices: list[str] = field(default_factory=list)
     entries_by_policy: dict[str, int] = field(default_factory=dict)
+    # Policies selecting local pods that are in audit mode (judged, not
+    # enforced): NetworkPolicies as namespace/name, cluster policies by key.
+    audited: set[str] = field(default_factory=set)
     errors: list[InvalidObjectError] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)  # local pods without an interface yet
     # Policies whose latest version waits while its prefixes are staged

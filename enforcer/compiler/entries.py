@@ -72,8 +72,9 @@ class EntryBuilder:
     """Makes a local pod's EndpointEntries."""
 
     def __init__(self, rule_ids: StableIds[RuleRef], limits: CompileLimits, peers: PeerSets,
-                 pods: PodIdentities, cluster_peers: ClusterPeerSets | None = None) -> None:
+                 pods: PodIdentities, cluster_peers: ClusterPeerSets | None = None, audit_all: bool = False) -> None:
         self.rule_ids = rule_ids
+        self.audit_all = audit_all  # every policy in audit mode (--audit-all)
         self.limits = limits
         self.peers = peers
         self.pods = pods  # identity keys, for egress named ports
@@ -108,6 +109,10 @@ class EntryBuilder:
             self.fill(rec, rec.policy)
         return rec
 
+    def audited(self, pol: NetworkPolicy | ClusterNetworkPolicy) -> bool:
+        """Whether a policy is in audit mode: judged, not enforced."""
+        return self.audit_all or pol.audit
+
     def fill(self, rec: EndpointEntries, policy: dict[PolicyMapKey, PolicyValue]) -> None:
         """The pod's policy entries, into `policy` (lowest rule id owns an
         entry); per policy, how many entries it added."""
@@ -117,24 +122,44 @@ class EntryBuilder:
         rec.any_named = False
         rec.over_limit = []
         rec.programs = {}
-        target = policy if not rec.cluster else {}
+        audits = any(self.audited(p) for p in rec.selecting) or any(self.audited(c) for c in rec.cluster)
+        if not rec.cluster and not audits:
+            for pol in rec.selecting:
+                before = len(policy)
+                mine = self._policy_entries(rec, rec.pod, rec.ep_id, pol, deps)
+                if mine:
+                    _merge(mine, policy)
+                rec.by_policy.append((pol.key, len(policy) - before))
+            rec.peers = frozenset(deps)
+            return
+        # A cluster policy or one in audit mode: the tiers decide (tiers.py),
+        # from NetworkPolicy's entries without the audited policies and,
+        # where one is audited, with them.
+        enforced: dict[PolicyMapKey, PolicyValue] = {}
+        with_audited: dict[PolicyMapKey, PolicyValue] | None = {} if any(map(self.audited, rec.selecting)) else None
         for pol in rec.selecting:
-            before = len(target)
-            self._policy_entries(rec, rec.pod, rec.ep_id, pol, target, deps)
-            rec.by_policy.append((pol.key, len(target) - before))
-        if rec.cluster:
-            self._tiers(rec, target, deps)
-            for entry, value in target.items():
-                known = policy.get(entry)
-                if known is None or value < known:
-                    policy[entry] = value
+            mine = self._policy_entries(rec, rec.pod, rec.ep_id, pol, deps)
+            rec.by_policy.append((pol.key, len(mine) if mine else 0))
+            if not mine:
+                continue
+            if not self.audited(pol):
+                _merge(mine, enforced)
+            if with_audited is not None:
+                _merge(mine, with_audited)
+        _merge(self._tiers(rec, enforced, with_audited, deps), policy)
         rec.peers = frozenset(deps)
 
-    def _tiers(self, rec: EndpointEntries, np_entries: dict[PolicyMapKey, PolicyValue], deps: set[PeerKey]) -> None:
-        """Replace the NetworkPolicy entries of each direction a cluster
-        policy has rules in with the whole pipeline's verdicts (tiers.py);
-        in the other directions, the pod's own hairpin keeps NetworkPolicy's
-        ALLOW_SELF where NetworkPolicy isolates it."""
+    def _tiers(self, rec: EndpointEntries, np_entries: dict[PolicyMapKey, PolicyValue],
+               np_audit_entries: dict[PolicyMapKey, PolicyValue] | None,
+               deps: set[PeerKey]) -> dict[PolicyMapKey, PolicyValue]:
+        """The pod's entries where a cluster policy or a policy in audit
+        mode selects it: in each direction a cluster policy has rules in or
+        an audited NetworkPolicy isolates, the whole pipeline's verdicts
+        (tiers.py) in place of NetworkPolicy's entries; in the other
+        directions, NetworkPolicy's entries, and the pod's own hairpin keeps
+        NetworkPolicy's ALLOW_SELF where NetworkPolicy isolates it.
+        np_audit_entries: NetworkPolicy's entries with the audited policies,
+        None when none is audited."""
         assert self.cluster_peers is not None
         own_ids = frozenset(ident for _, ident in rec.ips)
         pod = rec.pod
@@ -144,8 +169,11 @@ class EntryBuilder:
             key = pods.keys.get(ident)
             return key.named_port(name, protocol) if key is not None else None
 
+        out: dict[PolicyMapKey, PolicyValue] = {}
         for type_name, direction in DIRECTIONS:
-            np_isolated = any(type_name in p.policy_types for p in rec.selecting)
+            np_isolated = any(type_name in p.policy_types for p in rec.selecting if not self.audited(p))
+            audited_isolate = np_audit_entries is not None and any(
+                type_name in p.policy_types for p in rec.selecting if self.audited(p))
             admin: list[TierRule] = []
             baseline: list[TierRule] = []
             for cnp in rec.cluster:
@@ -156,27 +184,32 @@ class EntryBuilder:
                     rule_id = self.rule_ids.get(ref)
                     rec.rules[rule_id] = ref
                     peers = self.cluster_peers.rule_peers(rule, deps)
-                    tier_rule = TierRule(cnp.tier, rule.action, peers, rule.ports, rule_id, ref)
+                    tier_rule = TierRule(cnp.tier, rule.action, peers, rule.ports, rule_id, ref, self.audited(cnp))
                     (admin if cnp.tier == ADMIN else baseline).append(tier_rule)
             mine = {k: v for k, v in np_entries.items() if k.direction == direction}
-            if not admin and not baseline:
-                if np_isolated:  # EP_F_SELF_JUDGED: the hairpin looks IDENTITY_SELF up
-                    np_entries[PolicyMapKey(IDENTITY_SELF, rec.ep_id, direction, 0, 0, POLICY_PREFIX_EXACT)] = \
+            if not admin and not baseline and not audited_isolate:
+                out.update(mine)
+                if np_isolated and rec.cluster:  # EP_F_SELF_JUDGED: the hairpin looks IDENTITY_SELF up
+                    out[PolicyMapKey(IDENTITY_SELF, rec.ep_id, direction, 0, 0, POLICY_PREFIX_EXACT)] = \
                         PolicyValue(0, _ALLOW_SELF)
                 continue
-            for k in mine:
-                del np_entries[k]
+            mine_audit = None
+            if audited_isolate:
+                assert np_audit_entries is not None
+                mine_audit = {k: v for k, v in np_audit_entries.items() if k.direction == direction}
             program = TierProgram(rec.ep_id, direction, tuple(admin), tuple(baseline), np_isolated, mine,
-                                  own_ids, pod.named_port, peer_named_port)
+                                  own_ids, pod.named_port, peer_named_port,
+                                  np_isolated_audit=True if audited_isolate else None, np_keys_audit=mine_audit)
             rec.programs[direction] = program
-            np_entries.update(program.encode(self.universe))
+            out.update(program.encode(self.universe))
+        return out
 
     def _policy_entries(self, rec: EndpointEntries, pod: Pod, ep_id: int, pol: NetworkPolicy,
-                        policy: dict[PolicyMapKey, PolicyValue], deps: set[PeerKey]) -> None:
-        """One policy's entries for one pod, all or none: past the limit of
-        entries per policy and pod, the policy allows this pod nothing (its
-        isolation stays) and is reported; generation stops at the limit, so
-        a policy's cost is bounded whatever it names."""
+                        deps: set[PeerKey]) -> dict[PolicyMapKey, PolicyValue] | None:
+        """One policy's entries for one pod, all or none (None): past the
+        limit of entries per policy and pod, the policy allows this pod
+        nothing (its isolation stays) and is reported; generation stops at
+        the limit, so a policy's cost is bounded whatever it names."""
         limit = self.limits.max_entries_per_policy_pod
         mine: dict[PolicyMapKey, PolicyValue] = {}
         for type_name, direction in DIRECTIONS:
@@ -201,11 +234,8 @@ class EntryBuilder:
                         "NetworkPolicy", pol.namespace, pol.name,
                         f"compiles to more than {limit} policy entries for pod {pod.key} "
                         f"(--max-entries-per-policy-pod): it allows that pod nothing"))
-                    return
-        for entry, value in mine.items():
-            known = policy.get(entry)
-            if known is None or value < known:  # deterministic owner
-                policy[entry] = value
+                    return None
+        return mine
 
     def _rule_entries(self, pod: Pod, ep_id: int, direction: int, peers: frozenset[int] | None,
                       ports: tuple[PolicyPort, ...]) -> Iterator[PolicyMapKey]:
@@ -238,6 +268,15 @@ class EntryBuilder:
                     num = ident_key.named_port(name, protocol)  # type: ignore[arg-type]
                     if num is not None:
                         yield key(ident, ep_id, direction, proto, num, plen)
+
+
+def _merge(entries: dict[PolicyMapKey, PolicyValue], into: dict[PolicyMapKey, PolicyValue]) -> None:
+    """entries into `into`, the lowest value (rule id) owning a key both
+    have: the same owner on every node."""
+    for entry, value in entries.items():
+        known = into.get(entry)
+        if known is None or value < known:
+            into[entry] = value
 
 
 @functools.lru_cache(maxsize=4096)

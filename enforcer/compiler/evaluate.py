@@ -52,6 +52,11 @@ class HookVerdict:
     code: int = 0  # the datapath's verdict reason (Reason)
     tier: str = ""  # which tier decided: Admin, NetworkPolicy, Baseline, default
     decider: RuleRef | None = None  # the rule the entry names
+    # Allowed, but the policies in audit mode would drop it: that drop's
+    # reason (DROP_POLICY, DROP_ADMIN, DROP_BASELINE) and rule (None:
+    # NetworkPolicy's default deny); audit_code 0 otherwise.
+    audit_code: int = 0
+    audit_decider: RuleRef | None = None
 
 
 @dataclass
@@ -193,7 +198,9 @@ def judge(state: DesiredState, ep: EndpointSpec, direction: int, peer_identity: 
     else:
         rules = [decider] if decider is not None else []
     return HookVerdict(name, ep.pod, allowed, _WHY.get(reason.name, reason.name.lower()), rules,
-                       code=int(reason), tier=tier_of_reason(value.reason), decider=decider)
+                       code=int(reason), tier=tier_of_reason(value.reason), decider=decider,
+                       audit_code=value.audit_reason,
+                       audit_decider=state.rules.get(value.audit_rule_id) if value.audit_rule_id else None)
 
 
 def evaluate(state: DesiredState, src: IPAddress, dst: IPAddress, proto: int, port: int) -> ConnectionVerdict:

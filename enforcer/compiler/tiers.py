@@ -96,6 +96,7 @@ class TierRule:
     ports: tuple[PolicyPort, ...]
     rule_id: int
     ref: RuleRef
+    audited: bool = False  # its policy is in audit mode: judged (audit verdicts), not enforced
 
 
 # A pod's own container port by (name, protocol); a peer identity's by
@@ -118,16 +119,24 @@ class TierProgram:
     self_identities: frozenset[int]  # the pod's own identities (IDENTITY_SELF matches as them)
     own_named_port: OwnNamedPort
     peer_named_port: PeerNamedPort
+    # NetworkPolicy's part with the policies in audit mode too, where one
+    # selects the pod in this direction (None: none does).
+    np_isolated_audit: bool | None = None
+    np_keys_audit: dict[PolicyMapKey, PolicyValue] | None = None
     _np_by_ident: dict[int, list[tuple[int, int, int, int, PolicyValue]]] = field(default_factory=dict, repr=False)
+    _np_audit_by_ident: dict[int, list[tuple[int, int, int, int, PolicyValue]]] = field(default_factory=dict,
+                                                                                        repr=False)
 
     def __post_init__(self) -> None:
-        by: dict[int, list[tuple[int, int, int, int, PolicyValue]]] = {}
-        for k, v in self.np_keys.items():
-            lo, hi = _key_span(k)
-            by.setdefault(k.identity, []).append((k.protocol, lo, hi, k.prefixlen, v))
-        for entries in by.values():
-            entries.sort(key=lambda e: -e[3])  # longest first
-        self._np_by_ident = by
+        self._np_by_ident = _by_identity(self.np_keys)
+        self._np_audit_by_ident = (self._np_by_ident if self.np_keys_audit is None
+                                   else _by_identity(self.np_keys_audit))
+
+    @property
+    def audits(self) -> bool:
+        """Whether a policy in audit mode takes part: then every verdict is
+        walked twice, enforced and with the audited policies (verdict)."""
+        return self.np_keys_audit is not None or any(r.audited for r in (*self.admin, *self.baseline))
 
     # -- the walk --
 
@@ -144,11 +153,13 @@ class TierProgram:
             if r.peers is not None and id(r.peers) not in seen:
                 seen.add(id(r.peers))
                 splitters.append(r.peers)
-        by_np: dict[tuple[tuple[int, int, int, int, PolicyValue], ...], set[int]] = {}
-        for ident, entries in self._np_by_ident.items():
-            if ident not in special:
-                by_np.setdefault(tuple(entries), set()).add(ident)
-        splitters += by_np.values()
+        for index in {id(self._np_by_ident): self._np_by_ident,
+                      id(self._np_audit_by_ident): self._np_audit_by_ident}.values():
+            by_np: dict[tuple[tuple[int, int, int, int, PolicyValue], ...], set[int]] = {}
+            for ident, entries in index.items():
+                if ident not in special:
+                    by_np.setdefault(tuple(entries), set()).add(ident)
+            splitters += by_np.values()
         if self.direction == DIR_EGRESS:
             for r in (*self.admin, *self.baseline):
                 named = [p for p in r.ports if isinstance(p.port, str)]
@@ -209,32 +220,52 @@ class TierProgram:
                 return True
         return False
 
-    def np_value(self, ident: int, proto: int | None, port: int) -> PolicyValue:
-        """NetworkPolicy's verdict, as the datapath reads its keys."""
+    def np_value(self, ident: int, proto: int | None, port: int, audit: bool = False) -> PolicyValue:
+        """NetworkPolicy's verdict, as the datapath reads its keys (audit:
+        with the policies in audit mode)."""
+        index = self._np_audit_by_ident if audit else self._np_by_ident
         for who in (ident, IDENTITY_ANY):
-            for kproto, lo, hi, plen, value in self._np_by_ident.get(who, ()):
+            for kproto, lo, hi, plen, value in index.get(who, ()):
                 if plen == POLICY_PREFIX_EXACT or (kproto == proto and lo <= port <= hi):
                     return value
         return NP_DENY
 
+    def verdict(self, ident: int, proto: int | None, port: int) -> PolicyValue:
+        """What the entry for this flow holds: the enforced walk's verdict
+        and, where it allows and the walk with the audited policies drops,
+        that drop as the audit verdict (policy.h)."""
+        enforced = self.walk(ident, proto, port)
+        if not self.audits or enforced.reason in DROPS:
+            return enforced
+        audited = self.walk(ident, proto, port, audit=True)
+        if audited.reason not in DROPS:
+            return enforced
+        return PolicyValue(enforced.rule_id, enforced.reason, audited.rule_id, audited.reason)
+
     def walk(self, ident: int, proto: int | None, port: int,
-             trace: list[str] | None = None) -> PolicyValue:
+             trace: list[str] | None = None, audit: bool = False) -> PolicyValue:
         """The pipeline's verdict for a new flow with this peer identity,
-        protocol (None: one without ports no rule names) and port."""
+        protocol (None: one without ports no rule names) and port; audit:
+        as if the policies in audit mode were enforced."""
         for rule in self.admin:
+            if rule.audited and not audit:
+                continue
             if self._matches_peer(rule, ident) and self._matches_port(rule, ident, proto, port):
                 if trace is not None:
                     trace.append(f"{rule.ref.describe()}: {rule.action}")
                 if rule.action == PASS:
                     break
                 return PolicyValue(rule.rule_id, _OUTCOME[(ADMIN, rule.action)])
-        if self.np_isolated:
+        np_isolated = self.np_isolated
+        if audit and self.np_isolated_audit is not None:
+            np_isolated = self.np_isolated_audit
+        if np_isolated:
             if ident == IDENTITY_HOST:
                 value = PolicyValue(0, _ALLOW_HOST)
             elif ident == IDENTITY_SELF:
                 value = PolicyValue(0, _ALLOW_SELF)
             else:
-                value = self.np_value(ident, proto, port)
+                value = self.np_value(ident, proto, port, audit)
             if trace is not None:
                 trace.append("NetworkPolicy: isolated: " + ("allowed" if value.reason not in DROPS
                                                             else "no rule allows") + " (final)")
@@ -242,6 +273,8 @@ class TierProgram:
         if trace is not None:
             trace.append("NetworkPolicy: not isolated")
         for rule in self.baseline:
+            if rule.audited and not audit:
+                continue
             if self._matches_peer(rule, ident) and self._matches_port(rule, ident, proto, port):
                 if trace is not None:
                     trace.append(f"{rule.ref.describe()}: {rule.action}")
@@ -269,18 +302,19 @@ class TierProgram:
                 span = self._port_of(p, ident)
                 if span is not None and proto in bounds:
                     bounds[proto].update((span[0], span[1] + 1))
-        for who in {ident, IDENTITY_ANY}:
-            for kproto, lo, hi, plen, _ in self._np_by_ident.get(who, ()):
-                if plen != POLICY_PREFIX_EXACT and kproto in bounds:
-                    bounds[kproto].update((lo, hi + 1))
-        other = self.walk(ident, None, 0)
+        for index in (self._np_by_ident, self._np_audit_by_ident):
+            for who in {ident, IDENTITY_ANY}:
+                for kproto, lo, hi, plen, _ in index.get(who, ()):
+                    if plen != POLICY_PREFIX_EXACT and kproto in bounds:
+                        bounds[kproto].update((lo, hi + 1))
+        other = self.verdict(ident, None, 0)
         per_proto: dict[int, tuple[tuple[int, int, PolicyValue], ...]] = {}
         for proto, points in bounds.items():
             starts = sorted(b for b in points if b < _PORTS)
             segs: list[tuple[int, int, PolicyValue]] = []
             for i, lo in enumerate(starts):
                 hi = starts[i + 1] - 1 if i + 1 < len(starts) else _PORTS - 1
-                value = self.walk(ident, proto, lo)
+                value = self.verdict(ident, proto, lo)
                 if segs and segs[-1][2] == value:
                     segs[-1] = (segs[-1][0], hi, value)
                 else:
@@ -384,6 +418,18 @@ class Function:
 
     other: PolicyValue
     per_proto: tuple[tuple[int, tuple[tuple[int, int, PolicyValue], ...]], ...]  # by protocol
+
+
+def _by_identity(keys: dict[PolicyMapKey, PolicyValue]) -> dict[int, list[tuple[int, int, int, int, PolicyValue]]]:
+    """NetworkPolicy's keys by identity, each as (protocol, first port, last
+    port, prefix length, value), longest first: the order a lookup tries."""
+    by: dict[int, list[tuple[int, int, int, int, PolicyValue]]] = {}
+    for k, v in keys.items():
+        lo, hi = _key_span(k)
+        by.setdefault(k.identity, []).append((k.protocol, lo, hi, k.prefixlen, v))
+    for entries in by.values():
+        entries.sort(key=lambda e: -e[3])  # longest first
+    return by
 
 
 def _key_span(k: PolicyMapKey) -> tuple[int, int]:

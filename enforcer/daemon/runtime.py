@@ -61,6 +61,9 @@ class DaemonConfig:
     # slice after each while passes keep coming); a newer pass is folded
     # into the walk under way (revoke.Revocation.restart), which goes on.
     revoke_chunk: int = 2048
+    # Every policy in audit mode (--audit-all): judged and reported as
+    # audit verdicts, never enforced; as if each carried the annotation.
+    audit_all: bool = False
 
 
 @dataclass
@@ -116,7 +119,7 @@ class Daemon:
             ipcache_hosts_capacity=config.limits.ipcache_hosts_capacity or config.datapath.ipcache_hosts_max,
             policy_capacity=config.limits.policy_capacity or config.datapath.policy_max,
             services_capacity=config.limits.services_capacity or config.datapath.services_max)
-        self.compiler = Compiler(config.datapath.max_endpoint_id, limits)
+        self.compiler = Compiler(config.datapath.max_endpoint_id, limits, audit_all=config.audit_all)
         self.resolver = InterfaceResolver()
         self.attacher = TcAttacher()
         self.runner = BoundedRunner(self.reconcile_once, resync=config.resync_interval,

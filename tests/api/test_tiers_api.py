@@ -79,7 +79,8 @@ class LiveMaps:
             for k in _keys_longest_first(key.identity, key.endpoint_id, key.direction, key.protocol,
                                          socket.ntohs(key.dport)):
                 if (v := self.policy.get(k)) is not None:
-                    return SimpleNamespace(rule_id=v.rule_id, reason=v.reason)
+                    return SimpleNamespace(rule_id=v.rule_id, reason=v.reason, audit_rule_id=v.audit_rule_id,
+                                           audit_reason=v.audit_reason)
             return None
 
         self.maps = {"endpoints": LiveMap(endpoint), "ipcache_hosts": LiveMap(host), "ipcache": LiveMap(lpm),

@@ -38,18 +38,22 @@ ICMP = 1
 
 
 def rule(tier: str, action: str, peers: set[int] | None, ports: tuple[PolicyPort, ...] = (), rid: int = 0,
-         direction: str = "Ingress") -> TierRule:
+         direction: str = "Ingress", audited: bool = False) -> TierRule:
     ref = RuleRef(f"cnp-{rid}", direction, 0, tier, "ClusterNetworkPolicy", 1, action, "")
-    return TierRule(tier, action, None if peers is None else frozenset(peers), ports, rid, ref)
+    return TierRule(tier, action, None if peers is None else frozenset(peers), ports, rid, ref, audited)
 
 
 def program(admin=(), baseline=(), np_isolated=False, np_keys=None, direction=DIR_INGRESS,
-            own_ports=None, peer_ports=None) -> TierProgram:
+            own_ports=None, peer_ports=None, np_keys_audit=None) -> TierProgram:
+    """np_keys_audit: NetworkPolicy's keys with an audited policy isolating
+    the pod (its keys added to np_keys')."""
     own = own_ports or {}
     peer = peer_ports or {}
     return TierProgram(EP, direction, tuple(admin), tuple(baseline), np_isolated, dict(np_keys or {}),
                        POD_IDS, lambda n, p: own.get((n, p)),
-                       lambda i, n, p: peer.get((i, n, p)))
+                       lambda i, n, p: peer.get((i, n, p)),
+                       np_isolated_audit=None if np_keys_audit is None else True,
+                       np_keys_audit=None if np_keys_audit is None else dict(np_keys_audit))
 
 
 def np_allow(ident: int, proto: int | None, port: int | None, rid: int, direction=DIR_INGRESS, bits: int = 16
@@ -71,7 +75,7 @@ def probes(prog: TierProgram) -> list[tuple[int | None, int]]:
             if isinstance(p.port, int):
                 end = p.end_port or p.port
                 ports.update({p.port - 1, p.port, p.port + 1, end - 1, end, end + 1})
-    for k in prog.np_keys:
+    for k in (*prog.np_keys, *(prog.np_keys_audit or ())):
         ports.update({k.port - 1, k.port, k.port + 1})
     ports = {p for p in ports if 0 <= p <= 65535}
     return [(None, 0)] + [(proto, port) for proto in (6, 17, 132) for port in sorted(ports)]
@@ -79,16 +83,26 @@ def probes(prog: TierProgram) -> list[tuple[int | None, int]]:
 
 def check_encoding(prog: TierProgram, idents: set[int]) -> dict[PolicyMapKey, PolicyValue]:
     named = {i for r in (*prog.admin, *prog.baseline) if r.peers is not None for i in r.peers}
-    named |= {k.identity for k in prog.np_keys}
+    named |= {k.identity for k in (*prog.np_keys, *(prog.np_keys_audit or ()))}
     # Most identities of a cluster are named by no rule: the largest class.
     universe = frozenset(idents | named | {OTHER} | UNNAMED) - {IDENTITY_ANY}
     keys = prog.encode(universe)
     for ident in sorted(universe | {IDENTITY_SELF} | ({IDENTITY_HOST} if prog.direction == DIR_EGRESS else set())):
         for proto, port in probes(prog):
-            want = prog.walk(ident, proto, port)
+            want = prog.verdict(ident, proto, port)
             got = policy_lookup(keys, EP, prog.direction, ident, ICMP if proto is None else proto, port)
             got = got if got is not None else PolicyValue(0, int(R.DROP_POLICY))
             assert got == want, (ident, proto, port, got, want)
+            # The entry's two verdicts are the two walks': enforced, and
+            # the audited drop exactly where the enforced walk allows and
+            # the walk with the audited policies drops.
+            enforced, audited = prog.walk(ident, proto, port), prog.walk(ident, proto, port, audit=True)
+            assert (got.rule_id, got.reason) == (enforced.rule_id, enforced.reason)
+            drops = {int(R.DROP_POLICY), int(R.DROP_ADMIN), int(R.DROP_BASELINE)}
+            if enforced.reason not in drops and audited.reason in drops:
+                assert (got.audit_rule_id, got.audit_reason) == (audited.rule_id, audited.reason), (ident, proto, port)
+            else:
+                assert (got.audit_rule_id, got.audit_reason) == (0, 0), (ident, proto, port)
     return keys
 
 
@@ -163,6 +177,41 @@ def test_networkpolicy_allows_cost_what_they_did():
     assert sorted(k for k in keys if k.identity == 400) == [PolicyMapKey(400, EP, DIR_INGRESS, 6, 80, 80)]
 
 
+@pytest.mark.parametrize("name, prog, cases", [
+    ("an audited default deny beside no policy: every peer would be dropped",
+     program(np_keys_audit={}),
+     [(400, 6, 80, R.ALLOW_NOT_ISOLATED, 0, R.DROP_POLICY, 0), (OTHER, None, 0, R.ALLOW_NOT_ISOLATED, 0,
+                                                                 R.DROP_POLICY, 0)]),
+    ("an audited allow-list beside no policy: only what it does not allow is reported",
+     program(np_keys_audit=dict([np_allow(400, 6, 80, 9)])),
+     [(400, 6, 80, R.ALLOW_NOT_ISOLATED, 0, 0, 0), (400, 6, 81, R.ALLOW_NOT_ISOLATED, 0, R.DROP_POLICY, 0)]),
+    ("an audited default deny beside an enforced allow: what the allow lets in is reported",
+     program(np_isolated=True, np_keys=dict([np_allow(400, 6, 80, 9)]),
+             np_keys_audit=dict([np_allow(400, 6, 80, 9)])),
+     [(400, 6, 80, R.ALLOW_POLICY, 9, 0, 0), (400, 6, 81, R.DROP_POLICY, 0, 0, 0)]),
+    ("an audited Admin deny over an enforced Baseline accept",
+     program(admin=[rule(ADMIN, DENY, {400}, P80, 1, audited=True)], baseline=[rule(BASELINE, ACCEPT, {400}, (), 2)]),
+     [(400, 6, 80, R.ALLOW_BASELINE, 2, R.DROP_ADMIN, 1), (400, 6, 81, R.ALLOW_BASELINE, 2, 0, 0)]),
+    ("an audited Admin accept changes nothing enforced and reports nothing",
+     program(admin=[rule(ADMIN, ACCEPT, {400}, (), 1, audited=True), rule(ADMIN, DENY, {400}, P80, 2)]),
+     [(400, 6, 80, R.DROP_ADMIN, 2, 0, 0), (400, 6, 81, R.ALLOW_NOT_ISOLATED, 0, 0, 0)]),
+    ("an audited Admin Pass before an enforced deny hands over to an audited NetworkPolicy",
+     program(admin=[rule(ADMIN, PASS, {400}, (), 1, audited=True), rule(ADMIN, ACCEPT, {400}, (), 2)],
+             np_keys_audit={}),
+     [(400, 6, 80, R.ALLOW_ADMIN, 2, R.DROP_POLICY, 0), (401, 6, 80, R.ALLOW_NOT_ISOLATED, 0, R.DROP_POLICY, 0)]),
+    ("an audited Baseline deny of the node, judged in egress",
+     program(baseline=[rule(BASELINE, DENY, {IDENTITY_HOST}, (), 3, "Egress", audited=True)], direction=DIR_EGRESS),
+     [(IDENTITY_HOST, 6, 10250, R.ALLOW_HOST, 0, R.DROP_BASELINE, 3), (400, 6, 80, R.ALLOW_NOT_ISOLATED, 0, 0, 0)]),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_audited_policies_are_judged_not_enforced(name, prog, cases):
+    keys = check_encoding(prog, {c[0] for c in cases})
+    for ident, proto, port, reason, rid, audit_reason, audit_rid in cases:
+        want = PolicyValue(rid, int(reason), audit_rid, int(audit_reason))
+        assert prog.verdict(ident, proto, port) == want, (name, ident, proto, port)
+        got = policy_lookup(keys, EP, prog.direction, ident, ICMP if proto is None else proto, port)
+        assert (got if got is not None else PolicyValue(0, int(R.DROP_POLICY))) == want, (name, ident, proto, port)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_random_programs_encode_their_walk(seed):
     rnd = random.Random(seed)
@@ -190,7 +239,8 @@ def test_random_programs_encode_their_walk(seed):
     def rules(tier: str, n: int) -> list[TierRule]:
         return [rule(tier, rnd.choice((ACCEPT, DENY, PASS)),
                      None if rnd.random() < 0.05 else set(rnd.sample(idents, rnd.randint(1, 3))),
-                     ports(), rid=rnd.randint(1, 50)) for _ in range(n)]
+                     ports(), rid=rnd.randint(1, 50), audited=seed % 2 == 1 and rnd.random() < 0.4)
+                for _ in range(n)]
 
     np_keys = {}
     for _ in range(rnd.randint(0, 4)):
@@ -202,8 +252,17 @@ def test_random_programs_encode_their_walk(seed):
             port = port >> (16 - bits) << (16 - bits)
         k, v = np_allow(ident, proto, port, rnd.randint(60, 70), direction, bits)
         np_keys[k] = v
+    # Odd seeds: some rules audited, and maybe an audited NetworkPolicy
+    # isolating the pod (its allows on top of the enforced ones').
+    np_keys_audit = None
+    if seed % 2 == 1 and rnd.random() < 0.6:
+        np_keys_audit = dict(np_keys)
+        for _ in range(rnd.randint(0, 3)):
+            k, v = np_allow(rnd.choice([IDENTITY_ANY, 400, 403]), 6, rnd.choice((80, 443, 9000)),
+                            rnd.randint(71, 80), direction)
+            np_keys_audit.setdefault(k, v)
     prog = program(rules(ADMIN, rnd.randint(0, 4)), rules(BASELINE, rnd.randint(0, 3)),
                    np_isolated=rnd.random() < 0.5, np_keys=np_keys, direction=direction,
                    own_ports={("web", "TCP"): 8080, ("dns", "UDP"): 53},
-                   peer_ports={(400, "web", "TCP"): 80, (401, "dns", "UDP"): 5353})
+                   peer_ports={(400, "web", "TCP"): 80, (401, "dns", "UDP"): 5353}, np_keys_audit=np_keys_audit)
     check_encoding(prog, set(idents))

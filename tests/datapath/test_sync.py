@@ -73,7 +73,7 @@ def test_order_and_minimal_writes(small, monkeypatch):
     sync = MapSync(small.maps)
     report = sync.apply(contents(3))
     assert report.written == 6 and not report.failures
-    assert [n for _, n in log] == ["policy_v2"] * 3 + ["ipcache_hosts_v1", "ipcache_v1", "endpoints_v1"]
+    assert [n for _, n in log] == ["policy_v3"] * 3 + ["ipcache_hosts_v1", "ipcache_v1", "endpoints_v1"]
     log.clear()
     assert not sync.apply(contents(3)).changed and log == []  # nothing to do: nothing written
     # Identity change + one rule fewer: new allows, then ipcache, endpoint; deletions last.
@@ -81,8 +81,8 @@ def test_order_and_minimal_writes(small, monkeypatch):
     want.policy[PolicyMapKey(301, 1, 0, 6, 81, 80)] = PolicyValue(8, int(Reason.ALLOW_POLICY))
     want.endpoints = {}
     sync.apply(want)
-    assert log == [("write", "policy_v2"), ("write", "ipcache_hosts_v1"), ("delete", "endpoints_v1"),
-                   ("delete", "policy_v2")]
+    assert log == [("write", "policy_v3"), ("write", "ipcache_hosts_v1"), ("delete", "endpoints_v1"),
+                   ("delete", "policy_v3")]
 
 
 def test_restart_reads_back_and_writes_nothing(small):
