@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import ipaddress
 import itertools
 import json
@@ -513,11 +514,23 @@ class Bench:
                                     Reason.ALLOW_ESTABLISHED, repeat).duration_ns
         return self.measure_new_flow(self.new_flow, v, repeat)
 
-    def measure_new_flow(self, build: Build, v: Variant, repeat: int) -> int:
+    def measure_new_flow(self, build: Build, v: Variant, repeat: int,
+                         counted: Reason = Reason.ALLOW_POLICY) -> int:
         """One run of the allowed SYN through a new-flow build (the full
-        one, or one of the breakdown's)."""
+        one, or one of the breakdown's); counted: the reason it must be
+        counted under (ALLOW_AUDIT while the match entry is audited)."""
         return self.run_checked(build, v.prog, v.direction, v.syn(), TC_ACT_UNSPEC,
-                                Reason.ALLOW_POLICY, repeat).duration_ns
+                                counted, repeat).duration_ns
+
+    def set_match_audited(self, v: Variant, audited: bool) -> None:
+        """The match entry with, or without, an audited drop (policy.h):
+        the same key, so the lookup is the same; audit mode's whole cost
+        is what the entry's audited verdict makes the program do."""
+        rule = match_rule(v.direction)
+        if audited:
+            rule = dataclasses.replace(rule, audit_reason=int(Reason.DROP_POLICY))
+        assert self.new_flow.maps is not None
+        self.new_flow.maps.add_rule(rule)
 
     def event_stats(self) -> dict[str, dict[str, int]]:
         return {b.name: b.maps.event_stats() for b in self.builds if b.maps is not None}
@@ -578,6 +591,31 @@ def run_benchmark(bench: Bench, repeat: int = REPEAT, runs: int = RUNS,
     breakdown["rest_ns"] = (breakdown["new_flow_over_noop_ns"] - breakdown["ct_create_ns"]
                             - breakdown["event_ns"])
     bench.progress(f"  breakdown ({head_v.name}, N={max(policy_sizes)}): {breakdown}")
+    # Audit mode: the same SYN with the match entry holding an audited drop
+    # (it passes, counted ALLOW_AUDIT, its event an EVENT_AUDIT), interleaved
+    # with the ordinary one and the no-op.
+    audit = {"enforced": Measurement(), "audited": Measurement()}
+    audit_noop = Measurement()
+    for _ in range(runs + 1):  # the first round warms up, discarded
+        noop_ns = bench.measure_noop(head_v.syn(), repeat)
+        enforced_ns = bench.measure_new_flow(bench.new_flow, head_v, repeat)
+        bench.set_match_audited(head_v, True)
+        audited_ns = bench.measure_new_flow(bench.new_flow, head_v, repeat, Reason.ALLOW_AUDIT)
+        bench.set_match_audited(head_v, False)
+        if _ or runs == 0:
+            audit_noop.samples.append(noop_ns)
+            audit["enforced"].samples.append(enforced_ns)
+            audit["audited"].samples.append(audited_ns)
+    audit_mode = {
+        "variant": head_v.name, "policy_entries": int(max(policy_sizes)),
+        "enforced_new_flow_over_noop_ns": audit["enforced"].median - audit_noop.median,
+        "audited_new_flow_over_noop_ns": audit["audited"].median - audit_noop.median,
+        "extra_lookups": 0,  # by construction: the audited verdict rides in the entry found (policy.h)
+        "samples_ns": {k: m.samples for k, m in audit.items()}, "noop_samples_ns": audit_noop.samples,
+    }
+    audit_mode["audited_over_enforced_ns"] = (audit_mode["audited_new_flow_over_noop_ns"]
+                                              - audit_mode["enforced_new_flow_over_noop_ns"])
+    bench.progress(f"  audit mode ({head_v.name}, N={max(policy_sizes)}): {audit_mode}")
     # to_network on a node interface: every packet leaving the node crosses
     # it, and all but a Service's first packet carry no deferral mark.
     passthrough = Measurement()
@@ -633,6 +671,7 @@ def run_benchmark(bench: Bench, repeat: int = REPEAT, runs: int = RUNS,
         "to_network_unmarked_samples_ns": passthrough.samples,
         "verdicts": verdicts,
         "new_flow_breakdown": breakdown,
+        "audit_mode": audit_mode,
         "events": bench.event_stats(),
         "policy_entries_per_direction": [int(s) for s in sizes],
         "ipcache_entries": bench.ipcache_entries,
@@ -701,6 +740,12 @@ def format_table(result: dict) -> str:
         f"conntrack insert (LRU hash update) {bd['ct_create_ns']:.0f} ns, event (token bucket) "
         f"{bd['event_ns']:.0f} ns, everything else (parse, conntrack/endpoint/Service/ipcache lookups, "
         f"policy LPM, counters) {bd['rest_ns']:.0f} ns",
+        "",
+        f"audit mode ({result['audit_mode']['variant']}, N={result['audit_mode']['policy_entries']:,}): a new flow "
+        f"an audited policy would drop {result['audit_mode']['audited_new_flow_over_noop_ns']:.0f} ns over noop, "
+        f"the same flow enforced {result['audit_mode']['enforced_new_flow_over_noop_ns']:.0f} ns "
+        f"({result['audit_mode']['audited_over_enforced_ns']:+.0f} ns; no extra lookup: the audited verdict "
+        "is in the entry the enforced lookup finds)",
         "",
         f"goals ({result['headline']}, over noop): "
         + ", ".join(f"{k}={'met' if ok else 'MISSED'}" for k, ok in result["goals"].items()),

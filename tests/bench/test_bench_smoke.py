@@ -63,6 +63,10 @@ def test_main_prints_json_last(db, capsys):
     assert bd["variant"] == "egress_ipv4" and bd["policy_entries"] == 10
     assert bd["rest_ns"] == bd["new_flow_over_noop_ns"] - bd["ct_create_ns"] - bd["event_ns"]
     assert all(len(x) == 1 for x in bd["samples_ns"].values())
+    am = result["audit_mode"]
+    assert am["variant"] == "egress_ipv4" and am["extra_lookups"] == 0
+    assert am["audited_over_enforced_ns"] == am["audited_new_flow_over_noop_ns"] - am["enforced_new_flow_over_noop_ns"]
+    assert all(len(x) == 1 for x in am["samples_ns"].values())
     assert "noop" in "\n".join(out[:-1])  # the table came first
     assert _bench_pins() == pins_before  # its own pins are gone
 
