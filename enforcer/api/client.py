@@ -82,7 +82,8 @@ def show_status(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
              f"last sync  {age} ({st.last_sync_duration_ms:.1f} ms)",
              f"objects    {st.namespaces} namespaces, {st.pods} pods, {st.network_policies} network policies, "
              f"{st.cluster_network_policies} cluster network policies",
-             f"endpoints  {st.local_endpoints} local; revoked connections: {st.revoked_connections}", "",
+             f"endpoints  {st.local_endpoints} local; revoked connections: {st.revoked_connections}",
+             *(["mode       --audit-all: every policy in audit mode, nothing enforced"] if st.audit_all else []), "",
              table([[m.name, m.entries, m.capacity, f"{100 * m.entries / m.capacity:.1f}%" if m.capacity else "-"]
                     for m in st.maps], ["map", "entries", "capacity", "used"])]
     def more(n: int, what: str) -> list[str]:
@@ -130,18 +131,19 @@ def show_policies(stub: pb_grpc.EnforcerStub, as_machine: bool) -> str:
     resp = call(stub.ListPolicies, pb.ListPoliciesRequest())
     if as_machine:
         return as_json(resp)
-    rows = [[f"{p.namespace}/{p.name}", ",".join(p.policy_types), p.entries,
+    rows = [[f"{p.namespace}/{p.name}", ",".join(p.policy_types), "audit" if p.audit else "enforce", p.entries,
              (",".join(p.selected_endpoints) or "-")
              + (f" (+{p.selected_endpoints_omitted} more)" if p.selected_endpoints_omitted else ""),
              p.error or ""] for p in resp.policies]
-    text = table(rows, ["policy", "types", "entries", "selects (local)", "error"])
+    text = table(rows, ["policy", "types", "mode", "entries", "selects (local)", "error"])
     if resp.cluster_policies:
-        crows = [[c.name, c.tier, c.priority, c.kind, f"{c.ingress_rules}/{c.egress_rules}", c.entries,
+        crows = [[c.name, c.tier, c.priority, c.kind, "audit" if c.audit else "enforce",
+                  f"{c.ingress_rules}/{c.egress_rules}", c.entries,
                   (",".join(c.selected_endpoints) or "-")
                   + (f" (+{c.selected_endpoints_omitted} more)" if c.selected_endpoints_omitted else ""),
                   "; ".join(c.warnings)] for c in resp.cluster_policies]
-        text += "\n\n" + table(crows, ["cluster policy", "tier", "priority", "kind", "rules (in/out)", "entries",
-                                        "selects (local)", "warnings"])
+        text += "\n\n" + table(crows, ["cluster policy", "tier", "priority", "kind", "mode", "rules (in/out)",
+                                        "entries", "selects (local)", "warnings"])
     return text
 
 

@@ -60,6 +60,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             diagnostics, resp.diagnostics_omitted = capped(view.diagnostics)
             resp.diagnostics.extend(diagnostic_messages(diagnostics))
             resp.cluster_network_policies = len(snap.cluster_policies)
+            resp.audit_all = view.desired.audit_all
             notices, resp.notices_omitted = capped(getattr(view.desired, "notices", None) or [])
             resp.notices.extend(clip(n) for n in notices)
         for name, (entries, capacity) in self.daemon.map_occupancy().items():
@@ -97,7 +98,7 @@ class EnforcerService(pb_grpc.EnforcerServicer):
             resp.policies.append(pb.Policy(
                 namespace=pol.namespace, name=pol.name, selected_endpoints=pods, selected_endpoints_omitted=omitted,
                 entries=view.desired.entries_by_policy.get(key, 0), policy_types=sorted(pol.policy_types),
-                error=clip(err.reason) if err else ""))
+                error=clip(err.reason) if err else "", audit=pol.audit or view.desired.audit_all))
         resp.cluster_policies.extend(cluster_policy_messages(view))
         return resp
 
@@ -170,5 +171,6 @@ def cluster_policy_messages(view) -> list[pb.ClusterPolicy]:
         out.append(pb.ClusterPolicy(name=clip(key), kind=cnp.source_kind, tier=cnp.tier, priority=cnp.priority,
                                     selected_endpoints=[clip(p) for p in pods], selected_endpoints_omitted=omitted,
                                     entries=entries.get(key, 0), ingress_rules=len(cnp.ingress),
-                                    egress_rules=len(cnp.egress), warnings=[clip(w) for w in warnings]))
+                                    egress_rules=len(cnp.egress), warnings=[clip(w) for w in warnings],
+                                    audit=cnp.audit or view.desired.audit_all))
     return out

@@ -217,7 +217,7 @@ class _Incremental:
     # -- one compilation --
 
     def compile(self, snap: ClusterSnapshot, node: NodeContext) -> DesiredState:
-        out = DesiredState(errors=list(snap.errors))
+        out = DesiredState(errors=list(snap.errors), audit_all=self.c.audit_all)
         self.ipcache_dirty = set()
         self.pods_ids.begin_pass(self.ipcache_dirty)
         self.peer_sets.begin_pass()

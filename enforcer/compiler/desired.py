@@ -79,6 +79,7 @@ class DesiredState:
     # Policies selecting local pods that are in audit mode (judged, not
     # enforced): NetworkPolicies as namespace/name, cluster policies by key.
     audited: set[str] = field(default_factory=set)
+    audit_all: bool = False  # every policy in audit mode (--audit-all)
     errors: list[InvalidObjectError] = field(default_factory=list)
     unplaced: list[str] = field(default_factory=list)  # local pods without an interface yet
     # Policies whose latest version waits while its prefixes are staged

@@ -127,6 +127,10 @@ def test_an_audited_policy_drops_nothing_and_reports_what_enforcing_it_drops(api
         default_deny = [f for f in mine if f.reason == pb.REASON_DROP_POLICY]
         assert default_deny and all(f.audited_policies and "x/deny-all" in f.audited_policies for f in default_deny)
 
+        listed = stub.ListPolicies(pb.ListPoliciesRequest(), timeout=10)
+        assert all(p.audit for p in listed.policies) and all(c.audit for c in listed.cluster_policies)
+        assert len(listed.policies) == 3 and len(listed.cluster_policies) == 1
+
         counters = stub.GetCounters(pb.GetCountersRequest(), timeout=10).counters
         assert sum(c.packets for c in counters if c.reason == pb.REASON_ALLOW_AUDIT) >= len(dropped)
 

@@ -58,7 +58,7 @@ def state(n: int, text: int) -> StandIn:
     error = InvalidObjectError("NetworkPolicy", "ns" + s, "bad" + s, "invalid CIDR " + s)
     diagnostic = Diagnostic("snat-trap", "error", "ns/svc" + s, "ns/pol" + s, "mixed", s, s)
     view = SimpleNamespace(snapshot=SimpleNamespace(namespaces={}, pods={}, policies={}, cluster_policies={}), endpoint_by_id={},
-                           desired=SimpleNamespace(errors=[error] * n), diagnostics=(diagnostic,) * n)
+                           desired=SimpleNamespace(errors=[error] * n, audit_all=False), diagnostics=(diagnostic,) * n)
     return StandIn(status, view)
 
 

@@ -422,7 +422,8 @@ def test_policies_list_cluster_policies_with_local_subjects():
     text = client.show_policies(Stub(service), False)
     assert "cluster policy" in text and "selects (local)" in text
     (line,) = [ln for ln in text.splitlines() if ln.startswith("deny-x ")]
-    assert line.split()[:6] == ["deny-x", "Admin", "10", "ClusterNetworkPolicy", "1/0", str(by["deny-x"].entries)]
+    assert line.split()[:7] == ["deny-x", "Admin", "10", "ClusterNetworkPolicy", "enforce", "1/0",
+                                str(by["deny-x"].entries)]
     assert "y/a" in line
     assert "domainNames" in next(ln for ln in text.splitlines() if ln.startswith("domains "))
 
