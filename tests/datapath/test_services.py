@@ -149,6 +149,28 @@ def test_remote_backend_judged_on_the_node_interface(svc, fam, backend, port, pa
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("where", ["local backend", "remote backend"])
+def test_an_audited_drop_after_dnat_passes_and_is_reported(svc, fam, where):
+    """The sender's egress judged after DNAT reads the entry's audited
+    verdict too: the connection passes, is tracked under the Service
+    address, and its event is the drop a policy in audit mode would make."""
+    a, vip, sp = POD_A[fam], VIP[fam], next(_sports)
+    backend, port, hook = ((POD_B, 8080, svc.ingress) if where == "local backend"
+                           else ({"identity": PEERS["other_pod"][2]}, 80, svc.to_network))
+    svc.entry(POD_A, DIR_EGRESS, backend["identity"], Reason.ALLOW_POLICY, TCP_, port, rule_id=23,
+              audit=(Reason.DROP_ADMIN, 24))
+    dst = POD_B[fam] if where == "local backend" else peer("other_pod", fam)
+    out = svc.egress(frame(TCP_, a, vip, sp, 80))
+    out = hook(frame(TCP_, a, dst, sp, port), mark=out.mark)
+    assert out.retval == TC_ACT_UNSPEC
+    assert counters(out)[(POD_A["id"], DIR_EGRESS, Reason.ALLOW_AUDIT)] == 1
+    (ev,) = [e for e in out.events if e.direction == "egress"]
+    assert (ev.allowed, ev.audit, ev.reason, ev.rule_id, str(ev.dst)) == (True, True, Reason.DROP_ADMIN, 24, dst)
+    entry = service_ct(svc, fam, TCP_, a, sp, vip, 80)
+    assert entry is not None and (entry.reason, entry.rule_id) == (Reason.ALLOW_POLICY, 23)
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
 def test_node_interface_ignores_unmarked_packets(svc, fam):
     """Everything but a deferred packet passes to_network untouched and
     uncounted, denied-looking or not."""
