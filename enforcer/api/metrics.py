@@ -23,8 +23,10 @@ class DaemonCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         verdicts = CounterMetricFamily("enforcer_verdicts",
-                                       "Packets by verdict reason, endpoint and direction; tier: the tier the "
-                                       "reason names (Admin, Baseline, NetworkPolicy; empty for the others)",
+                                       "Packets by verdict reason, endpoint and direction; verdict: allowed, "
+                                       "denied, or audit (passed; a policy in audit mode would drop it); tier: "
+                                       "the tier the reason names (Admin, Baseline, NetworkPolicy; empty for the "
+                                       "others)",
                                        labels=["namespace", "pod", "direction", "reason", "verdict", "tier"])
         view = self.daemon.view()
         endpoints = [(0, "", "")]
@@ -33,7 +35,8 @@ class DaemonCollector(Collector):
         for ep_id, ns, pod in endpoints:
             for (direction, reason), (pkts, _bytes) in self.daemon.counters(ep_id).items():
                 verdicts.add_metric([ns, pod, "ingress" if direction == DIR_INGRESS else "egress",
-                                     reason.name, "denied" if is_drop(reason) else "allowed",
+                                     reason.name, "denied" if is_drop(reason)
+                                     else "audit" if reason.name == "ALLOW_AUDIT" else "allowed",
                                      tier_of_reason(reason)], pkts)
         yield verdicts
         entries = GaugeMetricFamily("enforcer_map_entries", "Entries in a datapath map", labels=["map"])

@@ -361,7 +361,7 @@ def test_cli_flows_has_a_tier_filter():
 COUNTERS = {(DIR_INGRESS, Reason["DROP_ADMIN"]): (3, 300), (DIR_INGRESS, Reason["ALLOW_BASELINE"]): (4, 400),
             (DIR_EGRESS, Reason["ALLOW_POLICY"]): (5, 500), (DIR_EGRESS, Reason["DROP_POLICY"]): (6, 600),
             (DIR_EGRESS, Reason["ALLOW_NOT_ISOLATED"]): (7, 700), (DIR_INGRESS, Reason["DROP_BASELINE"]): (8, 800),
-            (DIR_INGRESS, Reason["ALLOW_ADMIN"]): (9, 900)}
+            (DIR_INGRESS, Reason["ALLOW_ADMIN"]): (9, 900), (DIR_EGRESS, Reason["ALLOW_AUDIT"]): (10, 1000)}
 # reason -> (direction, packets, tier label)
 METRIC_LINES = [
     ("DROP_ADMIN", "ingress", 3, "Admin", "denied"),
@@ -371,6 +371,7 @@ METRIC_LINES = [
     ("ALLOW_POLICY", "egress", 5, "NetworkPolicy", "allowed"),
     ("DROP_POLICY", "egress", 6, "NetworkPolicy", "denied"),
     ("ALLOW_NOT_ISOLATED", "egress", 7, "", "allowed"),
+    ("ALLOW_AUDIT", "egress", 10, "", "audit"),  # passed; a policy in audit mode would drop it
 ]
 
 
