@@ -390,6 +390,27 @@ def test_hairpin_judged_as_its_own_peer(dp, fam, flags, entries, passed, counter
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
+@pytest.mark.parametrize("audited_direction", [DIR_EGRESS, DIR_INGRESS])
+def test_hairpin_audited_drop_passes_and_is_reported(dp, fam, audited_direction):
+    """An audited drop in either of the hairpin's two lookups: the packet
+    passes as ALLOW_SELF would, counted ALLOW_AUDIT, its event that drop."""
+    dp.set_pod(POD_A, ingress=True, egress=True, flags=EP_F_SELF_JUDGED)
+    for direction in (DIR_EGRESS, DIR_INGRESS):
+        audit = (R.DROP_ADMIN, 69) if direction == audited_direction else None
+        dp.entry(POD_A, direction, IDENTITY_SELF, R.ALLOW_SELF, rule_id=0, audit=audit)
+    dp.maps.set_service(VIP[fam], TCP_, 80)
+    a, node, vip, sp = POD_A[fam], peer("host", fam), VIP[fam], next(_sports)
+    out = dp.egress(frame(TCP_, a, vip, sp, 80))
+    out = dp.ingress(frame(TCP_, node, a, sp, 8080), mark=out.mark, ingress_ifindex=5)
+    assert out.retval == TC_ACT_UNSPEC
+    assert counters(out) == {(POD_A["id"], DIR_INGRESS, Reason.ALLOW_AUDIT): 1}
+    (ev,) = out.events
+    assert (ev.allowed, ev.audit, ev.reason, ev.rule_id) == (True, True, R.DROP_ADMIN, 69)
+    out = dp.egress(frame(TCP_, a, node, 8080, sp, flags="SA"))
+    assert counters(out) == {(POD_A["id"], DIR_EGRESS, Reason.ALLOW_REPLY): 1}
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
 def test_own_mark_from_a_non_node_source_is_not_hairpin(dp, fam):
     """The hairpin pass needs the masqueraded node address as source: the
     same mark on a packet from elsewhere is judged as the sender's egress
