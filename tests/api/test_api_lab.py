@@ -21,6 +21,8 @@ from tests.conformance import cases as C
 from tests.conformance import model as M
 from tests.conformance.runner import lab_name
 
+from .audit_checks import check_audit_against_enforcement
+
 pytestmark = pytest.mark.lab
 
 
@@ -272,3 +274,10 @@ def test_cluster_policy_tiers_in_flows_explain_policies_and_status(api_lab):
     assert list(cnps["deny-y"].selected_endpoints) == ["x/a", "x/b", "x/c"] and cnps["deny-y"].entries > 0
     assert cnps["baseline-x"].tier == "Baseline"
     assert s.Status(pb.StatusRequest(), timeout=10).cluster_network_policies == 2
+
+
+def test_an_audited_policy_drops_nothing_and_reports_what_enforcing_it_drops(api_lab):
+    """audit_checks.py: the same policies enforced, then audited; audited
+    they drop nothing, and the audit flows name exactly the pairs the
+    enforced run dropped."""
+    check_audit_against_enforcement(api_lab)

@@ -1,5 +1,6 @@
-"""Audit mode on the wire: the same policies probed twice with real
-connections, once enforced and once annotated enforcer.dev/audit: "true".
+"""Audit mode on the wire (run by test_api_lab.py, on its lab): the same
+policies probed twice with real connections, once enforced and once
+annotated enforcer.dev/audit: "true".
 
 Audited, they must drop nothing (every pair connects), and the flows the
 daemon reports as audit verdicts must name exactly the (source, destination)
@@ -13,14 +14,10 @@ import copy
 import time
 from typing import Any
 
-import pytest
-
 from enforcer.api import client
 from enforcer.model.meta import AUDIT_ANNOTATION
 from enforcer.v1 import enforcer_pb2 as pb
 from tests.conformance import model as M
-
-pytestmark = pytest.mark.lab
 
 PORT = 80
 ALL_PAIRS = [(s, d) for s in M.ALL_PODS for d in M.ALL_PODS if s != d]
@@ -98,8 +95,7 @@ def audit_pairs(lab, since: float, want: set[tuple[str, str]]) -> set[tuple[str,
         time.sleep(0.1)
 
 
-def test_an_audited_policy_drops_nothing_and_reports_what_enforcing_it_drops(api_lab):
-    lab = api_lab
+def check_audit_against_enforcement(lab) -> None:  # type: ignore[no-untyped-def]
     lab.reset()
     try:
         apply(lab, POLICIES)
