@@ -160,9 +160,11 @@ def cluster_policy_messages(view) -> list[pb.ClusterPolicy]:
     entries: dict[str, int] = {}
     if cluster_rules:
         for value in view.desired.policy.values():
-            key = cluster_rules.get(value.rule_id)
-            if key is not None:
-                entries[key] = entries.get(key, 0) + 1
+            # An audited cluster policy's rule decides an entry's audit verdict.
+            for rule_id in (value.rule_id, value.audit_rule_id):
+                key = cluster_rules.get(rule_id)
+                if key is not None:
+                    entries[key] = entries.get(key, 0) + 1
     out = []
     order = {"Admin": 0, "Baseline": 1}
     for key, cnp in sorted(cnps.items(), key=lambda kv: (order.get(kv[1].tier, 2), kv[1].priority, kv[0])):
