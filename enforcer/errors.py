@@ -9,6 +9,8 @@ EnforcerError; callers catch the narrowest class that fits.
   - AttachError: tc/clsact attach or detach failed.
 - InvalidObjectError: one Kubernetes object cannot be enforced as written;
   it names the object and affects nothing else.
+- HistoryError: the flow history cannot be kept; enforcement goes on
+  without it.
 """
 
 from __future__ import annotations
@@ -65,3 +67,8 @@ class InvalidObjectError(EnforcerError):
         self.reason = reason
         where = f"{namespace}/{name}" if namespace else name
         super().__init__(f"{kind} {where}: {reason}")
+
+
+class HistoryError(EnforcerError):
+    """The flow history cannot be kept (its file cannot be opened or
+    created); the daemon enforces without it."""

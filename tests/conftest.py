@@ -103,6 +103,7 @@ UNIT_PATHS = (
     "tests/deploy/test_vagrant.py",
     "tests/deploy/test_bpf_syscall_number.py",
     "tests/deploy/test_cluster_runner.py",
+    "tests/history/",
     "tests/test_architecture.py",
     "tests/test_packaging.py",
 )
