@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from .compiler.admission import MAX_ENTRIES_PER_POLICY_POD, MAX_PREFIXES_PER_POL
 from .datapath.registry import map_size_fields
 from .datapath.source import DEFAULT_PIN_DIR, DatapathConfig
 from .errors import EnforcerError
+from .history.store import DEFAULT_MAX_ROWS, DEFAULT_STATE_DIR
 from .model.meta import AUDIT_ANNOTATION
 
 DEFAULT_SOCKET = "/run/enforcer/enforcer.sock"
@@ -114,11 +116,15 @@ def _run(args: argparse.Namespace) -> int:
 
     daemon = Daemon(config, store)
     hub = FlowHub(daemon.view)
+    from .history.recorder import open_recorder
+
+    history = open_recorder(args.state_dir, args.history_max_rows)
 
     from .api.client import flow_line
 
     def on_verdict(v) -> None:
         flow = hub.publish(v)
+        history.offer(v, daemon.view())  # never blocks: a full queue costs the event (counted)
         if flows.isEnabledFor(logging.INFO):
             flows.info("%s", flow_line(flow))
 
@@ -141,13 +147,14 @@ def _run(args: argparse.Namespace) -> int:
             options["interval"] = args.poll_interval
         source = DirectorySource(Path(args.source), store, **options)
         source_text = f"directory:{Path(args.source).resolve()}"
-    api = ApiServer(server_config, EnforcerService(daemon, hub, source_text))
+    api = ApiServer(server_config, EnforcerService(daemon, hub, source_text, history=history))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     # The source reads (its first read is most of a cold start's work) while
     # the datapath loads: a compile runs in a child process, a cached load
     # waits in the kernel's verifier. The first pass waits for both.
+    history.start()
     source.start()
     daemon.start()
     api.start()
@@ -167,6 +174,7 @@ def _run(args: argparse.Namespace) -> int:
     source.stop()
     daemon.stop()
     api.stop()
+    history.stop()  # after the events thread: what it offered is written
     return 0
 
 
@@ -274,6 +282,54 @@ def _api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    """`enforcer history` and `enforcer suggest`: read every daemon's history, list or suggest."""
+    from .api import history_client as hc
+    from .history.duration import parse_duration
+
+    since = time.time() - parse_duration(args.since) if args.since else 0.0
+    namespaces = args.namespace or []
+    tls = hc.Tls(Path(args.tls_ca) if args.tls_ca else None, Path(args.tls_cert) if args.tls_cert else None,
+                 Path(args.tls_key) if args.tls_key else None, args.tls_server_name or "")
+    found = hc.sources(args.socket or [], args.address or [], tls, Path(DEFAULT_SOCKET))
+    # One namespace is filtered by each daemon; several are read whole and filtered here.
+    histories = hc.read_histories(found, namespaces[0] if len(namespaces) == 1 else "", since)
+    hc.warn_losses(histories, lambda line: print(line, file=sys.stderr))
+    if args.command == "suggest":
+        print(hc.suggest_yaml(histories, namespaces, audit=not args.enforce, since_text=args.since or ""), end="")
+    else:
+        print(hc.show_history(histories, args.json, namespaces))
+    return 0
+
+
+def _duration(text: str) -> str:
+    from .history.duration import parse_duration
+
+    try:
+        parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _add_history_sources(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--since", type=_duration, metavar="DURATION",
+                     help="only flows last seen this recently: 90s, 30m, 1h, 2d, 1w, 1h30m (default: all)")
+    cmd.add_argument("--socket", action="append", metavar="PATH",
+                     help=f"a daemon's API socket; repeatable (default {DEFAULT_SOCKET} when no --socket or "
+                          "--address is given)")
+    cmd.add_argument("--address", action="append", metavar="HOST:PORT",
+                     help="a daemon's TLS API (enforcer run --listen); repeatable: the histories are merged")
+    cmd.add_argument("--tls-ca", metavar="FILE", help="with --address: the CA of the daemons' certificates "
+                                                       "(default: the system's roots)")
+    cmd.add_argument("--tls-cert", metavar="FILE", help="with --address: this client's certificate, for daemons "
+                                                         "that require one (--tls-client-ca)")
+    cmd.add_argument("--tls-key", metavar="FILE", help="with --tls-cert: its key")
+    cmd.add_argument("--tls-server-name", metavar="NAME",
+                     help="with --address: the name the daemons' certificates carry, if not the address's host")
+    cmd.set_defaults(func=_history)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .lab.demo import run_demo
 
@@ -349,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="new ipBlock prefixes one sync pass takes in; a policy needing more waits, its "
                             "previous version in force, while they are staged, so that it never delays "
                             f"other changes by more than one such pass (default {PREFIXES_PER_PASS})")
+    run_p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), metavar="DIR",
+                       help="keep the flow history (history.db) here, across restarts; created 0700 when missing "
+                            f"('' for no history; default {DEFAULT_STATE_DIR})")
+    run_p.add_argument("--history-max-rows", type=_positive, default=DEFAULT_MAX_ROWS, metavar="N",
+                       help="rows the flow history keeps; past it, those seen longest ago go first "
+                            f"(default {DEFAULT_MAX_ROWS}; a row is at most about 5 KiB, 200 bytes typically)")
     run_p.add_argument("--ready-file", help="write this file after the first sync")
     run_p.add_argument("--status-file", help="write JSON status here after every sync pass")
     run_p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="API unix socket ('' for none)")
@@ -416,6 +478,23 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_cmd.add_argument("--socket", default=str(DEFAULT_SOCKET))
     diagnose_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     diagnose_cmd.set_defaults(func=_api)
+
+    history_cmd = sub.add_parser("history", help="the flow history: connections local pods made and received")
+    history_cmd.add_argument("--namespace", action="append", metavar="NS",
+                             help="only local pods of this namespace; repeatable")
+    history_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_history_sources(history_cmd)
+    suggest_cmd = sub.add_parser(
+        "suggest", help="least-privilege NetworkPolicies (YAML) from the flow history",
+        description="Print NetworkPolicies allowing exactly the traffic the daemons' flow histories saw for the "
+                    "namespace's pods: one per workload (distinct stable labels), ingress and egress, DNS to "
+                    "kube-dns, and a default deny for the namespace. They carry enforcer.dev/audit: \"true\" "
+                    "unless --enforce: apply them in audit mode first.")
+    suggest_cmd.add_argument("--namespace", action="append", required=True, metavar="NS",
+                             help="the namespace to suggest policies for; repeatable")
+    suggest_cmd.add_argument("--enforce", action="store_true",
+                             help="leave out the audit annotation: the policies are enforced once applied")
+    _add_history_sources(suggest_cmd)
 
     lab = sub.add_parser("lab", help="a lab cluster in network namespaces")
     lsub = lab.add_subparsers(dest="lab_command", required=True)

@@ -10,18 +10,21 @@ from .. import __version__
 from ..compiler.diagnose import Diagnostic
 from ..datapath.layout import DIR_INGRESS, EP_F_EGRESS_ISOLATED, EP_F_INGRESS_ISOLATED
 from ..datapath.reasons import is_drop
+from ..history.recorder import HistoryRecorder
 from ..v1 import enforcer_pb2 as pb
 from ..v1 import enforcer_pb2_grpc as pb_grpc
 from .explain import explain
 from .flows import TIERS, FlowHub, reason_pb, tier_of_reason
+from .history import flow_history
 from .view import LIST_MAX, capped, clip
 
 
 class EnforcerService(pb_grpc.EnforcerServicer):
-    def __init__(self, daemon, flows: FlowHub, source: str) -> None:
+    def __init__(self, daemon, flows: FlowHub, source: str, history: HistoryRecorder | None = None) -> None:
         self.daemon = daemon
         self.flows = flows
         self.source = source
+        self.history = history
 
     def _view(self, context: grpc.ServicerContext):
         view = self.daemon.view()
@@ -136,6 +139,9 @@ class EnforcerService(pb_grpc.EnforcerServicer):
         except LookupError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             raise  # unreachable: abort raises
+
+    def FlowHistory(self, request: pb.FlowHistoryRequest, context: grpc.ServicerContext) -> pb.FlowHistoryResponse:
+        return flow_history(self.history, self.daemon, request, context)
 
 
 def diagnostic_messages(diagnostics: Sequence[Diagnostic]) -> list[pb.Diagnostic]:

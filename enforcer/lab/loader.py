@@ -142,13 +142,14 @@ class DaemonProcess(LoaderProcess):
         self.status_file = self.workdir / "status.json"
         self.log_file = self.workdir / "daemon.log"
         self.socket = self.workdir / "api" / "enforcer.sock"  # its own: labs run side by side
+        self.state_dir = self.workdir / "state"  # its own flow history, kept across its restarts
         self.extra_args = list(extra_args)
 
     def command(self) -> list[str]:
         return ["nsenter", f"--net={netns_path(self.netns)}", self.python, "-m", "enforcer", "run",
                 "--source", str(self.source_dir), "--node", self.node_name, "--pin-dir", str(self.pin_dir),
                 "--ready-file", str(self.ready_file), "--status-file", str(self.status_file),
-                "--socket", str(self.socket), *self.extra_args]
+                "--socket", str(self.socket), "--state-dir", str(self.state_dir), *self.extra_args]
 
     def status(self) -> dict:
         try:
@@ -175,6 +176,7 @@ class DaemonProcess(LoaderProcess):
         super().close()
         self.status_file.unlink(missing_ok=True)
         self.socket.unlink(missing_ok=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         try:
             self.socket.parent.rmdir()
         except OSError:
