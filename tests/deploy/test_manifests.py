@@ -269,6 +269,7 @@ HOST_PATHS = [
     ("lib-modules", "/lib/modules", "/host/lib/modules", True),
     ("usr-src", "/usr/src", "/host/usr/src", True),
     ("run-enforcer", "/run/enforcer", "/run/enforcer", False),
+    ("state", "/var/lib/enforcer", "/var/lib/enforcer", False),
 ]
 
 
@@ -298,6 +299,11 @@ def test_header_mounts_are_where_the_entrypoint_looks():
 
 def test_api_socket_directory_is_the_host_path(main):
     assert str(Path(DEFAULT_SOCKET).parent) == mount(main, "run-enforcer")["mountPath"]
+
+
+def test_flow_history_is_on_the_host_path(main):
+    args = build_parser().parse_args(["run", "--source", "kubernetes", "--node", "n1", *main.get("args", [])])
+    assert args.state_dir == mount(main, "state")["mountPath"]
 
 
 def test_node_name_from_the_downward_api(main):
