@@ -28,6 +28,7 @@ import yaml
 
 from enforcer.api import client
 from enforcer.api import history_client as hc
+from enforcer.history.store import DB_NAME, Filter, open_store
 from enforcer.lab.cluster import ExternalSpec, add_external
 from enforcer.lab.netns import netns_delete
 from enforcer.lab.probe import ProbeSpec, probe_many
@@ -169,3 +170,33 @@ def test_suggested_policies_keep_observed_flows_and_deny_the_rest(lab):
              for s, d, proto, port in flows if got[(s, d, proto, port)] != ((s, d, proto, port) in observed)]
     assert not wrong, "\n".join(wrong) + "\n\n" + out.stdout + "\n" + lab.diagnostics()
     assert sum(got.values()) == len(OBSERVED)
+
+
+def test_history_is_on_disk_after_a_stop_and_a_corrupt_file_costs_only_the_history(lab):
+    """Stopped (SIGTERM), the daemon leaves its history in its file (what a
+    restart opens: tests/history/test_store.py); restarted on a corrupt
+    file, it moves the file aside (saying so), enforces the directory's
+    policies as before and records into a new history."""
+    lab.reset()
+    lab._write("policies/z-isolate-a.yaml", [ISOLATE_ZA])
+    lab.sync()
+    new_flow = ("x/c", "y/a", "UDP", 81)  # not seen before
+    assert probe(lab, [new_flow], lambda f: True) == {new_flow: True}
+    wait_for("recorded", lambda: row_of_flow(lab, "y/a", "ingress", "x/c", "UDP", 81) in history_rows(lab))
+    lab.daemon.stop()
+    db = lab.daemon.state_dir / DB_NAME
+    store = open_store(db, 100_000)
+    assert {(r.key.pod, r.key.direction, r.key.port) for _, r in store.read(Filter("y"))} >= {("a", "ingress", 81)}
+    store.close()
+    db.write_bytes(b"not a history" * 1000)
+
+    lab.daemon.start()
+    assert "moved to" in lab.daemon.log_text() and list(db.parent.glob(f"{DB_NAME}.corrupt-*"))
+    denied = ("x/a", "z/a", "TCP", 80)
+    assert probe(lab, [denied], lambda f: False) == {denied: False}
+    (lab.source / "policies" / "z-isolate-a.yaml").unlink()
+    lab.sync()  # the restarted daemon applies changes
+    assert probe(lab, [denied], lambda f: True) == {denied: True}
+    anew = {row_of_flow(lab, "x/a", "egress", "z/a", "TCP", 80), row_of_flow(lab, "z/a", "ingress", "x/a", "TCP", 80),
+            row_of_flow(lab, "z/a", "ingress", "x/a", "TCP", 80, "denied")}
+    wait_for("recorded anew", lambda: history_rows(lab) == anew)
