@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"('' for no history; default {DEFAULT_STATE_DIR})")
     run_p.add_argument("--history-max-rows", type=_positive, default=DEFAULT_MAX_ROWS, metavar="N",
                        help="rows the flow history keeps; past it, those seen longest ago go first "
-                            f"(default {DEFAULT_MAX_ROWS}; a row is at most about 5 KiB, 200 bytes typically)")
+                            f"(default {DEFAULT_MAX_ROWS}; a row with its indexes takes about 300 bytes, "
+                            "at most about 5 KiB)")
     run_p.add_argument("--ready-file", help="write this file after the first sync")
     run_p.add_argument("--status-file", help="write JSON status here after every sync pass")
     run_p.add_argument("--socket", default=str(DEFAULT_SOCKET), help="API unix socket ('' for none)")
