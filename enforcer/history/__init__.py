@@ -10,6 +10,7 @@ least-privilege NetworkPolicies suggested from them.
   recorder  the daemon's side: a bounded queue the event thread offers to
             (never blocking), a writer thread that aggregates and writes
   suggest   rows -> NetworkPolicy manifests
+  duration  --since's 90s, 30m, 1h, 2d, 1w
 
 Below the API (which serves the rows) and above the compiler (whose
 identities say what a peer address is); it never uses the generated gRPC
