@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from ..model.meta import AUDIT_ANNOTATION
 from .rows import (
     EGRESS,
     HOST,
@@ -47,7 +48,6 @@ from .rows import (
     labels_text,
 )
 
-AUDIT_ANNOTATION = "enforcer.dev/audit"  # "true": the daemon reports what the policy would drop, drops nothing
 SUGGESTED_LABEL = "enforcer.dev/suggested"  # kubectl delete networkpolicy -l enforcer.dev/suggested=true
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 DNS_NAMESPACE = "kube-system"

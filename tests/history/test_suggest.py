@@ -15,8 +15,8 @@ from enforcer.compiler.evaluate import evaluate
 from enforcer.history.duration import parse_duration
 from enforcer.history.observe import flow_key
 from enforcer.history.rows import FlowKey, FlowRow, merge_rows, stable_labels
-from enforcer.history.suggest import AUDIT_ANNOTATION, DEFAULT_DENY_NAME, render, suggest
-from enforcer.model.meta import PROTOCOLS
+from enforcer.history.suggest import DEFAULT_DENY_NAME, render, suggest
+from enforcer.model.meta import AUDIT_ANNOTATION, PROTOCOLS
 from enforcer.model.policy import NetworkPolicy
 
 from . import cluster as C
