@@ -1,8 +1,10 @@
 """`enforcer suggest` against the real daemon, proved on the wire: traffic
 between the lab's pods (and a client outside the cluster) lands in the
-daemon's flow history; the policies `enforcer suggest --enforce` prints
-for every namespace, applied enforced, keep each observed (source,
-destination, protocol, port) working and deny every other pair and port.
+daemon's flow history; the policies `enforcer suggest` prints for every
+namespace, applied in audit mode (as printed), drop nothing and report as
+audit exactly the flows never seen; applied enforced (--enforce), they
+keep each observed (source, destination, protocol, port) working and deny
+every other pair and port.
 
 Lab (prefix hsl<pid>, pins /sys/fs/bpf/enforcer-conf-hsl<pid>): the nine
 upstream pods x, y, z / a, b, c (labels pod=<name>), each serving TCP and
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -33,6 +36,7 @@ from enforcer.lab.cluster import ExternalSpec, add_external
 from enforcer.lab.netns import netns_delete
 from enforcer.lab.probe import ProbeSpec, probe_many
 from enforcer.lab.topology import Pod, start_server, stop_process, wait_servers
+from enforcer.model.meta import AUDIT_ANNOTATION
 from enforcer.v1 import enforcer_pb2 as pb
 from tests.conformance import model as M
 from tests.conformance.runner import ALLOWED_TIMEOUT, DENIED_TIMEOUT, ConformanceLab, lab_name
@@ -52,6 +56,16 @@ OBSERVED = [
     ("x/a", "ext", "TCP", 80),   # to outside the cluster
 ]
 DENIED_WHILE_OBSERVED = ("x/a", "z/a", "TCP", 80)  # z/a isolated for ingress then
+# Flows never seen, each refused by every local hook on its way: probed with
+# the suggestions in audit mode (a few: the datapath reports at most 200
+# events a CPU at once).
+AUDIT_SAMPLE = [
+    ("x/a", "x/b", "TCP", 81),  # a port not seen
+    ("x/b", "x/a", "TCP", 80),  # the way back
+    ("z/a", "x/b", "TCP", 80),  # from a pod whose one flow was denied: its namespace's default deny
+    ("ext", "x/a", "TCP", 80),  # an address seen, another port
+    ("x/a", "ext", "UDP", 80),  # an address seen, another protocol
+]
 ISOLATE_ZA = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
               "metadata": {"name": "isolate-a", "namespace": "z"},
               "spec": {"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress"]}}
@@ -105,9 +119,10 @@ def probe(lab: ConformanceLab, flows: list[tuple[str, str, str, int]],
 
 
 def row_of_flow(lab: ConformanceLab, local: str, direction: str, peer: str, proto: str, port: int,
-                verdict: str = "allowed") -> tuple[str, ...]:
-    """A history row as (pod, direction, peer, protocol/port, verdict)."""
-    peer_text = f"{EXT.ipv4} (world)" if peer == "ext" else f"{peer.split('/')[0]} {{pod={peer.split('/')[1]}}}"
+                verdict: str = "allowed", ext_kind: str = "world") -> tuple[str, ...]:
+    """A history row as (pod, direction, peer, protocol/port, verdict). ext
+    is "world" while no ipBlock holds it, "cidr" once one does."""
+    peer_text = f"{EXT.ipv4} ({ext_kind})" if peer == "ext" else f"{peer.split('/')[0]} {{pod={peer.split('/')[1]}}}"
     return (local, direction, peer_text, f"{proto}/{port}", verdict)
 
 
@@ -128,12 +143,33 @@ def history_rows(lab: ConformanceLab) -> set[tuple[str, ...]]:
              r.key.verdict) for r in history.rows}
 
 
-def wait_for(what: str, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+def suggest(lab: ConformanceLab, *args: str) -> list[dict[str, Any]]:
+    """What `enforcer suggest` prints for every namespace, from the daemon's history."""
+    out = subprocess.run([sys.executable, "-m", "enforcer", "suggest", "--socket", str(lab.daemon.socket), *args,
+                          *[a for ns in M.NAMESPACES for a in ("--namespace", ns)]],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    return list(yaml.safe_load_all(out.stdout))
+
+
+def apply(lab: ConformanceLab, policies: list[dict[str, Any]]) -> None:
+    """policies, and nothing else, in force."""
+    lab._write("policies/suggested.yaml", policies)
+    lab.sync()
+    st = client.connect(lab.daemon.socket).Status(pb.StatusRequest(), timeout=10)
+    assert st.network_policies == len(policies) and not st.invalid_objects
+
+
+def wait_recorded(lab: ConformanceLab, rows: set[tuple[str, ...]], timeout: float = 10.0) -> set[tuple[str, ...]]:
+    """The history once it holds rows (the events reach it within a
+    ring-buffer poll, 0.2 s, and the API writes what the recorder holds)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not rows <= (history := history_rows(lab)):
         if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout:.0f} s")
+            raise AssertionError(f"not recorded after {timeout:.0f} s: {sorted(rows - history)}; "
+                                 f"the history: {sorted(history)}")
         time.sleep(0.05)
+    return history
 
 
 def test_suggested_policies_keep_observed_flows_and_deny_the_rest(lab):
@@ -145,30 +181,34 @@ def test_suggested_policies_keep_observed_flows_and_deny_the_rest(lab):
     got = probe(lab, traffic, lambda f: f != DENIED_WHILE_OBSERVED)
     assert [f for f in traffic if got[f] != (f != DENIED_WHILE_OBSERVED)] == []
     expected = expected_rows(lab)
-    wait_for("recorded", lambda: expected <= history_rows(lab))
-    assert history_rows(lab) == expected  # and nothing else
+    assert wait_recorded(lab, expected) == expected  # and nothing else
 
-    # Suggest for every namespace, enforced (no audit annotation), and apply.
+    # Suggest for every namespace: as printed (audit mode), and --enforce.
     (lab.source / "policies" / "z-isolate-a.yaml").unlink()
-    out = subprocess.run([sys.executable, "-m", "enforcer", "suggest", "--enforce", "--socket", str(lab.daemon.socket),
-                          *[a for ns in M.NAMESPACES for a in ("--namespace", ns)]],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stderr == "", out.stderr
-    policies = list(yaml.safe_load_all(out.stdout))
-    assert {p["metadata"]["namespace"] for p in policies} == set(M.NAMESPACES)
-    assert all("annotations" not in p["metadata"] for p in policies)
-    lab._write("policies/suggested.yaml", policies)
-    lab.sync()
-    st = client.connect(lab.daemon.socket).Status(pb.StatusRequest(), timeout=10)
-    assert st.network_policies == len(policies) and not st.invalid_objects
+    audited, enforced = suggest(lab), suggest(lab, "--enforce")
+    assert {p["metadata"]["namespace"] for p in enforced} == set(M.NAMESPACES)
+    assert all(p["metadata"].pop("annotations") == {AUDIT_ANNOTATION: "true"} for p in audited)
+    assert audited == enforced  # but for the annotation
 
+    # Audit mode first: nothing is dropped; what the policies would drop is
+    # recorded as audit, at each hook that would drop it, and nothing else.
+    apply(lab, suggest(lab))
+    got = probe(lab, OBSERVED + AUDIT_SAMPLE, lambda f: True)
+    assert all(got.values()), got
+    audit = {row_of_flow(lab, local, direction, peer, proto, port, "audit", ext_kind="cidr")
+             for src, dst, proto, port in AUDIT_SAMPLE
+             for local, direction, peer in ((src, "egress", dst), (dst, "ingress", src)) if local != "ext"}
+    assert {r for r in wait_recorded(lab, audit) if r[-1] == "audit"} == audit
+
+    # Enforced.
+    apply(lab, enforced)
     # Every pair of parties, every port: open exactly where traffic was seen.
     flows = [(s, d, proto, port) for s in PARTIES for d in PARTIES if s != d for proto, port in PORTS]
     observed = set(OBSERVED)
     got = probe(lab, flows, lambda f: f in observed)
     wrong = [f"{s} -> {d} {proto}/{port}: {'open' if got[(s, d, proto, port)] else 'closed'}"
              for s, d, proto, port in flows if got[(s, d, proto, port)] != ((s, d, proto, port) in observed)]
-    assert not wrong, "\n".join(wrong) + "\n\n" + out.stdout + "\n" + lab.diagnostics()
+    assert not wrong, "\n".join(wrong) + "\n\n" + yaml.safe_dump_all(enforced) + "\n" + lab.diagnostics()
     assert sum(got.values()) == len(OBSERVED)
 
 
@@ -182,7 +222,7 @@ def test_history_is_on_disk_after_a_stop_and_a_corrupt_file_costs_only_the_histo
     lab.sync()
     new_flow = ("x/c", "y/a", "UDP", 81)  # not seen before
     assert probe(lab, [new_flow], lambda f: True) == {new_flow: True}
-    wait_for("recorded", lambda: row_of_flow(lab, "y/a", "ingress", "x/c", "UDP", 81) in history_rows(lab))
+    wait_recorded(lab, {row_of_flow(lab, "y/a", "ingress", "x/c", "UDP", 81)})
     lab.daemon.stop()
     db = lab.daemon.state_dir / DB_NAME
     store = open_store(db, 100_000)
@@ -199,4 +239,4 @@ def test_history_is_on_disk_after_a_stop_and_a_corrupt_file_costs_only_the_histo
     assert probe(lab, [denied], lambda f: True) == {denied: True}
     anew = {row_of_flow(lab, "x/a", "egress", "z/a", "TCP", 80), row_of_flow(lab, "z/a", "ingress", "x/a", "TCP", 80),
             row_of_flow(lab, "z/a", "ingress", "x/a", "TCP", 80, "denied")}
-    wait_for("recorded anew", lambda: history_rows(lab) == anew)
+    assert wait_recorded(lab, anew) == anew
