@@ -10,7 +10,10 @@ after the cut). A file is read again only when its stat (device, inode,
 size, mtime, ctime) changes. Where inotify works it only speeds this up
 (inotify.py): a change wakes the poll at once, and a file its writer closed
 or renamed into place is complete, so it is read in that poll (and undone
-if it changed again while being read) instead of one poll later.
+if it changed again while being read) instead of one poll later; and one
+written to and not closed since is still being written, so it must hold
+still for OPEN_FILE_HOLD_S, not one poll (a writer pausing mid-file on a
+loaded node is not read short).
 
 Whatever the tree holds, one path costs the scan one error, never the scan:
 links are followed, but a directory reached twice (a link to itself or to
@@ -31,6 +34,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import stat as stat_mod
@@ -69,6 +73,11 @@ YAML_NODES_PER_BYTE = 2
 # held still for one poll (enforcer run --poll-interval).
 DEFAULT_POLL_INTERVAL_S = 0.1
 MIN_INTERVAL_S = 0.01  # whatever interval is asked for, the poll never spins
+# A file inotify says is still open for writing (written to, not closed
+# since) is read once it has held still this long: a writer that pauses
+# mid-file for longer than a poll is not read short; one that keeps its
+# file open for good is read all the same.
+OPEN_FILE_HOLD_S = 1.0
 POLL_FAILURE_LOG_EVERY_S = 60.0  # a poll that keeps failing is logged at most this often
 
 # What decides whether a file has changed: st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns.
@@ -417,6 +426,9 @@ class _NoWatch:
     def finished(self) -> set[Path]:
         return set()
 
+    def writing(self) -> set[Path]:
+        return set()
+
     def watch(self, _directories: Iterable[Path]) -> None:
         pass
 
@@ -511,6 +523,8 @@ class DirectorySource:
         if not woken:
             self._regular_polls += 1
         finished = self._watch.finished()  # before the scan: a later close is seen by the next poll
+        writing = self._watch.writing()
+        open_hold = max(1, math.ceil(OPEN_FILE_HOLD_S / self.interval))
         scan = scan_manifests(self.directory, self.max_manifest_bytes)
         self._listed = scan.listed
         self._watch.watch(scan.listed)
@@ -530,6 +544,12 @@ class DirectorySource:
                 continue  # unchanged since it was last read (parsed or not): not read again
             seen = self._pending.get(path)
             still = seen is not None and seen[0] == key and seen[1] < self._regular_polls
+            if still and path in writing:
+                # Held still, but its writer has not closed it: a pause
+                # mid-file, most likely. Read once it held still for long.
+                still = seen is not None and self._regular_polls - seen[1] >= open_hold
+            if path in writing:
+                finished.discard(path)  # closed, then written to again: not finished
             if not still and path not in finished:
                 # Changed since the last poll, or not seen still across a
                 # regular poll yet (a poll inotify woke early does not

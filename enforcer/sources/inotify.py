@@ -62,6 +62,9 @@ class DirectoryWatch:
         self._wd_of: dict[Path, int] = {}
         self._path_of: dict[int, Path] = {}
         self._finished: set[Path] = set()
+        # Files written to (IN_MODIFY) since their writer last closed them:
+        # a writer may pause between writes for longer than a poll.
+        self._writing: set[Path] = set()
         self.overflows = 0
         self.refused = 0  # watches the kernel would not add (limits, filesystems)
         try:
@@ -96,6 +99,7 @@ class DirectoryWatch:
             self.fd = -1
         self._wd_of.clear()
         self._path_of.clear()
+        self._writing.clear()
 
     def watch(self, directories: Iterable[Path]) -> None:
         """Watch exactly these directories (the ones the last scan listed):
@@ -132,6 +136,11 @@ class DirectoryWatch:
             return False
         return self.fd in ready
 
+    def writing(self) -> set[Path]:
+        """Files written to since their writer's last close, as of the last
+        finished() call: open for writing, most likely."""
+        return set(self._writing)
+
     def finished(self) -> set[Path]:
         """Read what came; the files writers finished with since the last
         call (as the watched directory's path / name)."""
@@ -164,7 +173,14 @@ class DirectoryWatch:
                 if path is not None:
                     self._wd_of.pop(path, None)
                 continue
-            if mask & FINISHED and name:
-                directory = self._path_of.get(wd)
-                if directory is not None:
-                    self._finished.add(directory / os.fsdecode(name))
+            directory = self._path_of.get(wd)
+            if directory is None or not name:
+                continue
+            path = directory / os.fsdecode(name)
+            if mask & FINISHED:
+                self._finished.add(path)
+                self._writing.discard(path)
+            elif mask & IN_MODIFY:
+                self._writing.add(path)
+            elif mask & (IN_DELETE | IN_MOVED_FROM):
+                self._writing.discard(path)

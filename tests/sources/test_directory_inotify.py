@@ -121,3 +121,47 @@ def test_the_watch_names_finished_files_and_drops_gone_directories(tmp_path: Pat
     finally:
         watch.close()
     assert not watch.active
+
+
+def test_a_writer_pausing_longer_than_the_poll_is_not_read_short(tmp_path: Path) -> None:
+    """With a short interval, a writer that pauses mid-file for several
+    polls (a loaded node) leaves a file that holds still: inotify says it
+    was written to and not closed, so it is not read until it has held
+    still for OPEN_FILE_HOLD_S. Polling alone would read the half."""
+    store = ClusterStore()
+    counts: set[int] = set()
+    store.on_change = lambda: counts.add(sum(k.startswith("x/m") for k in store.policies))
+    src = DirectorySource(tmp_path, store, interval=0.02)
+    src.poll()  # listed: start() watches it
+    src.start()
+    path = tmp_path / "many.yaml"
+    try:
+        with path.open("w") as f:
+            for i in range(5):
+                f.write(json.dumps(pol(f"m{i}")) + "\n---\n")
+            f.flush()
+            time.sleep(0.3)  # 15 polls
+            for i in range(5, 10):
+                f.write(json.dumps(pol(f"m{i}")) + "\n---\n")
+        assert seen_within(lambda: sum(k.startswith("x/m") for k in store.snapshot().policies) == 10, 1.0)
+    finally:
+        src.stop()
+    assert counts - {0} == {10}, counts
+
+
+def test_a_file_kept_open_for_good_is_read_once_it_held_still_long(tmp_path: Path) -> None:
+    """A writer that never closes its file is not waited for forever."""
+    import enforcer.sources.directory as d
+
+    store = ClusterStore()
+    src = DirectorySource(tmp_path, store, interval=0.02)
+    src.poll()  # listed: start() watches it
+    src.start()
+    try:
+        with (tmp_path / "open.yaml").open("w") as f:
+            f.write(json.dumps(pol("kept-open")))
+            f.flush()
+            took = seen_within(lambda: "x/kept-open" in store.snapshot().policies, d.OPEN_FILE_HOLD_S + 2.0)
+            assert took is not None and took >= d.OPEN_FILE_HOLD_S * 0.9, took
+    finally:
+        src.stop()
