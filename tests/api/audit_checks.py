@@ -66,10 +66,11 @@ def apply(lab, objects: list[tuple[str, dict[str, Any]]]) -> None:  # type: igno
     lab.sync()
 
 
-def probe_all(lab) -> dict[tuple[str, str], bool]:  # type: ignore[no-untyped-def]
+def probe_all(lab, expect_drops: bool) -> dict[tuple[str, str], bool]:  # type: ignore[no-untyped-def]
     """Every pair once, TCP/80; a pair that fails is retried (as the
-    conformance runner does) before it counts as dropped."""
-    expected = dict.fromkeys(ALL_PAIRS, True)
+    conformance runner does) before it counts as dropped. expect_drops: a
+    probe waits DENIED_TIMEOUT (a pass answers in ms), else ALLOWED_TIMEOUT."""
+    expected = dict.fromkeys(ALL_PAIRS, not expect_drops)
     seen = lab.observe("TCP", PORT, ALL_PAIRS, expected)
     for _ in range(2):
         failed = [p for p, ok in seen.items() if not ok]
@@ -99,7 +100,7 @@ def check_audit_against_enforcement(lab) -> None:  # type: ignore[no-untyped-def
     lab.reset()
     try:
         apply(lab, POLICIES)
-        enforced = probe_all(lab)
+        enforced = probe_all(lab, expect_drops=True)
         dropped = {pair for pair, ok in enforced.items() if not ok}
         # The policies drop in both directions and in both tiers.
         assert ("y/a", "x/b") in dropped and ("x/a", "y/a") in dropped and ("z/a", "y/b") in dropped
@@ -107,7 +108,7 @@ def check_audit_against_enforcement(lab) -> None:  # type: ignore[no-untyped-def
 
         apply(lab, [(name, audited(obj)) for name, obj in POLICIES])
         since = time.time()
-        on_the_wire = probe_all(lab)
+        on_the_wire = probe_all(lab, expect_drops=False)
         assert [p for p, ok in on_the_wire.items() if not ok] == [], "audited policies dropped these"
         reported = audit_pairs(lab, since, dropped)
         assert reported == dropped, (f"reported but not dropped when enforced: {sorted(reported - dropped)}; "
