@@ -44,6 +44,13 @@ def started(tmp_path: Path, watch: bool = True) -> tuple[DirectorySource, Cluste
     return src, store
 
 
+def write_policies(f, numbers: range) -> None:  # noqa: ANN001
+    """Policies m<number> into an open manifest, flushed (the file stays open)."""
+    for i in numbers:
+        f.write(json.dumps(pol(f"m{i}")) + "\n---\n")
+    f.flush()
+
+
 def selector(store: ClusterStore, key: str) -> str | None:
     p = store.snapshot().policies.get(key)
     return str(p.pod_selector) if p is not None else None
@@ -85,15 +92,12 @@ def test_a_file_still_being_written_waits_to_hold_still(tmp_path: Path) -> None:
     path = tmp_path / "many.yaml"
     try:
         with path.open("w") as f:
-            for i in range(5):
-                f.write(json.dumps(pol(f"m{i}")) + "\n---\n")
-            f.flush()
+            write_policies(f, range(5))
             for k in range(20):  # another file, changed and closed: wakes the poll each time
                 (tmp_path / "other.json").write_text(json.dumps(pol("other", k)))
                 time.sleep(0.02)
             assert not any(k.startswith("x/m") for k in store.snapshot().policies)
-            for i in range(5, 10):
-                f.write(json.dumps(pol(f"m{i}")) + "\n---\n")
+            write_policies(f, range(5, 10))
         assert seen_within(lambda: sum(k.startswith("x/m") for k in store.snapshot().policies) == 10, 1.0)
     finally:
         src.stop()
@@ -137,12 +141,9 @@ def test_a_writer_pausing_longer_than_the_poll_is_not_read_short(tmp_path: Path)
     path = tmp_path / "many.yaml"
     try:
         with path.open("w") as f:
-            for i in range(5):
-                f.write(json.dumps(pol(f"m{i}")) + "\n---\n")
-            f.flush()
+            write_policies(f, range(5))
             time.sleep(0.3)  # 15 polls
-            for i in range(5, 10):
-                f.write(json.dumps(pol(f"m{i}")) + "\n---\n")
+            write_policies(f, range(5, 10))
         assert seen_within(lambda: sum(k.startswith("x/m") for k in store.snapshot().policies) == 10, 1.0)
     finally:
         src.stop()
