@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
     daemon.on_verdict = on_verdict
     metrics = Metrics()
     daemon.on_sync.append(metrics.sync_seconds.observe)
-    metrics.attach(daemon, hub)
+    metrics.attach(daemon, hub, history)
     if args.source == "kubernetes":
         from .sources.kubernetes import KubernetesSource, api_client
 

@@ -17,9 +17,10 @@ from .flows import tier_of_reason
 
 
 class DaemonCollector(Collector):
-    def __init__(self, daemon, flows=None) -> None:
+    def __init__(self, daemon, flows=None, history=None) -> None:
         self.daemon = daemon
         self.flows = flows  # the FlowHub, when flows are served
+        self.history = history  # the HistoryRecorder, when one records
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         verdicts = CounterMetricFamily("enforcer_verdicts",
@@ -77,6 +78,21 @@ class DaemonCollector(Collector):
             yield CounterMetricFamily("enforcer_flows_dropped_slow_subscribers",
                                       "Flows not delivered to a StreamFlows subscriber whose queue was full",
                                       value=self.flows.dropped_for_slow_subscribers)
+        if self.history is not None and self.history.enabled:
+            st = self.history.stats()
+            yield GaugeMetricFamily("enforcer_history_rows", "Rows in the flow history", value=st.rows)
+            yield GaugeMetricFamily("enforcer_history_max_rows", "The flow history's cap in rows", value=st.max_rows)
+            yield CounterMetricFamily("enforcer_history_rows_evicted",
+                                      "Flow history rows dropped for room, seen longest ago first",
+                                      value=st.rows_evicted)
+            missed = CounterMetricFamily("enforcer_history_events_missed",
+                                         "Verdict events the flow history did not record, by why: queue_full, "
+                                         "unattributed (no local pod, labels too large), write_error",
+                                         labels=["why"])
+            missed.add_metric(["queue_full"], st.events_dropped)
+            missed.add_metric(["unattributed"], st.events_unattributed)
+            missed.add_metric(["write_error"], st.write_errors)
+            yield missed
 
 
 class Metrics:
@@ -87,8 +103,8 @@ class Metrics:
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                                       registry=self.registry)
 
-    def attach(self, daemon, flows=None) -> None:
-        self.registry.register(DaemonCollector(daemon, flows))
+    def attach(self, daemon, flows=None, history=None) -> None:
+        self.registry.register(DaemonCollector(daemon, flows, history))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

@@ -207,3 +207,28 @@ def test_a_daemon_that_cannot_be_read_stops_the_suggestion(tmp_path, daemons, ca
     code, out, err = run_cli(capsys, "suggest", "--namespace", "x", "--socket", str(n1.socket),
                              "--socket", str(tmp_path / "absent.sock"))
     assert code == 1 and out == "" and "no daemon socket at" in err
+
+
+def test_metrics_carry_the_history_s_size_and_what_it_missed():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from enforcer.api.metrics import DaemonCollector
+    from enforcer.history.recorder import HistoryStats
+
+    history = SimpleNamespace(enabled=True, stats=lambda: HistoryStats(
+        enabled=True, rows=12, max_rows=100, rows_evicted=3, events_dropped=4, events_unattributed=5, write_errors=6))
+    daemon = SimpleNamespace(view=lambda: None, counters=lambda ep: {}, map_occupancy=lambda: {},
+                             status=SimpleNamespace(ready=True, write_failures=SimpleNamespace(by_map={},
+                                                                                               objects_total=0)),
+                             event_stats=lambda: {})
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(daemon, None, history))
+    text = generate_latest(registry).decode()
+    for line in ("enforcer_history_rows 12.0", "enforcer_history_max_rows 100.0",
+                 "enforcer_history_rows_evicted_total 3.0", 'enforcer_history_events_missed_total{why="queue_full"} 4.0',
+                 'enforcer_history_events_missed_total{why="unattributed"} 5.0',
+                 'enforcer_history_events_missed_total{why="write_error"} 6.0'):
+        assert line in text, text
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(daemon, None, HistoryRecorder.disabled("--state-dir ''")))
+    assert "enforcer_history" not in generate_latest(registry).decode()
