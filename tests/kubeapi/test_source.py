@@ -307,3 +307,21 @@ def test_ready_and_revision_wait_for_services_and_endpoint_slices(fake):
         assert src._revision() == f"rv:{min(int(r.resource_version) for r in src.reflectors)}"
     finally:
         src.stop()
+
+
+def test_the_audit_annotation_comes_through_the_watch(fake, source):
+    """enforcer.dev/audit on a NetworkPolicy, set and removed by watch
+    events: the model's audit flag follows it."""
+    from enforcer.model.meta import AUDIT_ANNOTATION
+
+    store, src = source
+    fake.create(ns("x"))
+    audited = policy("x", "deny")
+    audited["metadata"]["annotations"] = {AUDIT_ANNOTATION: "true"}
+    fake.create(audited)
+    src.start()
+    wait_for(lambda: "x/deny" in store.snapshot().policies)
+    assert store.snapshot().policies["x/deny"].audit
+    fake.update(policy("x", "deny"))
+    wait_for(lambda: store.snapshot().source_revision == f"rv:{fake.resource_version}")
+    assert not store.snapshot().policies["x/deny"].audit
