@@ -41,6 +41,14 @@ pod (entries.py), read as the datapath reads them (the longest key of the
 identity, else of every peer, else denied), so NetworkPolicy keeps one
 definition.
 
+Audit mode: a policy in audit mode (the enforcer.dev/audit annotation, or
+--audit-all) takes part in a second walk (walk(audit=True): its rules, and
+NetworkPolicy's keys and isolation with the audited policies). verdict()
+gives the enforced walk's value and, where it allows and the audited walk
+drops, that drop beside it (PolicyValue.audit_reason/audit_rule_id): the
+functions, and so the keys, split wherever either walk changes, and the
+datapath reads both from the one entry its lookup finds (policy.h).
+
 Special peers: IDENTITY_HOST (this node's addresses, judged in egress only
 when a cluster policy governs it: NetworkPolicy's tier allows it, Admin
 and Baseline rules on nodes and networks may not) and IDENTITY_SELF (the
