@@ -327,8 +327,10 @@ static __always_inline int judge_deferred(struct __sk_buff *skb, struct flow *f,
 	int reason = peer_id == IDENTITY_HOST && host_egress_passes(sender)
 			     ? ALLOW_HOST
 			     : policy_verdict(sender, DIR_EGRESS, peer_id, f, &rule_id, &audit);
-	if (policy_reason_drops(reason))
+	if (policy_reason_drops(reason)) {
+		svc_forget_pending(f, f->saddr);
 		return drop_by_rule(skb, f, DIR_EGRESS, ep_id, reason, peer_id, rule_id, now);
+	}
 
 	/* Track it as from_pod sees it (to the Service address) when the
 	 * packet still says which client it is. */
@@ -357,16 +359,18 @@ static __always_inline int pass_hairpin(struct __sk_buff *skb, struct flow *f,
 	if (ep->flags & EP_F_SELF_JUDGED) {
 		__u32 rule_id = 0;
 		int reason = policy_verdict(ep, DIR_EGRESS, IDENTITY_SELF, f, &rule_id, &audit);
-		if (policy_reason_drops(reason))
-			return drop_by_rule(skb, f, DIR_EGRESS, ep->id, reason, ep->identity,
-					    rule_id, now);
-		struct audit_verdict in_audit = {};
-		reason = policy_verdict(ep, DIR_INGRESS, IDENTITY_SELF, f, &rule_id, &in_audit);
-		if (!audit.reason)
-			audit = in_audit;
-		if (policy_reason_drops(reason))
-			return drop_by_rule(skb, f, DIR_INGRESS, ep->id, reason, ep->identity,
-					    rule_id, now);
+		int dir = DIR_EGRESS;
+		if (!policy_reason_drops(reason)) {
+			struct audit_verdict in_audit = {};
+			reason = policy_verdict(ep, DIR_INGRESS, IDENTITY_SELF, f, &rule_id, &in_audit);
+			if (!audit.reason)
+				audit = in_audit;
+			dir = DIR_INGRESS;
+		}
+		if (policy_reason_drops(reason)) {
+			svc_forget_pending(f, f->daddr); /* the pod is the client */
+			return drop_by_rule(skb, f, dir, ep->id, reason, ep->identity, rule_id, now);
+		}
 	}
 	struct ct_key key = {};
 	if (svc_take_pending(&key, skb->ifindex, f, f->daddr))

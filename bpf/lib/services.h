@@ -184,4 +184,15 @@ static __always_inline int svc_take_pending(struct ct_key *key, __u32 ifindex,
 	return 1;
 }
 
+/* A deferred packet dropped after DNAT: its pending entry goes too. Left
+ * behind, it would outlive its flow in the LRU, and a later flow from the
+ * same client port to another Service would look ambiguous: no conntrack
+ * entry, so its replies to an ingress-isolated client would face policy
+ * as new flows from the Service address, and be dropped. */
+static __always_inline void svc_forget_pending(const struct flow *f, const __u8 *client)
+{
+	struct svc_pending_key pk = svc_pending_key_of(f, client);
+	svc_pending.delete(&pk);
+}
+
 #endif

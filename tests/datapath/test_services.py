@@ -133,6 +133,26 @@ def test_local_backend_denied_by_the_senders_egress(svc, fam, proto):
 
 
 @pytest.mark.parametrize("fam", FAMILIES)
+def test_a_drop_after_dnat_leaves_no_pending_entry_behind(svc, fam):
+    """The dropped flow's client port, reused towards another Service, is
+    tracked as usual: a pending entry left by the drop would have made the
+    new flow ambiguous, untracked, and its replies to an ingress-isolated
+    client dropped."""
+    a, b, sp = POD_A[fam], POD_B[fam], next(_sports)
+    svc.set_pod(POD_A, ingress=True, egress=True)  # the client isolated both ways
+    out = svc.egress(frame(TCP_, a, VIP[fam], sp, 80))
+    out = svc.ingress(frame(TCP_, a, b, sp, 9090), mark=out.mark)  # denied after DNAT
+    assert out.retval == TC_ACT_SHOT
+    out = svc.egress(frame(TCP_, a, VIP2[fam], sp, 80))  # the same client port, another Service
+    out = svc.ingress(frame(TCP_, a, b, sp, 8080), mark=out.mark)
+    assert out.retval == TC_ACT_UNSPEC
+    assert service_ct(svc, fam, TCP_, a, sp, VIP2[fam], 80) is not None
+    out = svc.ingress(frame(TCP_, VIP2[fam], a, 80, sp, flags="SA"))  # the reply, un-DNATed
+    assert out.retval == TC_ACT_UNSPEC
+    assert counters(out) == {(POD_A["id"], DIR_INGRESS, Reason.ALLOW_REPLY): 1}
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
 @pytest.mark.parametrize("backend,port,passed", [
     ("other_pod", 80, True),    # allowed by rule 22
     ("other_pod", 81, False),   # wrong port
