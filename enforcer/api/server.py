@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..errors import ConfigError
+from ..files import make_private_dir
 from ..v1 import enforcer_pb2, enforcer_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -38,22 +39,6 @@ class ServerConfig:
             raise ConfigError("--tls-client-ca needs --listen")
 
 
-def _make_socket_dir(directory: Path) -> None:
-    """The socket's directory, created 0700 (root only) when it does not
-    exist. An existing directory is left exactly as it is: a daemon never
-    changes the mode or owner of what it did not create (`--socket
-    /run/x.sock` must not make /run 0700). The socket itself is born 0600,
-    which is what keeps others out of it."""
-    try:
-        os.mkdir(directory, 0o700)  # the umask can only narrow this: never wider than 0700
-    except FileExistsError:
-        return  # not ours (made before us, or by someone else meanwhile): left alone
-    except FileNotFoundError:
-        _make_socket_dir(directory.parent)  # missing ancestors are ours too, so 0700 as well
-        return _make_socket_dir(directory)
-    os.chmod(directory, 0o700)  # ours: exactly 0700 whatever the umask took away
-
-
 class ApiServer:
     def __init__(self, config: ServerConfig, servicer: enforcer_pb2_grpc.EnforcerServicer) -> None:
         config.validate()
@@ -74,7 +59,7 @@ class ApiServer:
     def start(self) -> None:
         cfg = self.config
         if cfg.socket is not None:
-            _make_socket_dir(cfg.socket.parent)
+            make_private_dir(cfg.socket.parent)
             cfg.socket.unlink(missing_ok=True)  # a stale socket of a dead daemon
             old = os.umask(0o177)  # the socket is born 0600: no window for others
             try:

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import HistoryError
+from ..files import make_private_dir
 from .rows import FlowKey, FlowRow, labels_from_json, labels_json
 
 log = logging.getLogger(__name__)
@@ -100,21 +101,6 @@ class Filter:
 
 class _NotAHistory(Exception):
     """The file is there but holds no history this version can read."""
-
-
-def make_private_dir(directory: Path) -> None:
-    """directory, created 0700 (root only) with any missing ancestors when
-    it does not exist; an existing one is left exactly as it is (a daemon
-    never changes the mode or owner of what it did not create), as the API
-    socket's directory is (api/server.py)."""
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        return
-    except FileNotFoundError:
-        make_private_dir(directory.parent)
-        return make_private_dir(directory)
-    os.chmod(directory, 0o700)  # ours: exactly 0700 whatever the umask took away
 
 
 def _key_params(key: FlowKey) -> tuple[object, ...]:
