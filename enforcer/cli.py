@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
         "suggest", help="least-privilege NetworkPolicies (YAML) from the flow history",
         description="Print NetworkPolicies allowing exactly the traffic the daemons' flow histories saw for the "
                     "namespace's pods: one per workload (distinct stable labels), ingress and egress, DNS to "
-                    "kube-dns, and a default deny for the namespace. They carry enforcer.dev/audit: \"true\" "
+                    f"kube-dns, and a default deny for the namespace. They carry {AUDIT_ANNOTATION}: \"true\" "
                     "unless --enforce: apply them in audit mode first.")
     suggest_cmd.add_argument("--namespace", action="append", required=True, metavar="NS",
                              help="the namespace to suggest policies for; repeatable")

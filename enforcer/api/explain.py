@@ -30,9 +30,9 @@ from ..datapath.layout import (
 )
 from ..datapath.maps import DatapathMaps
 from ..datapath.reasons import Reason, is_drop
-from ..model.objects import EGRESS, INGRESS, IPAddress
+from ..model.objects import IPAddress
 from ..v1 import enforcer_pb2 as pb
-from .flows import audited_isolating, peer_pb, rule_pb
+from .flows import isolating_policies, peer_pb, rule_pb
 from .view import PROTOCOL_NUMBERS, StateView, capped, clip
 
 PORTED = (6, 17, 132)
@@ -197,16 +197,14 @@ def explain(view: StateView, maps: DatapathMaps | None, req: pb.ExplainRequest) 
     for hook in verdict.hooks:
         egress = hook.direction == "egress"
         direction = DIR_EGRESS if egress else DIR_INGRESS
-        type_name = EGRESS if egress else INGRESS
-        isolating_all = [k for k in view.desired.selected_by.get(hook.pod, [])
-                         if (pol := view.snapshot.policies.get(k)) is not None and type_name in pol.policy_types]
+        isolating_all = isolating_policies(view, hook.pod, hook.direction)
         rules, rules_omitted = capped(hook.rules)
         isolating, isolating_omitted = capped(isolating_all)
         cluster, cluster_omitted = capped(view.desired.cluster_selected_by.get(hook.pod, []))
         pod_ip, peer_ip = (src, dst) if egress else (dst, src)
         spec = view.desired.endpoints.get(pod_ip)
         trace = _trace(view, hook, spec.endpoint_id, direction, peer_ip, proto, port) if spec is not None else []
-        audited_all = audited_isolating(view, hook.pod, hook.direction)
+        audited_all = [k for k in isolating_all if k in view.desired.audited]
         audited, _ = capped(audited_all)
         h = pb.HookExplanation(endpoint=hook.pod, allowed=hook.allowed, why=clip(_why(hook)),
                                direction=pb.DIRECTION_EGRESS if egress else pb.DIRECTION_INGRESS,

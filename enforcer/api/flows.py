@@ -14,6 +14,7 @@ from typing import cast
 from ..compiler.desired import RuleRef
 from ..datapath.events import Verdict
 from ..datapath.reasons import Reason
+from ..model.objects import EGRESS, INGRESS
 from ..v1 import enforcer_pb2 as pb
 from .view import LIST_MAX, PROTOCOL_NAMES, StateView
 
@@ -99,13 +100,18 @@ def flow_from_verdict(v: Verdict, view: StateView | None, boot_offset: float) ->
     return flow
 
 
-def audited_isolating(view: StateView, pod: str, direction: str) -> list[str]:
-    """The NetworkPolicies in audit mode that isolate pod in direction
-    ("ingress"/"egress")."""
-    type_name = "Ingress" if direction == "ingress" else "Egress"
-    audited = view.desired.audited
+def isolating_policies(view: StateView, pod: str, direction: str) -> list[str]:
+    """The NetworkPolicies that isolate pod in direction ("ingress" or
+    "egress"), enforced or audited."""
+    type_name = INGRESS if direction == "ingress" else EGRESS
     return [k for k in view.desired.selected_by.get(pod, [])
-            if k in audited and (pol := view.snapshot.policies.get(k)) is not None and type_name in pol.policy_types]
+            if (pol := view.snapshot.policies.get(k)) is not None and type_name in pol.policy_types]
+
+
+def audited_isolating(view: StateView, pod: str, direction: str) -> list[str]:
+    """The NetworkPolicies in audit mode among those isolating pod."""
+    audited = view.desired.audited
+    return [k for k in isolating_policies(view, pod, direction) if k in audited]
 
 
 def matches(flow: pb.Flow, req: pb.StreamFlowsRequest) -> bool:

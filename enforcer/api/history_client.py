@@ -20,6 +20,7 @@ import grpc
 from ..errors import ConfigError, EnforcerError
 from ..history.rows import FlowRow, labels_text, merge_rows
 from ..history.suggest import render, suggest
+from ..model.meta import AUDIT_ANNOTATION
 from ..v1 import enforcer_pb2 as pb
 from ..v1 import enforcer_pb2_grpc as pb_grpc
 from .client import call, connect, table
@@ -143,7 +144,7 @@ def suggest_yaml(histories: Sequence[History], namespaces: Sequence[str], *, aud
               f"flow history of node {', '.join(sorted({h.node for h in histories}))}"
               + (f" (flows last seen in the last {since_text})" if since_text else "") + ".",
               "Only traffic seen is allowed: review before applying"
-              + (", and apply in audit mode first (enforcer.dev/audit: \"true\")." if audit else ".")]
+              + (f", and apply in audit mode first ({AUDIT_ANNOTATION}: \"true\")." if audit else ".")]
     return render([suggest(rows, ns, audit=audit) for ns in namespaces], header)
 
 
