@@ -543,18 +543,17 @@ class DirectorySource:
             if known is not None and known.stat == key:
                 continue  # unchanged since it was last read (parsed or not): not read again
             seen = self._pending.get(path)
-            still = seen is not None and seen[0] == key and seen[1] < self._regular_polls
-            if still and path in writing:
-                # Held still, but its writer has not closed it: a pause
-                # mid-file, most likely. Read once it held still for long.
-                still = seen is not None and self._regular_polls - seen[1] >= open_hold
+            if seen is None or seen[0] != key:
+                seen = (key, self._regular_polls)  # changed since the last poll
+            # Regular polls it has held still across (a poll inotify woke
+            # early does not count: a file must hold still for an interval);
+            # one its writer has not closed since writing needs more: a
+            # pause mid-file, most likely.
+            still = self._regular_polls - seen[1] >= (open_hold if path in writing else 1)
             if path in writing:
                 finished.discard(path)  # closed, then written to again: not finished
             if not still and path not in finished:
-                # Changed since the last poll, or not seen still across a
-                # regular poll yet (a poll inotify woke early does not
-                # count: a file must hold still for an interval): wait.
-                pending[path] = seen if seen is not None and seen[0] == key else (key, self._regular_polls)
+                pending[path] = seen  # wait
                 continue
             early = not still
             saved = dataclasses.replace(known) if early and known is not None else None
