@@ -264,8 +264,9 @@ class InterfaceResolver:
             # A link that came, went or changed: what was found on it, and
             # what was not found anywhere (its route may lead there now).
             self._routed = {k: v for k, v in self._routed.items() if v is not None and v not in changes.links}
-        for net in changes.routes:
-            self._routed = {k: v for k, v in self._routed.items() if not any(ip in net for ip in k[1])}
+        if changes.routes:
+            self._routed = {k: v for k, v in self._routed.items()
+                            if not any(ip in net for net in changes.routes for ip in k[1])}
 
     def _read_links(self, ipr: IPRoute) -> None:
         links = ipr.get_links()
@@ -321,7 +322,7 @@ class InterfaceResolver:
                     if entry["ifindex"] != bridge:
                         fdb.setdefault(entry.get_attr("NDA_LLADDR"), int(entry["ifindex"]))
             if mac in fdb:
-                return int(fdb[mac])
+                return fdb[mac]
         # Unknown neighbour, or a MAC the bridge has forgotten: ask the kernel
         # to resolve (a stale entry: re-confirm) the neighbour. The pod's
         # answer crosses its port, where the bridge learns its MAC; the next

@@ -27,7 +27,7 @@ from ..datapath.layout import Counter
 from ..datapath.loadchild import PinnedPrograms, load_pinned
 from ..datapath.maps import DatapathMaps
 from ..datapath.reasons import REASON_SLOTS
-from ..datapath.registry import MAPS
+from ..datapath.registry import BY_NAME
 from ..datapath.revoke import Affected, Revocation
 from ..datapath.source import DatapathConfig
 from ..datapath.sync import MapSync, SyncReport
@@ -151,8 +151,7 @@ class Daemon:
         write the maps, unless a previous daemon's maps are pinned: their
         endpoint ids seed the compiler's first (check_loaded: whether
         loading failed)."""
-        endpoints_pin = next(spec.pin for spec in MAPS if spec.name == "endpoints")
-        self._seed_first = (self.config.datapath.pin_dir / endpoints_pin).exists()
+        self._seed_first = (self.config.datapath.pin_dir / BY_NAME["endpoints"].pin).exists()
         self._loader = threading.Thread(target=self._load_datapath, name="datapath-load", daemon=True)
         self._loader.start()
         self.store.on_change = self.runner.trigger
