@@ -1,11 +1,13 @@
 """inotify on the directories a manifest scan walked: a hint for the
 directory source's poller, never its source of truth.
 
-Two things come from it: that something changed (the poller wakes now
-rather than at its next interval), and which files a writer has finished
-with (closed after writing, or renamed into place): those are complete, so
-the poller reads them at once instead of waiting for them to hold still
-for one poll. A file seen changing without such an event still waits.
+Three things come from it: that something changed (the poller wakes now
+rather than at its next interval); which files a writer has finished with
+(closed after writing, or renamed into place): those are complete, so the
+poller reads them at once instead of waiting for them to hold still for
+one poll; and which were written to and not closed since: still being
+written, so they must hold still for longer. A file seen changing without
+such an event waits as before.
 
 Whatever inotify cannot do costs the speed-up only, never a change: a
 directory whose watch cannot be added (the per-user watch limit, a
@@ -54,7 +56,7 @@ _READ_BYTES = 64 * 1024
 
 class DirectoryWatch:
     """Watches on a set of directories (watch), and what happened in them
-    (wait, finished)."""
+    (wait, finished, writing)."""
 
     def __init__(self) -> None:
         self._libc: ctypes.CDLL | None = None
