@@ -122,8 +122,8 @@ class EntryBuilder:
         rec.any_named = False
         rec.over_limit = []
         rec.programs = {}
-        audits = any(self.audited(p) for p in rec.selecting) or any(self.audited(c) for c in rec.cluster)
-        if not rec.cluster and not audits:
+        np_audited = any(map(self.audited, rec.selecting))
+        if not rec.cluster and not np_audited:
             for pol in rec.selecting:
                 before = len(policy)
                 mine = self._policy_entries(rec, rec.pod, rec.ep_id, pol, deps)
@@ -136,7 +136,7 @@ class EntryBuilder:
         # from NetworkPolicy's entries without the audited policies and,
         # where one is audited, with them.
         enforced: dict[PolicyMapKey, PolicyValue] = {}
-        with_audited: dict[PolicyMapKey, PolicyValue] | None = {} if any(map(self.audited, rec.selecting)) else None
+        with_audited: dict[PolicyMapKey, PolicyValue] | None = {} if np_audited else None
         for pol in rec.selecting:
             mine = self._policy_entries(rec, rec.pod, rec.ep_id, pol, deps)
             rec.by_policy.append((pol.key, len(mine) if mine else 0))
