@@ -16,6 +16,7 @@ from enforcer.datapath.events import Verdict
 from enforcer.datapath.reasons import Reason
 from enforcer.model.meta import PROTOCOLS
 from enforcer.model.state import ClusterStore
+from tests.compiler.cluster import namespace, pod
 
 NODE = "n1"
 NODE_IP = "10.9.0.1"
@@ -39,15 +40,9 @@ def objects(policies: Iterable[dict[str, Any]] = (), relabel: dict[str, dict[str
             ) -> list[dict[str, Any]]:
     """The namespaces, the pods (relabel: pod key -> labels instead of
     PODS's) and policies."""
-    objs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": labels}}
-                                  for n, labels in NAMESPACES.items()]
-    for key, (labels, v4, v6, node) in PODS.items():
-        ns, name = key.split("/")
-        labels = (relabel or {}).get(key, labels)
-        objs.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": {"name": name, "namespace": ns, "uid": f"uid-{ns}-{name}", "labels": labels},
-                     "spec": {"nodeName": node, "containers": [{"name": "c"}]},
-                     "status": {"phase": "Running", "podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}]}})
+    objs = [namespace(n, labels) for n, labels in NAMESPACES.items()]
+    objs += [pod(key, (relabel or {}).get(key, labels), [v4, v6], node, ports=[])
+             for key, (labels, v4, v6, node) in PODS.items()]
     return objs + list(policies)
 
 
